@@ -1,0 +1,177 @@
+"""The Istio resource model: only the fields the TCP traffic-shifting task needs.
+
+Field names follow Istio's (snake_case here, camelCase in YAML). Every resource keeps the
+spec exactly as written (``raw``) so that ``get -o yaml`` shows what the user applied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from .errors import Source
+
+GROUP = "networking.istio.io"
+API_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1beta1", f"{GROUP}/v1alpha3")
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class Meta:
+    name: str
+    namespace: str = DEFAULT_NAMESPACE
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Resource:
+    """Common envelope of every Istio document."""
+
+    kind: ClassVar[str] = ""
+    api_version: str
+    meta: Meta
+    raw: dict = field(repr=False, compare=False)
+    source: Source = field(default_factory=Source, compare=False)
+    lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
+    """Field path (``spec.tcp[0].route``) -> 1-based line, so problems point at the field."""
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.meta.namespace, self.meta.name)
+
+    @property
+    def ref(self) -> str:
+        """``namespace/name``, the way istioctl prints a resource."""
+        return f"{self.meta.namespace}/{self.meta.name}"
+
+
+# --- Gateway -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    name: str = ""
+    protocol: str = "TCP"
+    target_port: int | None = None
+
+
+@dataclass(frozen=True)
+class GatewayServer:
+    port: Port
+    hosts: tuple[str, ...] = ("*",)
+
+
+@dataclass
+class Gateway(Resource):
+    kind: ClassVar[str] = "Gateway"
+    selector: dict[str, str] = field(default_factory=dict)
+    servers: list[GatewayServer] = field(default_factory=list)
+
+
+# --- VirtualService ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Destination:
+    host: str
+    subset: str | None = None
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class RouteDestination:
+    destination: Destination
+    weight: int | None = None  # None: not written; relative weights, see translate
+
+
+@dataclass(frozen=True)
+class L4Match:
+    """Fields inside one match are AND'd; several matches are OR'd."""
+
+    port: int | None = None
+    gateways: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TCPRoute:
+    match: tuple[L4Match, ...] = ()
+    route: tuple[RouteDestination, ...] = ()
+
+
+@dataclass
+class VirtualService(Resource):
+    kind: ClassVar[str] = "VirtualService"
+    hosts: list[str] = field(default_factory=list)
+    gateways: list[str] = field(default_factory=list)
+    tcp: list[TCPRoute] = field(default_factory=list)
+
+
+# --- DestinationRule -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrafficPolicy:
+    """connectionPool.tcp: the part of Istio's traffic policy that matters for raw TCP."""
+
+    connect_timeout: float | None = None  # seconds
+    max_connections: int | None = None
+
+
+@dataclass(frozen=True)
+class Subset:
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    traffic_policy: TrafficPolicy | None = None
+
+    def __hash__(self) -> int:
+        return hash((self.name, tuple(sorted(self.labels.items())), self.traffic_policy))
+
+
+@dataclass
+class DestinationRule(Resource):
+    kind: ClassVar[str] = "DestinationRule"
+    host: str = ""
+    traffic_policy: TrafficPolicy | None = None
+    subsets: list[Subset] = field(default_factory=list)
+
+
+# --- Endpoints: ServiceEntry and WorkloadEntry ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkloadEndpoint:
+    """One backend instance: an address, a port per service-port name, and labels."""
+
+    address: str
+    ports: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    weight: int | None = None
+
+    def __hash__(self) -> int:
+        return hash(
+            (self.address, tuple(sorted(self.ports.items())), tuple(sorted(self.labels.items())))
+        )
+
+
+@dataclass
+class ServiceEntry(Resource):
+    kind: ClassVar[str] = "ServiceEntry"
+    hosts: list[str] = field(default_factory=list)
+    ports: list[Port] = field(default_factory=list)
+    resolution: str = "STATIC"  # STATIC | DNS | NONE
+    location: str = "MESH_INTERNAL"
+    endpoints: list[WorkloadEndpoint] = field(default_factory=list)
+    workload_selector: dict[str, str] | None = None
+
+
+@dataclass
+class WorkloadEntry(Resource):
+    kind: ClassVar[str] = "WorkloadEntry"
+    endpoint: WorkloadEndpoint = field(default_factory=lambda: WorkloadEndpoint(address=""))
+
+
+KINDS: dict[str, type[Resource]] = {
+    cls.kind: cls for cls in (Gateway, VirtualService, DestinationRule, ServiceEntry, WorkloadEntry)
+}

@@ -1,0 +1,436 @@
+"""Istio's semantic rules and cross-references, checked before translation.
+
+Envoy accepts a cluster with no endpoints or a route to a subset nobody defined; it just
+drops the traffic. Checking here turns those silent failures into messages that point at
+the field to fix. Rules follow https://istio.io/latest/docs/reference/config/networking/.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+
+from ..translate.routing import MESH, route_bindings
+from .errors import ConfigError, Problem
+from .index import ConfigIndex, canonical_host, split_ref
+from .load import (
+    DNS1123_LABEL_RULE,
+    Reporter,
+    describe,
+    is_dns1123_label,
+    is_dns1123_subdomain,
+    item,
+    join,
+    known_hint,
+    sort_problems,
+)
+from .model import (
+    DestinationRule,
+    Gateway,
+    L4Match,
+    Port,
+    Resource,
+    RouteDestination,
+    ServiceEntry,
+    TCPRoute,
+    TrafficPolicy,
+    VirtualService,
+    WorkloadEndpoint,
+    WorkloadEntry,
+)
+
+MAX_PORT = 65535
+
+
+# --- Small shared checks -------------------------------------------------------------------
+
+
+def _port_number(rep: Reporter, path: str, number: int | None) -> None:
+    if number is not None and not 1 <= number <= MAX_PORT:
+        rep.add(path, f"must be a port number 1..{MAX_PORT}, got {number}")
+
+
+def _port(rep: Reporter, path: str, port: Port) -> None:
+    _port_number(rep, join(path, "number"), port.number)
+    _port_number(rep, join(path, "targetPort"), port.target_port)
+
+
+def _subset_name(rep: Reporter, path: str, name: str) -> bool:
+    if not name:
+        rep.add(path, "required")
+    elif not is_dns1123_label(name):
+        rep.add(path, f"{DNS1123_LABEL_RULE}, got {describe(name)}")
+    else:
+        return True
+    return False
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def _ref(resource: Resource) -> str:
+    return f"{resource.kind} {resource.ref}"
+
+
+def _numbers(ports: Sequence[Port]) -> str:
+    return ", ".join(str(p.number) for p in ports)
+
+
+# --- Gateway -------------------------------------------------------------------------------
+
+
+def _check_gateway(gw: Gateway, rep: Reporter, index: ConfigIndex) -> None:
+    if not gw.servers:
+        rep.add("spec.servers", "at least one server is required")
+    for i, server in enumerate(gw.servers):
+        path = item("spec.servers", i)
+        _port(rep, join(path, "port"), server.port)
+        if server.port.protocol.upper() != "TCP":
+            message = f"only TCP servers are supported, got {describe(server.port.protocol)}"
+            rep.add(join(path, "port.protocol"), message)
+        if not server.hosts:
+            rep.add(join(path, "hosts"), "at least one host is required", 'use ["*"] for any host')
+
+
+def _check_gateway_ports(index: ConfigIndex, problems: list[Problem]) -> None:
+    """One Envoy serves every Gateway here, with one listener per port, so a port can
+    belong to only one server across all Gateways."""
+    owners: dict[int, tuple[Gateway, str]] = {}
+    for gw in index.gateways.values():
+        rep = Reporter.for_resource(gw, problems)
+        for i, server in enumerate(gw.servers):
+            path = item("spec.servers", i)
+            number = server.port.number
+            if number not in owners:
+                owners[number] = (gw, path)
+                continue
+            owner, owner_path = owners[number]
+            if owner is gw:
+                rep.add(join(path, "port.number"), f"port {number} is already used by {owner_path}")
+            else:
+                message = f"port {number} is already used by {_ref(owner)} ({owner_path})"
+                hint = "one Envoy serves every Gateway here, so server ports must be unique"
+                rep.add(join(path, "port.number"), message, hint)
+
+
+# --- VirtualService ------------------------------------------------------------------------
+
+
+def _gateway_refs(
+    rep: Reporter, path: str, refs: Sequence[str], vs: VirtualService, index: ConfigIndex
+) -> list[Gateway]:
+    """The Gateways ``refs`` name; unknown ones are reported and ``mesh`` (sidecars, not
+    served here) is skipped."""
+    found = []
+    for i, ref in enumerate(refs):
+        if ref == MESH:
+            continue
+        gw = index.gateway(ref, vs.meta.namespace)
+        if gw is None:
+            known = [g.ref for g in index.gateways.values()]
+            rep.add(item(path, i), f'unknown gateway "{ref}"', known_hint(ref, known, "gateways"))
+        else:
+            found.append(gw)
+    return found
+
+
+def _check_match(
+    rep: Reporter, mpath: str, match: L4Match, vs: VirtualService, index: ConfigIndex
+) -> None:
+    gateways = _gateway_refs(rep, join(mpath, "gateways"), match.gateways, vs, index)
+    ns = vs.meta.namespace
+    declared = {split_ref(g, ns) for g in vs.gateways or [MESH]}
+    for k, ref in enumerate(match.gateways):
+        if split_ref(ref, ns) not in declared:
+            message = f'gateway "{ref}" is not listed in spec.gateways'
+            rep.add(item(join(mpath, "gateways"), k), message, "add it to spec.gateways")
+    if match.port is None:
+        return
+    _port_number(rep, join(mpath, "port"), match.port)
+    if not match.gateways:
+        gateways = [index.gateway(g, ns) for g in vs.gateways if g != MESH]
+        gateways = [g for g in gateways if g is not None]
+    ports = [s.port for g in gateways for s in g.servers]
+    if gateways and match.port not in {p.number for p in ports}:
+        names = ", ".join(g.ref for g in gateways)
+        message = f"no gateway among [{names}] listens on port {match.port}"
+        rep.add(join(mpath, "port"), message, f"server ports: {_numbers(ports)}")
+
+
+def _check_destination(
+    rep: Reporter, path: str, dest: RouteDestination, vs: VirtualService, index: ConfigIndex
+) -> None:
+    d = dest.destination
+    dpath = join(path, "destination")
+    ns = vs.meta.namespace
+    if d.subset is not None:
+        _subset_name(rep, join(dpath, "subset"), d.subset)
+    _port_number(rep, join(dpath, "port.number"), d.port)
+    if dest.weight is not None and dest.weight < 0:
+        rep.add(join(path, "weight"), f"must be 0 or more, got {dest.weight}")
+    if not d.host:
+        rep.add(join(dpath, "host"), "required")
+        return
+    se = index.service(d.host, ns)
+    if se is None:
+        hosts = [h for s in index.services.values() for h in s.hosts]
+        rep.add(join(dpath, "host"), f'unknown host "{d.host}"', known_hint(d.host, hosts, "hosts"))
+        return
+    if d.subset and index.subset(d.host, ns, d.subset) is None:
+        rep.add(
+            join(dpath, "subset"), f'unknown subset "{d.subset}"', _subsets_hint(d.host, ns, index)
+        )
+    if index.service_port(se, d.port) is None:
+        if d.port is None:
+            rep.add(join(dpath, "port"), f"port required: service has ports {_numbers(se.ports)}")
+        else:
+            message = f"service {d.host} has no port {d.port}"
+            rep.add(join(dpath, "port.number"), message, f"ports: {_numbers(se.ports)}")
+
+
+def _subsets_hint(host: str, namespace: str, index: ConfigIndex) -> str:
+    dr = index.destination_rule(host, namespace)
+    if dr is None:
+        return f"no DestinationRule defines subsets for {host}"
+    return f"defined subsets for {host}: {', '.join(s.name for s in dr.subsets)}"
+
+
+def _check_weights(rep: Reporter, path: str, route: TCPRoute) -> None:
+    """A lone destination may omit its weight; among several, omitted weights count as 0
+    (Istio's rule), so something must be positive."""
+    if len(route.route) > 1 and sum(max(d.weight or 0, 0) for d in route.route) <= 0:
+        hint = "omitted weights count as 0 when there are several destinations"
+        rep.add(join(path, "route"), "weights must sum to more than 0", hint)
+
+
+def _destination_key(d: RouteDestination, namespace: str) -> tuple:
+    dest = d.destination
+    return (canonical_host(dest.host, namespace), dest.subset, dest.port)
+
+
+def _check_route(
+    rep: Reporter, path: str, route: TCPRoute, vs: VirtualService, index: ConfigIndex
+) -> None:
+    for j, match in enumerate(route.match):
+        _check_match(rep, item(join(path, "match"), j), match, vs, index)
+    if not route.route:
+        rep.add(join(path, "route"), "at least one destination is required")
+    seen: dict[tuple, int] = {}
+    for j, dest in enumerate(route.route):
+        dpath = item(join(path, "route"), j)
+        _check_destination(rep, dpath, dest, vs, index)
+        key = _destination_key(dest, vs.meta.namespace)
+        if key in seen:
+            message = f"duplicate destination: same host, subset and port as route[{seen[key]}]"
+            rep.add(join(dpath, "destination"), message, "merge them and add up their weights")
+        seen.setdefault(key, j)
+    _check_weights(rep, path, route)
+
+
+def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex) -> None:
+    if not vs.hosts:
+        rep.add("spec.hosts", "at least one host is required", 'use ["*"] for any host')
+    _gateway_refs(rep, "spec.gateways", vs.gateways, vs, index)
+    if not vs.tcp:
+        rep.add("spec.tcp", "at least one tcp route is required")
+    for i, route in enumerate(vs.tcp):
+        _check_route(rep, item("spec.tcp", i), route, vs, index)
+
+
+def _check_route_conflicts(index: ConfigIndex, problems: list[Problem]) -> None:
+    """Each (gateway, port) is served by one VirtualService: the first in namespace/name
+    order, as translation does. Later claims are errors, not silently ignored routes."""
+    owners: dict[tuple[tuple, int], VirtualService] = {}
+    for vs in sorted(index.virtual_services, key=lambda v: v.key):
+        rep = Reporter.for_resource(vs, problems)
+        reported = set()
+        for i, route in enumerate(vs.tcp):
+            for gw, port in route_bindings(index, vs, route):
+                key = (gw.key, port)
+                owner = owners.setdefault(key, vs)
+                if owner is not vs and key not in reported:
+                    reported.add(key)
+                    message = f"gateway {gw.ref} port {port} is already routed by {_ref(owner)}"
+                    rep.add(item("spec.tcp", i), message)
+
+
+# --- DestinationRule -----------------------------------------------------------------------
+
+
+def _check_traffic_policy(rep: Reporter, path: str, policy: TrafficPolicy | None) -> None:
+    if policy is None:
+        return
+    tcp = join(path, "connectionPool.tcp")
+    if policy.connect_timeout is not None and policy.connect_timeout <= 0:
+        rep.add(join(tcp, "connectTimeout"), "must be more than 0")
+    if policy.max_connections is not None and policy.max_connections < 1:
+        rep.add(join(tcp, "maxConnections"), f"must be 1 or more, got {policy.max_connections}")
+
+
+def _check_destination_rule(dr: DestinationRule, rep: Reporter, index: ConfigIndex) -> None:
+    if not dr.host:
+        rep.add("spec.host", "required")
+    _check_traffic_policy(rep, "spec.trafficPolicy", dr.traffic_policy)
+    seen: dict[str, int] = {}
+    for i, subset in enumerate(dr.subsets):
+        path = item("spec.subsets", i)
+        if _subset_name(rep, join(path, "name"), subset.name) and subset.name in seen:
+            first = item("spec.subsets", seen[subset.name])
+            rep.add(join(path, "name"), f'duplicate subset name "{subset.name}" (also {first})')
+        seen.setdefault(subset.name, i)
+        _check_traffic_policy(rep, join(path, "trafficPolicy"), subset.traffic_policy)
+
+
+# --- ServiceEntry and WorkloadEntry --------------------------------------------------------
+
+
+def _check_workload(
+    rep: Reporter,
+    path: str,
+    ep: WorkloadEndpoint,
+    port_names: set[str] | None,
+    static_by: str | None,
+) -> None:
+    """An endpoint, inline or a WorkloadEntry. ``port_names``: what ``ports`` keys may be
+    (None: unknown); ``static_by``: why the address must be an IP, if it must."""
+    apath = join(path, "address")
+    if not ep.address:
+        rep.add(apath, "required")
+    elif static_by and not _is_ip(ep.address):
+        message = f"must be an IP address ({static_by}), got {describe(ep.address)}"
+        rep.add(apath, message, "use resolution: DNS for host names")
+    elif not (_is_ip(ep.address) or is_dns1123_subdomain(ep.address.lower())):
+        rep.add(apath, f"must be an IP address or a DNS name, got {describe(ep.address)}")
+    for name, number in ep.ports.items():
+        ppath = join(join(path, "ports"), name)
+        _port_number(rep, ppath, number)
+        if port_names is not None and name not in port_names:
+            hint = known_hint(name, port_names, "port names")
+            rep.add(ppath, f'"{name}" is not the name of a service port', hint)
+    if ep.weight is not None and ep.weight < 1:
+        rep.add(join(path, "weight"), f"must be 1 or more, got {ep.weight}")
+
+
+def _check_service_ports(rep: Reporter, se: ServiceEntry) -> None:
+    if not se.ports:
+        rep.add("spec.ports", "at least one port is required")
+    names: dict[str, int] = {}
+    numbers: dict[int, int] = {}
+    for i, port in enumerate(se.ports):
+        path = item("spec.ports", i)
+        _port(rep, path, port)
+        if not port.name:
+            rep.add(join(path, "name"), "required", "endpoints map ports by name")
+        elif port.name in names:
+            rep.add(
+                join(path, "name"),
+                f'duplicate port name "{port.name}" (also ports[{names[port.name]}])',
+            )
+        if port.number in numbers:
+            message = f"duplicate port number {port.number} (also ports[{numbers[port.number]}])"
+            rep.add(join(path, "number"), message)
+        names.setdefault(port.name, i)
+        numbers.setdefault(port.number, i)
+
+
+def _check_service_entry(se: ServiceEntry, rep: Reporter, index: ConfigIndex) -> None:
+    if not se.hosts:
+        rep.add("spec.hosts", "at least one host is required")
+    _check_service_ports(rep, se)
+    if se.endpoints and se.workload_selector is not None:
+        rep.add("spec.workloadSelector", "cannot be used together with spec.endpoints")
+    static_by = "resolution STATIC" if se.resolution == "STATIC" else None
+    port_names = _port_names([se])
+    for i, ep in enumerate(se.endpoints):
+        _check_workload(rep, item("spec.endpoints", i), ep, port_names, static_by)
+
+
+def _check_workload_entry(we: WorkloadEntry, rep: Reporter, index: ConfigIndex) -> None:
+    """Ports and address are judged by the ServiceEntries that select this entry."""
+    selecting = [
+        se
+        for se in _service_entries(index)
+        if se.workload_selector is not None and we.endpoint in index.endpoints(se)
+    ]
+    port_names = _port_names(selecting) if selecting else None
+    static = next((se for se in selecting if se.resolution == "STATIC"), None)
+    static_by = f"selected by {_ref(static)} with resolution STATIC" if static else None
+    _check_workload(rep, "spec", we.endpoint, port_names, static_by)
+
+
+def _port_names(services: Sequence[ServiceEntry]) -> set[str]:
+    return {p.name for se in services for p in se.ports if p.name}
+
+
+def _service_entries(index: ConfigIndex) -> list[ServiceEntry]:
+    return [r for r in index.resources if isinstance(r, ServiceEntry)]
+
+
+# --- Across resources ----------------------------------------------------------------------
+
+
+def _check_duplicates(resources: Sequence[Resource], problems: list[Problem]) -> None:
+    first: dict[tuple[str, str, str], Resource] = {}
+    for r in resources:
+        original = first.setdefault(r.key, r)
+        if original is not r:
+            where = f"{original.source.file} document {original.source.doc}"
+            message = f"duplicate {_ref(r)}: already defined in {where}"
+            Reporter.for_resource(r, problems).add("metadata.name", message)
+
+
+def _check_shared_hosts(index: ConfigIndex, problems: list[Problem]) -> None:
+    """One DestinationRule and one ServiceEntry per host; the index keeps only the first
+    (in namespace/name order), so later ones would be silently ignored."""
+    rules: dict[str, DestinationRule] = {}
+    services: dict[str, ServiceEntry] = {}
+    for r in sorted(index.resources, key=lambda r: r.key):
+        rep = Reporter.for_resource(r, problems)
+        if isinstance(r, DestinationRule) and r.host:
+            _claim_host(rep, "spec.host", r, r.host, rules)
+        elif isinstance(r, ServiceEntry):
+            for i, host in enumerate(r.hosts):
+                _claim_host(rep, item("spec.hosts", i), r, host, services)
+
+
+def _claim_host(rep: Reporter, path: str, r: Resource, host: str, owners: dict) -> None:
+    owner = owners.setdefault(canonical_host(host, r.meta.namespace), r)
+    if owner is not r and owner.key != r.key:
+        rep.add(path, f"host {host} is already declared by {_ref(owner)}")
+
+
+CHECKS: dict[type, Callable[..., None]] = {
+    Gateway: _check_gateway,
+    VirtualService: _check_virtual_service,
+    DestinationRule: _check_destination_rule,
+    ServiceEntry: _check_service_entry,
+    WorkloadEntry: _check_workload_entry,
+}
+
+
+# --- Public API ----------------------------------------------------------------------------
+
+
+def validate(resources: Sequence[Resource]) -> list[Problem]:
+    """Every problem in one consistent set of resources, in reading order."""
+    problems: list[Problem] = []
+    index = ConfigIndex(resources)
+    _check_duplicates(resources, problems)
+    for r in resources:
+        CHECKS[type(r)](r, Reporter.for_resource(r, problems), index)
+    _check_gateway_ports(index, problems)
+    _check_route_conflicts(index, problems)
+    _check_shared_hosts(index, problems)
+    return sort_problems(problems, [r.source.file for r in resources])
+
+
+def check(resources: Sequence[Resource]) -> None:
+    """Raise ConfigError listing every problem, so the user fixes them in one round."""
+    problems = validate(resources)
+    if problems:
+        raise ConfigError(problems)

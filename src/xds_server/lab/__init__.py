@@ -1,0 +1,1 @@
+"""Processes around the control plane: echo backends, Envoy launcher, traffic client."""

@@ -1,0 +1,126 @@
+"""Istio's "TCP traffic shifting" task, step by step, on local processes."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import yaml
+
+from ..config.errors import ConfigError
+from . import traffic
+from .lab import HOST, SAMPLES, Lab, LabError
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+class Steps:
+    """Numbered progress lines with timings, so a reader can follow the demo live."""
+
+    def __init__(self, total: int) -> None:
+        self.total, self.n = total, 0
+        self.started = time.perf_counter()
+
+    def step(self, title: str) -> None:
+        self.n += 1
+        print(f"\n==> [{self.n}/{self.total}] {title}", flush=True)
+
+    @staticmethod
+    def say(text: str) -> None:
+        print(f"    {text}", flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def _apply(lab: Lab, name: str) -> None:
+    path = SAMPLES / name
+    Steps.say(f"$ kubectl apply -f samples/tcp-echo/{name}")
+    for change in lab.apply([path]):
+        Steps.say(str(change))
+    Steps.say(f"(applied, pushed and ACKed by Envoy in {lab.last_apply_ms:.1f} ms)")
+
+
+def _send(lab: Lab, count: int, hold: float) -> list[str]:
+    client = f"(date; sleep {hold:g})" if hold else "date"
+    Steps.say(f"$ for i in {{1..{count}}}; do {client} | nc {HOST} {lab.ingress_port}; done")
+    replies = []
+    for reply in lab.send(count, hold):
+        print(f"    {reply}", flush=True)
+        replies.append(reply)
+    return replies
+
+
+def binomial_bounds(n: int, p: float, sigmas: float = 4.0) -> tuple[float, float]:
+    """Range a count of Binomial(n, p) stays in unless something is wrong."""
+    sd = math.sqrt(n * p * (1 - p))
+    return n * p - sigmas * sd, n * p + sigmas * sd
+
+
+def run_demo(
+    *,
+    ingress_port: int = 31400,
+    xds_port: int = 18000,
+    admin_port: int = 15000,
+    connections: int = 20,
+    hold: float = 0.0,
+    split: str = "locality",
+    keep: bool = False,
+) -> int:
+    """Run the task; returns the exit code (0 when every step did what the task says)."""
+    steps = Steps(5)
+    steps.step("Starting tcp-echo v1 and v2, the control plane and Envoy")
+    lab = Lab(
+        ingress_port=ingress_port,
+        xds_port=xds_port,
+        admin_port=admin_port,
+        split=split,
+        progress=Steps.say,
+    )
+    try:
+        lab.start()
+        Steps.say(f"ingress: {HOST}:{lab.ingress_port} (Gateway port 31400)")
+
+        steps.step("Routing all TCP traffic to tcp-echo v1")
+        _apply(lab, "tcp-echo-all-v1.yaml")
+        replies = _send(lab, connections, hold)
+        wrong = [r for r in replies if traffic.version_of(r) != "one"]
+        if wrong:
+            raise StepFailed(f"{len(wrong)} of {len(replies)} replies did not come from v1")
+
+        steps.step("Shifting 20% of TCP traffic to tcp-echo v2")
+        _apply(lab, "tcp-echo-20-v2.yaml")
+        Steps.say("$ kubectl get virtualservice tcp-echo -o yaml")
+        vs = lab.cp.call(lab.cp.cp.store.document, ("VirtualService", "default", "tcp-echo"))
+        for line in yaml.safe_dump(vs, sort_keys=False).splitlines():
+            print(f"    {line}", flush=True)
+
+        steps.step(f"Sending {connections} connections after the shift")
+        replies = _send(lab, connections, hold)
+        counts = traffic.split(replies)
+        print()
+        for line in traffic.format_split_table(counts).splitlines():
+            Steps.say(line)
+        low, high = binomial_bounds(len(replies), 0.2)
+        two = counts.get("two", 0)
+        if set(counts) - {"one", "two"} or not low <= two <= high:
+            raise StepFailed(f"v2 got {two} of {len(replies)} connections, expected about 20%")
+
+        steps.step("Done")
+        Steps.say(f"the task ran in {steps.elapsed():.1f} s")
+        if keep:
+            Steps.say(f"the lab keeps running: nc {HOST} {lab.ingress_port}; Ctrl-C to stop")
+            while True:
+                time.sleep(3600)
+        return 0
+    except KeyboardInterrupt:
+        print("\ninterrupted: cleaning up", flush=True)
+        return 130
+    except (StepFailed, LabError, ConfigError, TimeoutError, OSError) as e:
+        print(f"\nerror: {e}", flush=True)
+        return 1
+    finally:
+        lab.stop()
+        Steps.say("stopped every process the demo started")

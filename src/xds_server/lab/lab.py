@@ -1,0 +1,210 @@
+"""The whole lab as local processes: two tcp-echo versions, the control plane, one Envoy.
+
+Shared by ``xds-server demo`` and the integration tests, so that what the demo shows is
+what the tests prove.
+"""
+
+from __future__ import annotations
+
+import selectors
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config.load import load_paths, load_text
+from ..config.model import Resource
+from ..config.store import Change
+from ..controlplane import BackgroundControlPlane, ControlPlane
+from ..translate import TranslateOptions
+from . import traffic
+from .envoy import EnvoyProcess
+from .ports import free_port, port_is_free
+
+SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "tcp-echo"
+HOST = "127.0.0.1"
+GATEWAY_PORT = 31400  # the task's ingress port, as written in the Gateway
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message says which and why."""
+
+
+def choose_port(wanted: int, default: int, what: str, note: Callable[[str], None]) -> int:
+    """The task's default port if free, else any free one (said out loud); a port the user
+    asked for explicitly must be free."""
+    if wanted == 0:
+        return free_port(HOST)
+    if port_is_free(wanted, HOST):
+        return wanted
+    if wanted != default:
+        raise LabError(f"{what} port {wanted} is in use on {HOST} (use 0 to pick a free one)")
+    port = free_port(HOST)
+    note(f"{what} port {wanted} is in use; using {port} instead")
+    return port
+
+
+@dataclass
+class EchoProcess:
+    """A tcp-echo server subprocess; ready once it printed its READY line."""
+
+    version: str
+    prefix: str
+    process: subprocess.Popen[str]
+    addresses: list[tuple[str, int]]
+
+    @classmethod
+    def start(cls, version: str, prefix: str, ports: int = 2, timeout: float = 10.0) -> EchoProcess:
+        cmd = [sys.executable, "-m", "xds_server.echo", "--quiet", "--prefix", prefix]
+        cmd += ["--ports", ",".join(["0"] * ports), "--host", HOST]
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        line = _readline(proc, timeout)
+        if not line.startswith("READY "):
+            proc.kill()
+            err = proc.stderr.read() if proc.stderr else ""
+            raise LabError(f"tcp-echo {version} did not start: {line.strip() or err.strip()}")
+        addresses = []
+        for item in line.split()[1].split(","):
+            host, _, port = item.rpartition(":")
+            addresses.append((host, int(port)))
+        return cls(version, prefix, proc, addresses)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for stream in (self.process.stdout, self.process.stderr):
+            if stream:
+                stream.close()
+
+    def workload_entry(self) -> str:
+        """The WorkloadEntry that registers this server, as Kubernetes would its pod."""
+        (host, p1), (_, p2) = self.addresses[:2]
+        return (
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
+            f"metadata: {{name: tcp-echo-{self.version}}}\n"
+            f"spec:\n  address: {host}\n  labels: {{app: tcp-echo, version: {self.version}}}\n"
+            f"  ports: {{tcp: {p1}, tcp-other: {p2}}}\n"
+        )
+
+
+def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
+    """One line of a child's stdout, with a deadline (a READY line is the readiness signal)."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return ""
+    return proc.stdout.readline()
+
+
+class Lab:
+    """Bring the lab up with ``start()`` (or ``with Lab() as lab``), drive it, tear it down.
+
+    Every process it started is stopped by ``stop()``, also after a failed start.
+    """
+
+    def __init__(
+        self,
+        *,
+        ingress_port: int = GATEWAY_PORT,
+        xds_port: int = 18000,
+        admin_port: int = 15000,
+        split: str = "locality",
+        drain_time_s: int | None = None,
+        api_type: str = "GRPC",
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        self.wanted = (ingress_port, xds_port, admin_port)
+        self.split = split
+        self.drain_time_s = drain_time_s
+        self.api_type = api_type
+        self.say = progress or (lambda _msg: None)
+        self.echoes: list[EchoProcess] = []
+        self.cp: BackgroundControlPlane | None = None
+        self.envoy: EnvoyProcess | None = None
+        self.ingress_port = 0
+        self.last_apply_ms = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Lab:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        ingress, xds, admin = self.wanted
+        self.ingress_port = choose_port(ingress, GATEWAY_PORT, "ingress", self.say)
+        xds = choose_port(xds, 18000, "xDS", self.say)
+        admin = choose_port(admin, 15000, "Envoy admin", self.say)
+        for version, prefix in (("v1", "one"), ("v2", "two")):
+            echo = EchoProcess.start(version, prefix)
+            self.echoes.append(echo)
+            addrs = ", ".join(f"{h}:{p}" for h, p in echo.addresses)
+            self.say(f"tcp-echo {version} (prefix {prefix!r}) listening on {addrs}")
+        options = TranslateOptions(
+            split=self.split, listener_address=HOST, port_map={GATEWAY_PORT: self.ingress_port}
+        )
+        self.cp = ControlPlane.start_in_thread(xds_port=xds, options=options)
+        self.say(f"control plane serving ADS on {HOST}:{self.cp.port} (split mode: {self.split})")
+        self.apply([SAMPLES / "tcp-echo-services.yaml"], wait=False)
+        self.cp.apply_yaml("---\n".join(e.workload_entry() for e in self.echoes), "<lab endpoints>")
+        self.envoy = EnvoyProcess(
+            self.cp.port,
+            admin_port=admin,
+            drain_time_s=self.drain_time_s,
+            api_type=self.api_type,
+        ).start()
+        self.envoy.wait_live()
+        self.cp.wait_synced()
+        self.say(
+            f"envoy {self.envoy.pid} LIVE, admin {self.envoy.admin_url}, "
+            f"started in {self.envoy.startup_seconds * 1000:.0f} ms"
+        )
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+        if self.cp is not None:
+            self.cp.stop()
+        for echo in self.echoes:
+            echo.stop()
+
+    def __enter__(self) -> Lab:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- driving ---------------------------------------------------------------------------
+
+    def apply(self, paths: Iterable[str | Path], *, wait: bool = True) -> list[Change]:
+        """Apply files and, by default, wait until Envoy ACKed the result."""
+        return self.apply_resources(load_paths([str(p) for p in paths]), wait=wait)
+
+    def apply_yaml(self, text: str, *, wait: bool = True) -> list[Change]:
+        return self.apply_resources(load_text(text, "<lab>"), wait=wait)
+
+    def apply_resources(self, resources: Sequence[Resource], *, wait: bool = True) -> list[Change]:
+        assert self.cp is not None
+        started = time.perf_counter()
+        changes = self.cp.apply(resources)
+        if wait:
+            self.cp.wait_synced()
+        self.last_apply_ms = (time.perf_counter() - started) * 1000
+        return changes
+
+    def send(self, count: int, hold: float = 0.0) -> list[str]:
+        return traffic.send_many(HOST, self.ingress_port, count, hold=hold)

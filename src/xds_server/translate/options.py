@@ -1,0 +1,34 @@
+"""Knobs of the translation that are not part of the Istio config itself."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+LOCALITY = "locality"
+ISTIO = "istio"
+SplitMode = Literal["locality", "istio"]
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    """How config becomes Envoy resources.
+
+    ``split``: ``locality`` (default) puts the weights in EDS, one weighted locality per
+    destination, so a weight change is an EDS-only update that never drains the listener
+    and splits exactly. ``istio`` reproduces Istio's shape, tcp_proxy ``weighted_clusters``
+    on the listener: a random split, and every weight change drains open connections.
+
+    ``port_map`` moves a gateway port to another bind port (like a Kubernetes Service port
+    to its target port) when the task's port is taken on this host; the listener keeps
+    the gateway port in its name.
+    """
+
+    split: SplitMode = LOCALITY
+    listener_address: str = "127.0.0.1"
+    port_map: Mapping[int, int] = field(default_factory=dict)
+    connect_timeout: float = 10.0  # Istio's default
+
+    def bind_port(self, gateway_port: int) -> int:
+        return self.port_map.get(gateway_port, gateway_port)

@@ -1,0 +1,125 @@
+"""Which tcp route serves which gateway port, and with what weights (Istio's rules).
+
+Shared by translation and validation so that both read a VirtualService the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config.index import ConfigIndex, canonical_host
+from ..config.model import (
+    Gateway,
+    Port,
+    RouteDestination,
+    ServiceEntry,
+    Subset,
+    TCPRoute,
+    VirtualService,
+)
+
+MESH = "mesh"  # Istio's reserved gateway name for sidecars: not served by a gateway proxy
+LONE_WEIGHT = 100
+
+
+def effective_weights(route: TCPRoute) -> list[tuple[RouteDestination, int]]:
+    """Relative weights as Envoy must see them: a lone destination gets everything, an
+    omitted weight among several counts as 0, and zero weights are left out (Envoy rejects
+    weight 0)."""
+    if len(route.route) == 1:
+        only = route.route[0]
+        return [(only, only.weight or LONE_WEIGHT)]
+    return [(d, d.weight) for d in route.route if d.weight]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A weighted destination resolved to its service, port and subset."""
+
+    host: str  # as the ServiceEntry declares it
+    service: ServiceEntry
+    port: Port
+    subset: Subset | None
+    weight: int
+
+    @property
+    def subset_name(self) -> str:
+        return self.subset.name if self.subset else ""
+
+
+@dataclass(frozen=True)
+class BoundRoute:
+    """The route that serves one gateway port."""
+
+    port: int
+    vs: VirtualService
+    index: int  # position in spec.tcp
+    backends: tuple[Backend, ...]
+
+
+def declared_host(se: ServiceEntry, host: str, namespace: str) -> str:
+    wanted = canonical_host(host, namespace)
+    return next(h for h in se.hosts if canonical_host(h, se.meta.namespace) == wanted)
+
+
+def resolve_backends(index: ConfigIndex, vs: VirtualService, route: TCPRoute) -> list[Backend]:
+    """Backends of a validated route; unresolvable destinations are skipped (validation
+    reports them)."""
+    out = []
+    ns = vs.meta.namespace
+    for dest, weight in effective_weights(route):
+        d = dest.destination
+        se = index.service(d.host, ns)
+        port = se and index.service_port(se, d.port)
+        if se is None or port is None:
+            continue
+        subset = index.subset(d.host, ns, d.subset) if d.subset else None
+        if d.subset and subset is None:
+            continue
+        out.append(Backend(declared_host(se, d.host, ns), se, port, subset, weight))
+    return out
+
+
+def route_bindings(
+    index: ConfigIndex, vs: VirtualService, route: TCPRoute
+) -> list[tuple[Gateway, int]]:
+    """The (gateway, server port) pairs a route claims: matches are OR'd, and inside one
+    match `port` and `gateways` are AND'd."""
+    ns = vs.meta.namespace
+    out: list[tuple[Gateway, int]] = []
+    for match in route.match or (None,):
+        refs = (match.gateways if match and match.gateways else None) or vs.gateways
+        for ref in refs:
+            gw = None if ref == MESH else index.gateway(ref, ns)
+            if gw is None:
+                continue
+            for server in gw.servers:
+                wanted = match.port if match else None
+                if wanted is None or wanted == server.port.number:
+                    pair = (gw, server.port.number)
+                    if pair not in out:
+                        out.append(pair)
+    return out
+
+
+def bind_routes(index: ConfigIndex) -> list[BoundRoute]:
+    """One route per gateway port: VirtualServices in namespace/name order, and inside one
+    the first matching route wins, as in Istio."""
+    bound: dict[int, BoundRoute] = {}
+    for vs in sorted(index.virtual_services, key=lambda v: v.key):
+        for i, route in enumerate(vs.tcp):
+            for _gw, port in route_bindings(index, vs, route):
+                if port not in bound:
+                    backends = tuple(resolve_backends(index, vs, route))
+                    bound[port] = BoundRoute(port, vs, i, backends)
+    return [bound[p] for p in sorted(bound)]
+
+
+__all__ = [
+    "Backend",
+    "BoundRoute",
+    "bind_routes",
+    "effective_weights",
+    "resolve_backends",
+    "route_bindings",
+]
