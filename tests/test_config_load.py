@@ -466,7 +466,7 @@ def test_workload_entry_labels_must_be_strings() -> None:
     found = problems(text)
     assert [(p.field, p.message, p.hint) for p in found] == [
         ("spec.labels.version", "must be a string, got 2", 'quote it: "2"'),
-        ("spec.labels.canary", "must be a string, got true", 'quote it: "True"'),
+        ("spec.labels.canary", "must be a string, got true", 'quote it: "true"'),
     ]
 
 

@@ -14,7 +14,7 @@ from xds_server.lab.envoy import (
     find_envoy_binary,
     render_bootstrap,
 )
-from xds_server.lab.ports import free_port, port_is_free
+from xds_server.ports import free_port, port_is_free
 
 try:
     find_envoy_binary()

@@ -170,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
         )
+        logging.getLogger("watchfiles").setLevel(logging.WARNING)
         try:
             return asyncio.run(serve(args))
         except KeyboardInterrupt:

@@ -8,6 +8,7 @@ synchronous programs and tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Coroutine, Iterable
@@ -20,6 +21,7 @@ from .config.errors import ConfigError
 from .config.load import load_paths, load_text
 from .config.model import Resource
 from .config.store import Change, ConfigStore
+from .ports import port_is_free
 from .translate import PUSH_ORDER, TranslateOptions, translate
 from .xds import AggregatedDiscoveryService, ProxyStatus, SnapshotCache, StatusBoard
 from .xds.status import SYNCED
@@ -59,18 +61,16 @@ class ControlPlane:
             AggregatedDiscoveryService(self.cache, self.board), server
         )
         target = f"{self.xds_address}:{self.requested_port}"
-        try:
-            port = server.add_insecure_port(target)
-        except RuntimeError as e:
-            port = 0
-            cause: BaseException | None = e
-        else:
-            cause = None
+        port = 0
+        # Checked first so that the user sees our one line, not gRPC core's log line too.
+        if self.requested_port == 0 or port_is_free(self.requested_port, self.xds_address):
+            with contextlib.suppress(RuntimeError):
+                port = server.add_insecure_port(target)
         if not port:
             raise PortInUseError(
                 f"cannot listen for xDS on {target}: address in use or not available "
                 "(pick another with --xds-port, or 0 for any free port)"
-            ) from cause
+            )
         await server.start()
         self._server, self.port = server, port
         log.info("xDS (ADS, state of the world) listening on %s:%d", self.xds_address, port)

@@ -276,7 +276,7 @@ class Reader:
 
     def _wrong_type(self, path: str, value: Any, expected: str) -> None:
         quotable = expected == "a string" and isinstance(value, int | float | bool)
-        hint = f'quote it: "{value}"' if quotable else None
+        hint = f'quote it: "{describe(value)}"' if quotable else None
         self.rep.add(path, f"must be {expected}, got {describe(value)}", hint)
 
     def string(self, obj: dict, path: str, key: str, required: bool = False) -> str | None:

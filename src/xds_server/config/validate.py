@@ -253,7 +253,7 @@ def _check_route_conflicts(index: ConfigIndex, problems: list[Problem]) -> None:
             for gw, port in route_bindings(index, vs, route):
                 key = (gw.key, port)
                 owner = owners.setdefault(key, vs)
-                if owner is not vs and key not in reported:
+                if owner.key != vs.key and key not in reported:  # same key: a duplicate
                     reported.add(key)
                     message = f"gateway {gw.ref} port {port} is already routed by {_ref(owner)}"
                     rep.add(item("spec.tcp", i), message)

@@ -18,10 +18,10 @@ from ..config.load import load_paths, load_text
 from ..config.model import Resource
 from ..config.store import Change
 from ..controlplane import BackgroundControlPlane, ControlPlane
+from ..ports import free_port, port_is_free
 from ..translate import TranslateOptions
 from . import traffic
 from .envoy import EnvoyProcess
-from .ports import free_port, port_is_free
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "tcp-echo"
 HOST = "127.0.0.1"

@@ -1,0 +1,143 @@
+"""``xds-server serve --config DIR`` as a real process: reloads on change, keeps the last good
+config when a change is invalid, and fails clearly at start."""
+
+from __future__ import annotations
+
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from xds_server.lab import traffic
+from xds_server.lab.envoy import EnvoyProcess
+from xds_server.lab.lab import SAMPLES, EchoProcess
+from xds_server.ports import free_port
+
+VS_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
+
+
+class Server:
+    """The daemon as a subprocess, its log lines readable with a deadline."""
+
+    def __init__(self, *args: str) -> None:
+        cmd = [sys.executable, "-m", "xds_server", "serve", *args]
+        self.proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self._queue.put(line)
+
+    def wait_line(self, needle: str, timeout: float = 10.0) -> str:
+        """Read output until a line contains ``needle`` (the daemon's own readiness signal)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=left)
+            except queue.Empty:
+                break
+            self.lines.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"no line with {needle!r}; output so far:\n{''.join(self.lines)}")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def echoes():
+    procs = [EchoProcess.start("v1", "one"), EchoProcess.start("v2", "two")]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+def write_config(directory: Path, echoes: list[EchoProcess]) -> None:
+    shutil.copy(SAMPLES / "tcp-echo-all-v1.yaml", directory / "10-routing.yaml")
+    services = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
+    (directory / "00-services.yaml").write_text(
+        "---\n".join([services, *(e.workload_entry() for e in echoes)])
+    )
+
+
+def test_invalid_change_on_disk_keeps_last_good_config(tmp_path, echoes):
+    write_config(tmp_path, echoes)
+    ingress = free_port()
+    server = Server("--config", str(tmp_path), "--xds-port", "0", "--port-map", f"31400={ingress}")
+    try:
+        port = int(server.wait_line("xDS listening on").rsplit(":", 1)[1])
+        with EnvoyProcess(port) as envoy:
+            envoy.wait_live()
+            envoy.wait_listener("0.0.0.0_31400")
+            assert traffic.split(traffic.send_many("127.0.0.1", ingress, 10)) == {"one": 10}
+
+            # A bad weight: rejected with file, document, resource and field named.
+            (tmp_path / "10-routing.yaml").write_text(VS_20.replace("weight: 20", "weight: -20"))
+            line = server.wait_line("rejected config change")
+            detail = server.wait_line("weight")
+            assert "10-routing.yaml" in detail and "VirtualService default/tcp-echo" in detail
+            assert "spec.tcp[0].route[1].weight" in detail, detail
+            # The last good config keeps serving.
+            assert traffic.split(traffic.send_many("127.0.0.1", ingress, 10)) == {"one": 10}
+
+            # The next valid change goes through. It is the whole directory that counts now:
+            # the Gateway and DestinationRule that 10-routing.yaml held must come back too.
+            all_v1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
+            gw_dr = all_v1.split("kind: VirtualService")[0].rsplit("---", 1)[0]
+            (tmp_path / "10-routing.yaml").write_text(gw_dr + "---\n" + VS_20)
+            server.wait_line("reloaded revision 2")
+            deadline = time.monotonic() + 10
+            counts = {}
+            while time.monotonic() < deadline and counts != {"one": 80, "two": 20}:
+                counts = traffic.split(traffic.send_many("127.0.0.1", ingress, 100))
+            assert counts == {"one": 80, "two": 20}
+    finally:
+        assert server.stop() == 0
+    assert line  # the rejection was reported once the change was made
+
+
+def test_invalid_config_at_start_exits_1_with_location(tmp_path):
+    bad = tmp_path / "vs.yaml"
+    bad.write_text(VS_20.replace("subset: v2", "subset: v3"))
+    result = subprocess.run(
+        [sys.executable, "-m", "xds_server", "serve", "-c", str(bad), "--xds-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert "vs.yaml" in result.stderr
+    assert "VirtualService default/tcp-echo" in result.stderr
+
+
+def test_xds_port_in_use_is_one_clear_line(tmp_path):
+    import socket
+
+    (tmp_path / "a.yaml").write_text((SAMPLES / "tcp-echo-services.yaml").read_text())
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "xds_server", "serve", "-c", str(tmp_path)]
+            + ["--xds-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: cannot listen for xDS on 127.0.0.1:{port}")
+    assert len(result.stderr.strip().splitlines()) == 1
