@@ -39,7 +39,8 @@ def selects(labels: dict[str, str], selector: dict[str, str]) -> bool:
 
 
 class ConfigIndex:
-    """An immutable view over one consistent set of resources."""
+    """An immutable view over one set of resources. Where validation reports a clash
+    (a duplicate name, two rules for one host), the first in namespace/name order wins."""
 
     def __init__(self, resources: Iterable[Resource]) -> None:
         self.resources = list(resources)
@@ -47,11 +48,10 @@ class ConfigIndex:
         self.virtual_services: list[VirtualService] = []
         self.destination_rules: dict[str, DestinationRule] = {}
         self.services: dict[str, ServiceEntry] = {}
-        self.service_hosts: dict[int, str] = {}  # id(ServiceEntry) -> host as declared
         self.workload_entries: list[WorkloadEntry] = []
         for r in sorted(self.resources, key=lambda r: r.key):
             if isinstance(r, Gateway):
-                self.gateways[(r.meta.namespace, r.meta.name)] = r
+                self.gateways.setdefault((r.meta.namespace, r.meta.name), r)
             elif isinstance(r, VirtualService):
                 self.virtual_services.append(r)
             elif isinstance(r, DestinationRule):

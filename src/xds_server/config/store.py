@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 
 from .errors import ConfigError
 from .model import Resource
-from .validate import validate
+from .validate import duplicates, validate
 
 Key = tuple[str, str, str]  # kind, namespace, name
 
@@ -120,7 +120,7 @@ class ConfigStore:
 
     @staticmethod
     def _reject_duplicates(batch: list[Resource]) -> None:
-        problems = [p for p in validate(batch) if p.message.startswith("duplicate")]
+        problems = duplicates(batch)
         if problems:
             raise ConfigError(problems)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from ..translate.routing import MESH, route_bindings
 from .errors import ConfigError, Problem
 from .index import ConfigIndex, canonical_host, split_ref
 from .load import (
@@ -38,6 +37,7 @@ from .model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
+from .routing import MESH, route_bindings
 
 MAX_PORT = 65535
 
@@ -372,6 +372,14 @@ def _service_entries(index: ConfigIndex) -> list[ServiceEntry]:
 
 
 # --- Across resources ----------------------------------------------------------------------
+
+
+def duplicates(resources: Sequence[Resource]) -> list[Problem]:
+    """Two documents for one kind/namespace/name: in one batch, the second would silently
+    replace the first."""
+    problems: list[Problem] = []
+    _check_duplicates(resources, problems)
+    return problems
 
 
 def _check_duplicates(resources: Sequence[Resource], problems: list[Problem]) -> None:

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 
 from ..config.index import ConfigIndex
 from ..config.model import Resource, ServiceEntry, Subset, VirtualService
+from ..config.routing import Backend, BoundRoute, bind_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
 from .listeners import build_tcp_listener
 from .options import ISTIO, TranslateOptions
-from .routing import Backend, BoundRoute, bind_routes
 from .types import Resources
 
 

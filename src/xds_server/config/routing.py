@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config.index import ConfigIndex, canonical_host
-from ..config.model import (
+from .index import ConfigIndex, canonical_host
+from .model import (
     Gateway,
     Port,
     RouteDestination,
