@@ -87,16 +87,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start tcp-echo v1/v2, the control plane and Envoy; route 100%% to v1, "
         "then 80/20; print the replies and the split; stop everything.",
     )
-    demo.add_argument(
-        "--ingress-port",
-        type=_port,
-        default=31400,
-        help="Envoy's ingress port (default: 31400, or a free one if taken; 0 = any free)",
-    )
-    demo.add_argument("--xds-port", type=_port, default=18000, help="default 18000 (0 = free)")
-    demo.add_argument(
-        "--admin-port", type=_port, default=15000, help="Envoy admin port (default 15000)"
-    )
+    for flag, default, what in (
+        ("--ingress-port", 31400, "Envoy's ingress port"),
+        ("--xds-port", 18000, "the control plane's xDS port"),
+        ("--admin-port", 15000, "Envoy's admin port"),
+    ):
+        demo.add_argument(
+            flag,
+            type=_port,
+            help=f"{what} (default: {default}, or a free one if that is taken; 0 = any free)",
+        )
     demo.add_argument(
         "--connections", "-n", type=int, default=20, help="connections per step (default 20)"
     )

@@ -61,9 +61,9 @@ def binomial_bounds(n: int, p: float, sigmas: float = 4.0) -> tuple[float, float
 
 def run_demo(
     *,
-    ingress_port: int = 31400,
-    xds_port: int = 18000,
-    admin_port: int = 15000,
+    ingress_port: int | None = None,
+    xds_port: int | None = None,
+    admin_port: int | None = None,
     connections: int = 20,
     hold: float = 0.0,
     split: str = "locality",

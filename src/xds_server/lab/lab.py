@@ -32,17 +32,17 @@ class LabError(RuntimeError):
     """A lab step failed; the message says which and why."""
 
 
-def choose_port(wanted: int, default: int, what: str, note: Callable[[str], None]) -> int:
-    """The task's default port if free, else any free one (said out loud); a port the user
-    asked for explicitly must be free."""
+def choose_port(wanted: int | None, default: int, what: str, note: Callable[[str], None]) -> int:
+    """``None``: the task's default port if free, else any free one (said out loud).
+    0: any free port. A port the user asked for explicitly must be free."""
     if wanted == 0:
         return free_port(HOST)
-    if port_is_free(wanted, HOST):
-        return wanted
-    if wanted != default:
+    if port_is_free(wanted or default, HOST):
+        return wanted or default
+    if wanted is not None:
         raise LabError(f"{what} port {wanted} is in use on {HOST} (use 0 to pick a free one)")
     port = free_port(HOST)
-    note(f"{what} port {wanted} is in use; using {port} instead")
+    note(f"{what} port {default} is in use; using {port} instead")
     return port
 
 
@@ -109,15 +109,18 @@ def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
 class Lab:
     """Bring the lab up with ``start()`` (or ``with Lab() as lab``), drive it, tear it down.
 
+    Ports: ``None`` takes the task's (31400 ingress, 18000 xDS, 15000 Envoy admin) or a
+    free one when taken; 0 takes a free one; any other number must be free.
+
     Every process it started is stopped by ``stop()``, also after a failed start.
     """
 
     def __init__(
         self,
         *,
-        ingress_port: int = GATEWAY_PORT,
-        xds_port: int = 18000,
-        admin_port: int = 15000,
+        ingress_port: int | None = None,
+        xds_port: int | None = None,
+        admin_port: int | None = None,
         split: str = "locality",
         drain_time_s: int | None = None,
         api_type: str = "GRPC",

@@ -1,0 +1,81 @@
+"""``xds-server demo`` as a user runs it: output, exit codes, cleanup."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+DEMO = [sys.executable, "-m", "xds_server", "demo"]
+FREE = ["--ingress-port", "0", "--xds-port", "0", "--admin-port", "0"]
+
+
+def children_of(pid: int) -> list[int]:
+    """Live child processes, from /proc (Linux)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(entry))
+    return out
+
+
+def test_demo_runs_the_task_and_prints_the_split():
+    result = subprocess.run([*DEMO, *FREE, "-n", "20"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "virtualservice.networking.istio.io/tcp-echo created" in out
+    assert "virtualservice.networking.istio.io/tcp-echo configured" in out
+    before, after = out.split("[3/5]")
+    assert before.count("    one ") == 20 and "    two " not in before
+    assert "weight: 80" in after and "weight: 20" in after and "generation: 2" in after
+    assert re.search(r"one\s+16\s+80\.0%", after) and re.search(r"two\s+4\s+20\.0%", after)
+    assert "stopped every process" in out
+
+
+def test_explicit_port_in_use_fails_clearly():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*DEMO, "--ingress-port", str(port), "--xds-port", "0", "--admin-port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert f"error: ingress port {port} is in use on 127.0.0.1" in result.stdout
+
+
+def test_ctrl_c_stops_every_process():
+    proc = subprocess.Popen(
+        [*DEMO, *FREE, "-n", "2", "--keep"], stdout=subprocess.PIPE, text=True, bufsize=1
+    )
+    try:
+        for line in proc.stdout:  # the demo's own progress is the readiness signal
+            if "the lab keeps running" in line:
+                break
+        kids = children_of(proc.pid)
+        assert len(kids) == 3  # two tcp-echo servers and Envoy
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        rest = proc.stdout.read()
+        assert "stopped every process" in rest
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{k}") for k in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
