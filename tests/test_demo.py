@@ -61,10 +61,13 @@ def test_ctrl_c_stops_every_process():
     proc = subprocess.Popen(
         [*DEMO, *FREE, "-n", "2", "--keep"], stdout=subprocess.PIPE, text=True, bufsize=1
     )
+    seen = []
     try:
         for line in proc.stdout:  # the demo's own progress is the readiness signal
+            seen.append(line)
             if "the lab keeps running" in line:
                 break
+        assert "the lab keeps running" in seen[-1], "".join(seen)
         kids = children_of(proc.pid)
         assert len(kids) == 3  # two tcp-echo servers and Envoy
         proc.send_signal(signal.SIGINT)
