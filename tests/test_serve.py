@@ -3,15 +3,14 @@ config when a change is invalid, and fails clearly at start."""
 
 from __future__ import annotations
 
-import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import ServerProcess
 
 from xds_server.lab import traffic
 from xds_server.lab.envoy import EnvoyProcess
@@ -19,42 +18,6 @@ from xds_server.lab.lab import SAMPLES, EchoProcess
 from xds_server.ports import free_port
 
 VS_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
-
-
-class Server:
-    """The daemon as a subprocess, its log lines readable with a deadline."""
-
-    def __init__(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "xds_server", "serve", *args]
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self._queue.put(line)
-
-    def wait_line(self, needle: str, timeout: float = 10.0) -> str:
-        """Read output until a line contains ``needle`` (the daemon's own readiness signal)."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=left)
-            except queue.Empty:
-                break
-            self.lines.append(line)
-            if needle in line:
-                return line
-        raise AssertionError(f"no line with {needle!r}; output so far:\n{''.join(self.lines)}")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -76,9 +39,18 @@ def write_config(directory: Path, echoes: list[EchoProcess]) -> None:
 def test_invalid_change_on_disk_keeps_last_good_config(tmp_path, echoes):
     write_config(tmp_path, echoes)
     ingress = free_port()
-    server = Server("--config", str(tmp_path), "--xds-port", "0", "--port-map", f"31400={ingress}")
+    server = ServerProcess(
+        "--config",
+        str(tmp_path),
+        "--xds-port",
+        "0",
+        "--admin-port",
+        "0",
+        "--port-map",
+        f"31400={ingress}",
+    )
     try:
-        port = int(server.wait_line("xDS listening on").rsplit(":", 1)[1])
+        port = server.wait_port("xDS")
         with EnvoyProcess(port) as envoy:
             envoy.wait_live()
             envoy.wait_listener("0.0.0.0_31400")
@@ -113,7 +85,18 @@ def test_invalid_config_at_start_exits_1_with_location(tmp_path):
     bad = tmp_path / "vs.yaml"
     bad.write_text(VS_20.replace("subset: v2", "subset: v3"))
     result = subprocess.run(
-        [sys.executable, "-m", "xds_server", "serve", "-c", str(bad), "--xds-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "xds_server",
+            "serve",
+            "-c",
+            str(bad),
+            "--xds-port",
+            "0",
+            "--admin-port",
+            "0",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

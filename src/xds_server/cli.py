@@ -51,13 +51,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser(
         "serve",
-        help="serve config files to Envoy over ADS, reloading them when they change",
-        description="Load Istio YAML (files or directories), serve it over ADS, and reload "
-        "when the files change. An invalid change is reported and the last good config "
-        "keeps being served.",
+        help="serve config to Envoy over ADS (from a state dir or from files)",
+        description="Serve Istio YAML to Envoy over ADS. The config lives in ONE place: "
+        "either a state directory (--state-dir: `xdsctl apply` writes there atomically, it "
+        "survives restarts, and hand edits of DIR/config.yaml are applied too), or files you "
+        "manage yourself (--config: reloaded when they change; xdsctl can read but not "
+        "write). An invalid change is reported and the last good config keeps being served.",
+    )
+    source = serve.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--state-dir", metavar="DIR", help="durable store that xdsctl apply/delete write to"
+    )
+    source.add_argument(
+        "--config", "-c", nargs="+", metavar="PATH", help="YAML files or dirs (read-only)"
     )
     serve.add_argument(
-        "--config", "-c", nargs="+", required=True, metavar="PATH", help="YAML files or dirs"
+        "--admin-address", default="127.0.0.1", help="address for xdsctl (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--admin-port",
+        type=_port,
+        default=18001,
+        help="admin API port for xdsctl (default: 18001; 0 = any free)",
     )
     serve.add_argument(
         "--xds-address", default="127.0.0.1", help="address for xDS (default: 127.0.0.1)"
@@ -114,54 +129,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    paths = [Path(p) for p in args.config]
-    try:
-        resources = load_paths(paths)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     options = TranslateOptions(
         split=args.split, listener_address=args.listener_address, port_map=dict(args.port_map)
     )
-    cp = ControlPlane(xds_address=args.xds_address, xds_port=args.xds_port, options=options)
+    common = dict(
+        xds_address=args.xds_address,
+        xds_port=args.xds_port,
+        options=options,
+        admin_address=args.admin_address,
+        admin_port=args.admin_port,
+    )
+    if args.state_dir:
+        cp = ControlPlane(state_dir=args.state_dir, **common)
+        paths = []
+    else:
+        paths = [Path(p) for p in args.config]
+        cp = ControlPlane(
+            read_only="config comes from files (xds-server serve --config): edit them, or "
+            "run the server with --state-dir to manage config with xdsctl",
+            **common,
+        )
     try:
-        cp.replace(resources)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    try:
-        await cp.start()
-    except PortInUseError as e:
+        if not args.state_dir:
+            cp.replace(load_paths(paths))
+        await cp.start()  # with a state dir, this loads it
+    except (ConfigError, PortInUseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"xDS listening on {args.xds_address}:{cp.port}", flush=True)
-    log.info("serving %d resources from %s", len(resources), ", ".join(map(str, paths)))
+    print(f"admin API listening on {args.admin_address}:{cp.admin_port}", flush=True)
+    source = cp.state.file if cp.state else ", ".join(map(str, paths))
+    log.info("serving %d resources from %s", len(cp.store.resources()), source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    watcher = asyncio.create_task(watch(cp, paths, stop))
+    watcher = asyncio.create_task(cp.watch(stop, paths))
     await stop.wait()
     watcher.cancel()
     await cp.stop()
     return 0
-
-
-async def watch(cp: ControlPlane, paths: list[Path], stop: asyncio.Event) -> None:
-    """Reload on every change; the files are the source of truth, so a reload replaces the
-    whole config. A bad change is logged and the last good config stays."""
-    from watchfiles import awatch
-
-    async for _changes in awatch(*paths, stop_event=stop, debounce=50, step=20):
-        try:
-            changes = cp.replace(load_paths(paths))
-        except ConfigError as e:
-            log.error(
-                "rejected config change, still serving revision %d:\n%s", cp.store.revision, e
-            )
-            continue
-        changed = [str(c) for c in changes if c.action != "unchanged"]
-        log.info("reloaded revision %d: %s", cp.store.revision, "; ".join(changed) or "no change")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,16 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
+from google.protobuf import symbol_database
+from google.protobuf.message import Message
 
 from .config.errors import ConfigError
 from .config.load import load_paths, load_text
 from .config.model import Resource
+from .config.persist import StateDir
 from .config.store import Change, ConfigStore
 from .ports import port_is_free
 from .translate import PUSH_ORDER, TranslateOptions, translate
@@ -34,6 +39,21 @@ class PortInUseError(OSError):
     """The xDS port could not be bound."""
 
 
+def _bind(server: grpc.aio.Server, address: str, port: int, what: str, flag: str) -> int:
+    target = f"{address}:{port}"
+    bound = 0
+    # Checked first so that the user sees our one line, not gRPC core's log line too.
+    if port == 0 or port_is_free(port, address):
+        with contextlib.suppress(RuntimeError):
+            bound = server.add_insecure_port(target)
+    if not bound:
+        raise PortInUseError(
+            f"cannot listen for {what} on {target}: address in use or not available "
+            f"(pick another with {flag}, or 0 for any free port)"
+        )
+    return bound
+
+
 class ControlPlane:
     """Config store -> translation -> snapshot cache -> ADS server, wired together."""
 
@@ -43,42 +63,65 @@ class ControlPlane:
         xds_address: str = "127.0.0.1",
         xds_port: int = 0,
         options: TranslateOptions | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
+        admin_address: str = "127.0.0.1",
+        admin_port: int | None = None,
+        read_only: str | None = None,
     ) -> None:
+        """``state_dir``: where applied config is kept across restarts (None: memory only).
+        ``admin_port``: serve the admin API (xdsctl) there; None: no admin API.
+        ``read_only``: refuse admin writes, with this reason (config comes from files)."""
         self.xds_address = xds_address
         self.requested_port = xds_port
         self.options = options or TranslateOptions()
-        self.store = ConfigStore()
+        self.state = StateDir(state_dir) if state_dir is not None else None
+        self.store = ConfigStore(persist=self.state.save if self.state else None)
         self.cache = SnapshotCache()
         self.board = StatusBoard()
         self.port: int | None = None
-        self._server: grpc.aio.Server | None = None
+        self.admin_address = admin_address
+        self.requested_admin_port = admin_port
+        self.admin_port: int | None = None
+        self.read_only = read_only
+        self._servers: list[grpc.aio.Server] = []
 
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        """Load the saved state (if any), then serve xDS and, if asked, the admin API.
+        Raises ConfigError if the saved state is invalid, PortInUseError if a port is."""
+        if self.state is not None:
+            self.restore(self.state.load())
+        xds = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AggregatedDiscoveryService(self.cache, self.board), server
+            AggregatedDiscoveryService(self.cache, self.board), xds
         )
-        target = f"{self.xds_address}:{self.requested_port}"
-        port = 0
-        # Checked first so that the user sees our one line, not gRPC core's log line too.
-        if self.requested_port == 0 or port_is_free(self.requested_port, self.xds_address):
-            with contextlib.suppress(RuntimeError):
-                port = server.add_insecure_port(target)
-        if not port:
-            raise PortInUseError(
-                f"cannot listen for xDS on {target}: address in use or not available "
-                "(pick another with --xds-port, or 0 for any free port)"
+        self.port = _bind(xds, self.xds_address, self.requested_port, "xDS", "--xds-port")
+        servers = [xds]
+        if self.requested_admin_port is not None:
+            from .admin.server import ConfigAdminService, add_to_server
+
+            admin = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            add_to_server(admin, ConfigAdminService(self, read_only=self.read_only))
+            self.admin_port = _bind(
+                admin,
+                self.admin_address,
+                self.requested_admin_port,
+                "the admin API",
+                "--admin-port",
             )
-        await server.start()
-        self._server, self.port = server, port
-        log.info("xDS (ADS, state of the world) listening on %s:%d", self.xds_address, port)
+            servers.append(admin)
+        for server in servers:
+            await server.start()
+        self._servers = servers
+        log.info("xDS (ADS, state of the world) listening on %s:%d", self.xds_address, self.port)
+        if self.admin_port:
+            log.info("admin API listening on %s:%d", self.admin_address, self.admin_port)
 
     async def stop(self, grace: float | None = 0.5) -> None:
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        for server in self._servers:
+            await server.stop(grace)
+        self._servers = []
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -89,10 +132,12 @@ class ControlPlane:
 
     # --- config ----------------------------------------------------------------------------
 
-    def apply(self, resources: Iterable[Resource]) -> list[Change]:
-        """kubectl apply: all-or-nothing; raises ConfigError and changes nothing if invalid."""
-        changes = self.store.apply(resources)
-        self._push()
+    def apply(self, resources: Iterable[Resource], *, dry_run: bool = False) -> list[Change]:
+        """kubectl apply: all-or-nothing; raises ConfigError (or ConflictError for a stale
+        resourceVersion) and changes nothing if the batch is not good."""
+        changes = self.store.apply(resources, dry_run=dry_run)
+        if not dry_run:
+            self._push()
         return changes
 
     def apply_yaml(self, text: str, file: str = "<input>") -> list[Change]:
@@ -107,10 +152,80 @@ class ControlPlane:
         self._push()
         return changes
 
-    def delete(self, kind: str, name: str, namespace: str = "default") -> list[Change]:
-        changes = self.store.delete([(kind, namespace, name)])
+    def restore(self, resources: Iterable[Resource]) -> list[Change]:
+        """Load saved resources, keeping their resourceVersions (start-up from a state dir)."""
+        changes = self.store.restore(resources)
         self._push()
         return changes
+
+    def delete(self, kind: str, name: str, namespace: str = "default") -> list[Change]:
+        return self.delete_keys([(kind, namespace, name)])
+
+    def delete_keys(
+        self, keys: Iterable[tuple[str, str, str]], *, ignore_not_found: bool = False
+    ) -> list[Change]:
+        """kubectl delete: all or none; a missing resource raises NotFoundError."""
+        changes = self.store.delete(keys, ignore_not_found=ignore_not_found)
+        self._push()
+        return changes
+
+    async def watch(
+        self, stop: asyncio.Event, paths: Iterable[str | os.PathLike[str]] = ()
+    ) -> None:
+        """Reload when the config changes on disk: the state directory's file, or else the
+        given files and directories. The files hold the whole config, so a reload replaces it; a
+        bad change is logged and the last good config keeps being served."""
+        from watchfiles import awatch
+
+        if self.state is not None:
+            state = self.state
+            watched, load = [state.path], state.load
+            only = str(state.file)
+        else:
+            watched = [Path(p) for p in paths]
+            only = None
+
+            def load() -> list[Resource]:
+                return load_paths(watched)
+
+        async for _ in awatch(
+            *watched,
+            stop_event=stop,
+            debounce=50,
+            step=20,
+            watch_filter=(lambda _c, path: path == only) if only else None,
+        ):
+            try:
+                applied = self.replace(load())
+            except ConfigError as e:
+                log.error(
+                    "rejected config change, still serving revision %d:\n%s",
+                    self.store.revision,
+                    e,
+                )
+                continue
+            changed = [str(c) for c in applied if c.action != "unchanged"]
+            if changed:
+                log.info("reloaded revision %d: %s", self.store.revision, "; ".join(changed))
+
+    def proxy_config(self, node_id: str, type_url: str) -> tuple[str, list[tuple[str, Message]]]:
+        """The resources of one type the control plane has for a proxy (the names it asked
+        for, or all for a wildcard subscription), unpacked, and their version."""
+        proxy = next(p for p in self.proxies() if p.node_id == node_id)
+        st = proxy.types.get(type_url)
+        snap = self.cache.snapshot(type_url)
+        if st is None:
+            return "", []
+        wanted = sorted(snap.entries) if st.names is None else sorted(st.names)
+        out = []
+        for name in wanted:
+            entry = snap.entries.get(name)
+            if entry is not None:
+                cls = symbol_database.Default().GetSymbol(type_url.split("/", 1)[1])
+                msg = cls()
+                entry.any.Unpack(msg)
+                out.append((name, msg))
+        return snap.version, out
 
     def set_options(self, options: TranslateOptions) -> None:
         self.options = options

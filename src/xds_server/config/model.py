@@ -172,6 +172,20 @@ class WorkloadEntry(Resource):
     endpoint: WorkloadEndpoint = field(default_factory=lambda: WorkloadEndpoint(address=""))
 
 
+PLURALS = {
+    "VirtualService": "virtualservices",
+    "DestinationRule": "destinationrules",
+    "Gateway": "gateways",
+    "ServiceEntry": "serviceentries",
+    "WorkloadEntry": "workloadentries",
+}
+
+
+def resource_type(kind: str) -> str:
+    """kubectl's name for a kind's resource type, e.g. ``virtualservices.networking.istio.io``."""
+    return f"{PLURALS.get(kind, kind.lower() + 's')}.{GROUP}"
+
+
 KINDS: dict[str, type[Resource]] = {
     cls.kind: cls for cls in (Gateway, VirtualService, DestinationRule, ServiceEntry, WorkloadEntry)
 }

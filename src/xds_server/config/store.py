@@ -1,23 +1,30 @@
 """The config store: applies a batch all-or-nothing.
 
 A batch is merged into a copy of the current set, the whole result is validated (so a
-reference to a resource applied earlier, or removed by this batch, is checked), and only
-then does the copy become current. A failed batch leaves the store exactly as it was.
+reference to a resource applied earlier, or removed by this batch, is checked), handed to
+the ``persist`` hook (which may write it to disk and may fail), and only then does the copy
+become current. A failed batch leaves the store exactly as it was.
+
+Like Kubernetes, the store owns ``metadata.resourceVersion`` (the revision of the last
+change), ``generation`` (bumped when the document changes) and ``creationTimestamp``. A
+document that carries a ``resourceVersion`` is applied only if it is still the current one:
+a stale one is a conflict, never silently merged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from .errors import ConfigError
-from .model import Resource
+from .errors import ConfigError, Problem
+from .model import Resource, resource_type
 from .validate import duplicates, validate
 
 Key = tuple[str, str, str]  # kind, namespace, name
 
 CREATED, CONFIGURED, UNCHANGED, DELETED = "created", "configured", "unchanged", "deleted"
+SERVER_FIELDS = ("resourceVersion", "generation", "creationTimestamp", "uid")
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,7 @@ class Change:
     namespace: str
     name: str
     action: str
+    resource_version: int = 0
 
     def __str__(self) -> str:
         return f"{self.kind.lower()}.networking.istio.io/{self.name} {self.action}"
@@ -42,31 +50,69 @@ class ObjectState:
     created: str  # RFC 3339
 
 
-class ConfigStore:
-    """The current, always-valid set of resources, and a revision that counts commits."""
+class ConflictError(Exception):
+    """An apply carried a resourceVersion that is no longer current."""
 
-    def __init__(self) -> None:
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class NotFoundError(KeyError):
+    """A delete named a resource the store does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
+    """The resource without store-owned metadata, and those fields as they were written."""
+    meta = dict(r.raw.get("metadata") or {})
+    given = {k: meta.pop(k) for k in SERVER_FIELDS if k in meta}
+    meta["namespace"] = r.meta.namespace  # written or not, the same document
+    return replace(r, raw={**r.raw, "metadata": meta}), given
+
+
+Persist = Callable[[list[dict]], None]
+
+
+class ConfigStore:
+    """The current, always-valid set of resources, and a revision that counts commits.
+
+    ``persist``, if given, receives every document of a proposed state (as ``document()``
+    shows them) before that state becomes current; if it raises, nothing changes.
+    """
+
+    def __init__(self, persist: Persist | None = None) -> None:
         self._resources: dict[Key, Resource] = {}
         self._state: dict[Key, ObjectState] = {}
         self.revision = 0
+        self.persist = persist
+
+    # --- reading ---------------------------------------------------------------------------
 
     def document(self, key: Key) -> dict:
         """The resource as ``kubectl get -o yaml`` shows it: the applied document plus the
         metadata the store keeps."""
-        r, st = self._resources[key], self._state[key]
+        return self._document(self._resources[key], self._state[key])
+
+    @staticmethod
+    def _document(r: Resource, st: ObjectState) -> dict:
         meta = dict(r.raw.get("metadata") or {})
-        meta["namespace"] = r.meta.namespace
         meta.update(
             creationTimestamp=st.created,
             generation=st.generation,
             resourceVersion=str(st.resource_version),
         )
-        return {
-            "apiVersion": r.api_version,
-            "kind": r.kind,
-            "metadata": meta,
-            **{k: v for k, v in r.raw.items() if k not in ("apiVersion", "kind", "metadata")},
-        }
+        rest = {k: v for k, v in r.raw.items() if k not in ("apiVersion", "kind", "metadata")}
+        return {"apiVersion": r.api_version, "kind": r.kind, "metadata": meta, **rest}
+
+    def state(self, key: Key) -> ObjectState:
+        return self._state[key]
 
     def resources(self) -> list[Resource]:
         return list(self._resources.values())
@@ -80,42 +126,69 @@ class ConfigStore:
             key=lambda r: r.key,
         )
 
-    def apply(self, batch: Iterable[Resource]) -> list[Change]:
+    # --- writing ---------------------------------------------------------------------------
+
+    def apply(self, batch: Iterable[Resource], *, dry_run: bool = False) -> list[Change]:
         """Create or update each resource of the batch (kubectl apply)."""
         batch = list(batch)
         self._reject_duplicates(batch)
         proposed = dict(self._resources)
-        changes = []
+        conflicts = []
         for r in batch:
-            old = proposed.get(r.key)
-            action = CREATED if old is None else UNCHANGED if old.raw == r.raw else CONFIGURED
-            proposed[r.key] = r
-            changes.append(Change(r.kind, r.meta.namespace, r.meta.name, action))
-        self._commit(proposed)
-        return changes
+            clean, given = _strip_server_fields(r)
+            wanted = given.get("resourceVersion")
+            current = self._state.get(r.key)
+            if wanted not in (None, "") and (
+                current is None or str(wanted) != str(current.resource_version)
+            ):
+                conflicts.append(self._conflict(r, current))
+            proposed[r.key] = clean
+        if conflicts:
+            raise ConflictError(conflicts)
+        return self._commit(proposed, [r.key for r in batch], dry_run=dry_run)
 
     def replace(self, resources: Iterable[Resource]) -> list[Change]:
         """Make the store hold exactly ``resources`` (a config directory reloaded)."""
         resources = list(resources)
         self._reject_duplicates(resources)
-        proposed = {r.key: r for r in resources}
-        changes = [Change(*k, DELETED) for k in self._resources if k not in proposed]
-        for r in resources:
-            old = self._resources.get(r.key)
-            action = CREATED if old is None else UNCHANGED if old.raw == r.raw else CONFIGURED
-            changes.append(Change(r.kind, r.meta.namespace, r.meta.name, action))
-        self._commit(proposed)
-        return changes
+        proposed = {r.key: _strip_server_fields(r)[0] for r in resources}
+        return self._commit(proposed, list(proposed))
 
-    def delete(self, keys: Iterable[Key]) -> list[Change]:
-        """Delete by key; a missing resource is an error, like kubectl's NotFound."""
+    def restore(self, resources: Iterable[Resource]) -> list[Change]:
+        """Load a saved state: like ``replace``, but keep the resourceVersion, generation and
+        creationTimestamp the documents carry, so that they survive a restart."""
+        resources = list(resources)
+        self._reject_duplicates(resources)
+        proposed, saved = {}, {}
+        for r in resources:
+            clean, given = _strip_server_fields(r)
+            proposed[r.key] = clean
+            try:
+                saved[r.key] = ObjectState(
+                    int(given["generation"]),
+                    int(given["resourceVersion"]),
+                    str(given["creationTimestamp"]),
+                )
+            except (KeyError, ValueError):
+                continue  # written by hand: gets fresh metadata like any new resource
+        self.revision = max([self.revision, *(s.resource_version for s in saved.values())])
+        return self._commit(proposed, list(proposed), saved=saved)
+
+    def delete(self, keys: Iterable[Key], *, ignore_not_found: bool = False) -> list[Change]:
+        """Delete by key, all or none; a missing resource is kubectl's NotFound."""
         proposed = dict(self._resources)
         changes = []
         for key in keys:
             if proposed.pop(key, None) is None:
-                raise KeyError(key)
+                if ignore_not_found:
+                    continue
+                kind, ns, name = key
+                raise NotFoundError(
+                    f'{kind.lower()}.networking.istio.io "{name}" not found in namespace "{ns}"'
+                )
             changes.append(Change(*key, DELETED))
-        self._commit(proposed)
+        if changes:
+            self._commit(proposed, [])
         return changes
 
     @staticmethod
@@ -124,21 +197,55 @@ class ConfigStore:
         if problems:
             raise ConfigError(problems)
 
-    def _commit(self, proposed: dict[Key, Resource]) -> None:
+    @staticmethod
+    def _conflict(r: Resource, current: ObjectState | None) -> Problem:
+        now = f"it is now {current.resource_version}" if current else "it does not exist"
+        return Problem(
+            r.source,
+            f'Operation cannot be fulfilled on {resource_type(r.kind)} "{r.meta.name}": '
+            f"the object has been modified ({now}); please apply your changes to the latest "
+            "version and try again",
+            kind=r.kind,
+            name=r.ref,
+            field="metadata.resourceVersion",
+            hint="get the resource again, or drop metadata.resourceVersion to overwrite",
+        )
+
+    def _commit(
+        self,
+        proposed: dict[Key, Resource],
+        touched: list[Key],
+        *,
+        dry_run: bool = False,
+        saved: dict[Key, ObjectState] | None = None,
+    ) -> list[Change]:
         problems = validate(list(proposed.values()))
         if problems:
             raise ConfigError(problems)
-        self.revision += 1
-        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-        state = {}
+        revision = self.revision + 1
+        now = _now()
+        state: dict[Key, ObjectState] = {}
+        actions: dict[Key, str] = {}
         for key, r in proposed.items():
             old, old_state = self._resources.get(key), self._state.get(key)
-            if old_state is None:
-                state[key] = ObjectState(1, self.revision, now)
-            elif old is not None and old.raw != r.raw:
+            if saved and key in saved:
+                state[key], actions[key] = saved[key], CREATED if old is None else CONFIGURED
+            elif old_state is None or old is None:
+                state[key], actions[key] = ObjectState(1, revision, now), CREATED
+            elif old.raw != r.raw:
                 state[key] = replace(
-                    old_state, generation=old_state.generation + 1, resource_version=self.revision
+                    old_state, generation=old_state.generation + 1, resource_version=revision
                 )
+                actions[key] = CONFIGURED
             else:
-                state[key] = old_state
-        self._resources, self._state = proposed, state
+                state[key], actions[key] = old_state, UNCHANGED
+        changes = [Change(*k, DELETED) for k in self._resources if k not in proposed] + [
+            Change(*k, actions[k], state[k].resource_version) for k in touched
+        ]
+        changed = any(c.action != UNCHANGED for c in changes)
+        if dry_run or not changed:
+            return changes
+        if self.persist is not None:
+            self.persist([self._document(proposed[k], state[k]) for k in sorted(proposed)])
+        self._resources, self._state, self.revision = proposed, state, revision
+        return changes

@@ -124,12 +124,14 @@ class Lab:
         split: str = "locality",
         drain_time_s: int | None = None,
         api_type: str = "GRPC",
+        admin_api: bool = False,
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.wanted = (ingress_port, xds_port, admin_port)
         self.split = split
         self.drain_time_s = drain_time_s
         self.api_type = api_type
+        self.admin_api = admin_api
         self.say = progress or (lambda _msg: None)
         self.echoes: list[EchoProcess] = []
         self.cp: BackgroundControlPlane | None = None
@@ -160,7 +162,9 @@ class Lab:
         options = TranslateOptions(
             split=self.split, listener_address=HOST, port_map={GATEWAY_PORT: self.ingress_port}
         )
-        self.cp = ControlPlane.start_in_thread(xds_port=xds, options=options)
+        self.cp = ControlPlane.start_in_thread(
+            xds_port=xds, options=options, admin_port=0 if self.admin_api else None
+        )
         self.say(f"control plane serving ADS on {HOST}:{self.cp.port} (split mode: {self.split})")
         self.apply([SAMPLES / "tcp-echo-services.yaml"], wait=False)
         self.cp.apply_yaml("---\n".join(e.workload_entry() for e in self.echoes), "<lab endpoints>")
@@ -208,6 +212,12 @@ class Lab:
             self.cp.wait_synced()
         self.last_apply_ms = (time.perf_counter() - started) * 1000
         return changes
+
+    @property
+    def admin_target(self) -> str:
+        """host:port of the admin API (xdsctl --server), when started with admin_api=True."""
+        assert self.cp is not None and self.cp.cp.admin_port, "Lab(admin_api=True) needed"
+        return f"{HOST}:{self.cp.cp.admin_port}"
 
     def send(self, count: int, hold: float = 0.0) -> list[str]:
         return traffic.send_many(HOST, self.ingress_port, count, hold=hold)

@@ -1,0 +1,96 @@
+"""A blocking client of the admin API, turning gRPC failures into errors a CLI can print."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import grpc
+from grpc_status import rpc_status
+
+from .v1 import admin_pb2, admin_pb2_grpc
+
+DEFAULT_ADMIN = "127.0.0.1:18001"
+
+
+class AdminError(Exception):
+    """The server refused or failed a call. ``problems``: the input problems, if any."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, problems=()) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.problems: list[admin_pb2.Problem] = list(problems)
+
+
+class ServerUnavailable(AdminError):
+    """Nothing answers at the address: the server is not running (or not there)."""
+
+
+class AdminClient:
+    def __init__(self, target: str = DEFAULT_ADMIN, timeout: float = 10.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(target)
+        self.stub = admin_pb2_grpc.ConfigAdminStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method, request):
+        try:
+            return method(request, timeout=self.timeout)
+        except grpc.RpcError as e:
+            raise self._error(e) from None
+
+    def _error(self, e: grpc.RpcError) -> AdminError:
+        code = e.code()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return ServerUnavailable(code, f"cannot connect to the control plane at {self.target}")
+        problems = []
+        status = rpc_status.from_call(e)
+        if status is not None:
+            for detail in status.details:
+                plist = admin_pb2.ProblemList()
+                if detail.Unpack(plist):
+                    problems += plist.problems
+        return AdminError(code, e.details() or code.name, problems)
+
+    # --- operations ------------------------------------------------------------------------
+
+    def apply(
+        self, documents: Iterable[tuple[str, str]], *, dry_run: bool = False
+    ) -> admin_pb2.ApplyResponse:
+        """``documents``: (file name for errors, YAML text)."""
+        docs = [admin_pb2.Document(file=f, yaml=t) for f, t in documents]
+        return self._call(self.stub.Apply, admin_pb2.ApplyRequest(documents=docs, dry_run=dry_run))
+
+    def delete(
+        self,
+        documents: Iterable[tuple[str, str]] = (),
+        refs: Iterable[tuple[str, str, str]] = (),
+        *,
+        ignore_not_found: bool = False,
+    ) -> admin_pb2.DeleteResponse:
+        request = admin_pb2.DeleteRequest(
+            documents=[admin_pb2.Document(file=f, yaml=t) for f, t in documents],
+            refs=[admin_pb2.ResourceRef(kind=k, namespace=ns, name=n) for k, ns, n in refs],
+            ignore_not_found=ignore_not_found,
+        )
+        return self._call(self.stub.Delete, request)
+
+    def get(self, kind: str = "", name: str = "", namespace: str = "") -> admin_pb2.GetResponse:
+        request = admin_pb2.GetRequest(kind=kind, name=name, namespace=namespace)
+        return self._call(self.stub.Get, request)
+
+    def proxy_status(self) -> admin_pb2.ProxyStatusResponse:
+        return self._call(self.stub.ProxyStatus, admin_pb2.ProxyStatusRequest())
+
+    def proxy_config(self, node_id: str, type_url: str) -> admin_pb2.ProxyConfigResponse:
+        request = admin_pb2.ProxyConfigRequest(node_id=node_id, type_url=type_url)
+        return self._call(self.stub.ProxyConfig, request)

@@ -1,0 +1,190 @@
+"""The ConfigAdmin gRPC service (proto/xds_server/admin/v1/admin.proto) over a ControlPlane.
+
+It runs on the control plane's event loop, so each call sees and changes the store between
+two others: parallel applies are serialized, each one validated against the result of the
+one before, and each one pushed before the next begins.
+"""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from google.protobuf import any_pb2, json_format
+from google.rpc import code_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..config.errors import ConfigError, Problem
+from ..config.load import load_text
+from ..config.model import DEFAULT_NAMESPACE, KINDS, resource_type
+from ..config.store import Change, ConflictError, NotFoundError
+from .v1 import admin_pb2, admin_pb2_grpc
+
+
+class ReadOnlyError(Exception):
+    """Config comes from files (--config): the API must not fight with them."""
+
+
+def problem_pb(p: Problem) -> admin_pb2.Problem:
+    return admin_pb2.Problem(
+        file=p.source.file,
+        document=p.source.doc,
+        line=p.source.line or 0,
+        kind=p.kind or "",
+        name=p.name or "",
+        field=p.field or "",
+        message=p.message,
+        hint=p.hint or "",
+        text=str(p),
+    )
+
+
+def change_pb(c: Change) -> admin_pb2.Change:
+    return admin_pb2.Change(
+        ref=admin_pb2.ResourceRef(kind=c.kind, namespace=c.namespace, name=c.name),
+        action=c.action,
+        resource_version=c.resource_version,
+    )
+
+
+async def _abort(context, code: int, message: str, problems: list[Problem] = ()) -> None:
+    """Fail the call with a google.rpc.Status whose details carry the problems."""
+    detail = any_pb2.Any()
+    detail.Pack(admin_pb2.ProblemList(problems=[problem_pb(p) for p in problems]))
+    status = status_pb2.Status(code=code, message=message, details=[detail])
+    await context.abort_with_status(rpc_status.to_status(status))
+
+
+class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
+    def __init__(self, cp, *, read_only: str | None = None) -> None:
+        self.cp = cp
+        self.read_only = read_only  # why writes are refused, or None
+
+    async def _guard(self, context, call):
+        if self.read_only:
+            await _abort(context, code_pb2.FAILED_PRECONDITION, self.read_only)
+        try:
+            return call()
+        except ConfigError as e:
+            await _abort(context, code_pb2.INVALID_ARGUMENT, str(e), e.problems)
+        except ConflictError as e:
+            await _abort(context, code_pb2.ABORTED, str(e), e.problems)
+        except NotFoundError as e:
+            await _abort(context, code_pb2.NOT_FOUND, str(e))
+
+    @staticmethod
+    def _parse(documents) -> list:
+        resources, problems = [], []
+        for doc in documents:
+            try:
+                resources += load_text(doc.yaml, doc.file or "<stdin>")
+            except ConfigError as e:
+                problems += e.problems
+        if problems:
+            raise ConfigError(problems)
+        return resources
+
+    async def Apply(self, request, context):
+        def call():
+            resources = self._parse(request.documents)
+            return self.cp.apply(resources, dry_run=request.dry_run)
+
+        changes = await self._guard(context, call)
+        return admin_pb2.ApplyResponse(
+            changes=[change_pb(c) for c in changes], revision=self.cp.store.revision
+        )
+
+    async def Delete(self, request, context):
+        def call():
+            keys = [r.key for r in self._parse(request.documents)]
+            for ref in request.refs:
+                keys.append((ref.kind, ref.namespace or DEFAULT_NAMESPACE, ref.name))
+            return self.cp.delete_keys(keys, ignore_not_found=request.ignore_not_found)
+
+        changes = await self._guard(context, call)
+        return admin_pb2.DeleteResponse(
+            changes=[change_pb(c) for c in changes], revision=self.cp.store.revision
+        )
+
+    async def Get(self, request, context):
+        store = self.cp.store
+        if request.kind and request.kind not in KINDS:
+            await _abort(context, code_pb2.INVALID_ARGUMENT, f"unknown kind {request.kind!r}")
+        found = [
+            r
+            for r in store.of_kind(request.kind or None)
+            if (not request.namespace or r.meta.namespace == request.namespace)
+            and (not request.name or r.meta.name == request.name)
+        ]
+        if request.name and not found:
+            ns = request.namespace or DEFAULT_NAMESPACE
+            await _abort(
+                context,
+                code_pb2.NOT_FOUND,
+                f'{resource_type(request.kind)} "{request.name}" not found in namespace "{ns}"',
+            )
+        out = []
+        for r in found:
+            st = store.state(r.key)
+            out.append(
+                admin_pb2.Resource(
+                    ref=admin_pb2.ResourceRef(
+                        kind=r.kind, namespace=r.meta.namespace, name=r.meta.name
+                    ),
+                    json=json.dumps(store.document(r.key)),
+                    resource_version=st.resource_version,
+                    generation=st.generation,
+                    creation_timestamp=st.created,
+                )
+            )
+        return admin_pb2.GetResponse(resources=out, revision=store.revision)
+
+    async def ProxyStatus(self, request, context):
+        versions = self.cp.cache.versions()
+        proxies = []
+        for p in sorted(self.cp.proxies(), key=lambda p: (p.node_id, p.stream_id)):
+            types = [
+                admin_pb2.TypeStatus(
+                    type_url=t,
+                    state=st.state(versions.get(t, "")),
+                    sent_version=st.sent_version or "",
+                    acked_version=st.acked_version or "",
+                    error=st.nack or "",
+                    last_change=st.last_change or 0.0,
+                )
+                for t, st in sorted(p.types.items())
+            ]
+            proxies.append(
+                admin_pb2.Proxy(
+                    node_id=p.node_id,
+                    node_cluster=p.node_cluster,
+                    peer=p.peer,
+                    connected_since=p.connected_since,
+                    types=types,
+                )
+            )
+        return admin_pb2.ProxyStatusResponse(proxies=proxies, versions=versions)
+
+    async def ProxyConfig(self, request, context):
+        if not any(p.node_id == request.node_id for p in self.cp.proxies()):
+            known = ", ".join(sorted({p.node_id for p in self.cp.proxies()})) or "none"
+            await _abort(
+                context,
+                code_pb2.NOT_FOUND,
+                f"no proxy {request.node_id!r} is connected (connected: {known})",
+            )
+        version, entries = self.cp.proxy_config(request.node_id, request.type_url)
+        return admin_pb2.ProxyConfigResponse(
+            node_id=request.node_id,
+            type_url=request.type_url,
+            version=version,
+            names=[name for name, _ in entries],
+            json=[
+                json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
+                for _, msg in entries
+            ],
+        )
+
+
+def add_to_server(server: grpc.aio.Server, service: ConfigAdminService) -> None:
+    admin_pb2_grpc.add_ConfigAdminServicer_to_server(service, server)

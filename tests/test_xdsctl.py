@@ -1,0 +1,215 @@
+"""xdsctl against a real ``xds-server serve --state-dir`` process: round trips, output
+formats, exit codes and every class of bad input, with its message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import ServerProcess
+
+from xds_server import xdsctl
+from xds_server.lab.lab import SAMPLES
+from xds_server.ports import free_port
+
+SERVICES = str(SAMPLES / "tcp-echo-services.yaml")
+ALL_V1 = str(SAMPLES / "tcp-echo-all-v1.yaml")
+V2_20 = str(SAMPLES / "tcp-echo-20-v2.yaml")
+V2_20_TEXT = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
+SERVICES_TEXT = (SAMPLES / "tcp-echo-services.yaml").read_text()
+
+
+@pytest.fixture
+def server(tmp_path):
+    proc = ServerProcess(
+        "--state-dir", str(tmp_path / "state"), "--xds-port", "0", "--admin-port", "0"
+    )
+    try:
+        proc.admin = f"127.0.0.1:{proc.wait_port('admin API')}"
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def ctl(server, capsys):
+    """Run xdsctl in-process against the server: (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = xdsctl.main(["--server", server.admin, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def test_apply_get_delete_round_trip(ctl):
+    code, out, err = ctl("apply", "-f", SERVICES, "-f", ALL_V1)
+    assert code == 0, err
+    assert out.splitlines() == [
+        "serviceentry.networking.istio.io/tcp-echo created",
+        "workloadentry.networking.istio.io/tcp-echo-v1 created",
+        "workloadentry.networking.istio.io/tcp-echo-v2 created",
+        "gateway.networking.istio.io/tcp-echo-gateway created",
+        "destinationrule.networking.istio.io/tcp-echo-destination created",
+        "virtualservice.networking.istio.io/tcp-echo created",
+    ]
+    assert ctl("apply", "-f", ALL_V1)[1].splitlines()[-1].endswith("tcp-echo unchanged")
+    assert (
+        ctl("apply", "-f", V2_20)[1] == "virtualservice.networking.istio.io/tcp-echo configured\n"
+    )
+
+    code, out, _ = ctl("get", "vs")
+    assert code == 0
+    header, row = out.splitlines()
+    assert header.split() == ["NAME", "GATEWAYS", "HOSTS", "AGE"]
+    assert row.split()[:3] == ["tcp-echo", '["tcp-echo-gateway"]', '["*"]']
+
+    code, out, _ = ctl("get", "virtualservice", "tcp-echo", "-o", "yaml")
+    doc = yaml.safe_load(out)
+    assert doc["kind"] == "VirtualService" and doc["metadata"]["generation"] == 2
+    assert [d["weight"] for d in doc["spec"]["tcp"][0]["route"]] == [80, 20]
+
+    code, out, _ = ctl("get", "dr", "-o", "json")
+    assert json.loads(out)["spec"]["host"] == "tcp-echo"
+    code, out, _ = ctl("get", "se,we", "-o", "wide")
+    assert "RESOURCE-VERSION" in out and "workloadentries.networking.istio.io/tcp-echo-v2" in out
+    assert ctl("get", "gw")[1].startswith("NAME")
+
+    code, out, _ = ctl("delete", "-f", V2_20)
+    assert (code, out) == (0, "virtualservice.networking.istio.io/tcp-echo deleted\n")
+    code, out, err = ctl("get", "vs")
+    assert (code, out, err) == (0, "", "No resources found in default namespace.\n")
+    code, out, _ = ctl("delete", "gw", "tcp-echo-gateway")
+    assert out == "gateway.networking.istio.io/tcp-echo-gateway deleted\n"
+
+
+def test_not_found(ctl):
+    code, _, err = ctl("get", "vs", "nope")
+    assert code == 1
+    assert err == (
+        'Error from server (NotFound): virtualservices.networking.istio.io "nope" '
+        'not found in namespace "default"\n'
+    )
+    assert ctl("delete", "vs", "nope")[0] == 1
+    assert ctl("delete", "vs", "nope", "--ignore-not-found")[:2] == (0, "")
+
+
+BAD = {
+    "yaml-syntax": (
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata:\n  name: x\n"
+        "spec:\n  servers: [\n",
+        ["bad.yaml:", "document 1", "YAML syntax error"],
+    ),
+    "unknown-kind": (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualServise\nmetadata: {name: x}\n",
+        ["bad.yaml:2: document 1", 'unknown kind "VirtualServise"', "VirtualService"],
+    ),
+    "bad-reference": (
+        V2_20_TEXT.replace("subset: v2", "subset: v3"),
+        [
+            "(VirtualService default/tcp-echo)",
+            "spec.tcp[0].route[1].destination.subset",
+            'unknown subset "v3"',
+            "hint: defined subsets for tcp-echo: v1, v2",
+        ],
+    ),
+    "weight": (
+        V2_20_TEXT.replace("weight: 20", "weight: -20"),
+        [
+            "(VirtualService default/tcp-echo)",
+            "spec.tcp[0].route[1].weight",
+            "must be 0 or more, got -20",
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_reported_and_nothing_applied(ctl, tmp_path, case):
+    assert ctl("apply", "-f", SERVICES, "-f", ALL_V1)[0] == 0
+    before = ctl("get", "vs", "tcp-echo", "-o", "json")[1]
+    text, expected = BAD[case]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    code, out, err = ctl("apply", "-f", str(bad))
+    assert code == 1 and out == ""
+    assert err.startswith("error: ")
+    for part in expected:
+        assert part in err, err
+    assert ctl("get", "vs", "tcp-echo", "-o", "json")[1] == before
+
+
+def test_stale_resource_version_is_a_conflict(ctl, tmp_path):
+    ctl("apply", "-f", SERVICES, "-f", ALL_V1)
+    current = yaml.safe_load(ctl("get", "vs", "tcp-echo", "-o", "yaml")[1])
+    ctl("apply", "-f", V2_20)  # someone else changes it meanwhile
+    mine = tmp_path / "mine.yaml"
+    current["spec"]["tcp"][0]["route"][0]["destination"]["subset"] = "v2"
+    mine.write_text(yaml.safe_dump(current))
+    code, _, err = ctl("apply", "-f", str(mine))
+    assert code == 1
+    assert err.startswith("Error from server (Conflict): ")
+    assert 'Operation cannot be fulfilled on virtualservices.networking.istio.io "tcp-echo"' in err
+    assert "metadata.resourceVersion" in err
+    # With the current resourceVersion the same edit goes through.
+    fresh = yaml.safe_load(ctl("get", "vs", "tcp-echo", "-o", "yaml")[1])
+    current["metadata"]["resourceVersion"] = fresh["metadata"]["resourceVersion"]
+    mine.write_text(yaml.safe_dump(current))
+    assert ctl("apply", "-f", str(mine))[1].endswith("tcp-echo configured\n")
+
+
+def test_usage_errors(ctl):
+    code, _, err = ctl("get", "virtualservise")
+    assert code == 1 and 'doesn\'t have a resource type "virtualservise"' in err
+    code, _, err = ctl("apply", "-f", "/no/such/file.yaml")
+    assert (code, err) == (1, 'error: the path "/no/such/file.yaml" does not exist\n')
+
+
+def test_server_down_is_one_line():
+    port = free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "xds_server.xdsctl", "--server", f"127.0.0.1:{port}", "get", "vs"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        f"error: cannot connect to the control plane at 127.0.0.1:{port}"
+    )
+    assert "xds-server serve --state-dir" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_cli_process_reads_stdin_and_env(server):
+    """The installed entry point as a shell user runs it: `-` for stdin, $XDSCTL_SERVER."""
+    env = {"XDSCTL_SERVER": server.admin, "PATH": ""}
+    text = SERVICES_TEXT
+    result = subprocess.run(
+        [sys.executable, "-m", "xds_server.xdsctl", "apply", "-f", "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "serviceentry.networking.istio.io/tcp-echo created" in result.stdout
+
+
+def test_read_only_when_config_comes_from_files(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text(SERVICES_TEXT)
+    proc = ServerProcess("--config", str(tmp_path), "--xds-port", "0", "--admin-port", "0")
+    try:
+        admin = f"127.0.0.1:{proc.wait_port('admin API')}"
+        assert xdsctl.main(["--server", admin, "get", "se"]) == 0
+        assert "tcp-echo" in capsys.readouterr().out
+        assert xdsctl.main(["--server", admin, "apply", "-f", ALL_V1]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("Error from server (Forbidden): config comes from files")
+    finally:
+        proc.stop()
