@@ -7,14 +7,9 @@ have come first. No test waits on the clock for an absence.
 
 from __future__ import annotations
 
-import queue
-import threading
-
-import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.rpc import status_pb2
+from xds_client import XdsClient as Client
+from xds_client import names
 
 from xds_server.config.load import load_paths, load_text
 from xds_server.controlplane import ControlPlane
@@ -26,66 +21,6 @@ SERVICES = SAMPLES / "tcp-echo-services.yaml"
 ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
 V2_20 = SAMPLES / "tcp-echo-20-v2.yaml"
 ROUTE_CLUSTER = "route|default/tcp-echo|tcp[0]"
-
-
-class Client:
-    """A hand-driven ADS client: send requests, receive responses with a timeout."""
-
-    def __init__(self, port: int, node_id: str = "test-proxy") -> None:
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.node = base_pb2.Node(id=node_id, cluster="test")
-        self._requests: queue.Queue = queue.Queue()
-        self._responses: queue.Queue = queue.Queue()
-        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self.channel)
-        self.call = stub.StreamAggregatedResources(iter(self._requests.get, None))
-        threading.Thread(target=self._read, daemon=True).start()
-        self.first = True
-        self.last: dict[str, discovery_pb2.DiscoveryResponse] = {}
-
-    def _read(self) -> None:
-        try:
-            for response in self.call:
-                self._responses.put(response)
-        except grpc.RpcError as e:
-            self._responses.put(e)
-
-    def request(self, type_url, names=(), nonce="", version="", error: str | None = None):
-        req = discovery_pb2.DiscoveryRequest(
-            type_url=type_url,
-            resource_names=list(names),
-            response_nonce=nonce,
-            version_info=version,
-        )
-        if self.first:
-            req.node.CopyFrom(self.node)
-            self.first = False
-        if error is not None:
-            req.error_detail.CopyFrom(status_pb2.Status(code=13, message=error))
-        self._requests.put(req)
-
-    def recv(self, timeout: float = 5.0) -> discovery_pb2.DiscoveryResponse:
-        item = self._responses.get(timeout=timeout)
-        if isinstance(item, Exception):
-            raise item
-        self.last[item.type_url] = item
-        return item
-
-    def ack(self, response, names=()) -> None:
-        self.request(response.type_url, names, response.nonce, response.version_info)
-
-    def close(self) -> None:
-        self._requests.put(None)
-        self.channel.close()
-
-
-def names(response) -> list[str]:
-    out = []
-    for any_msg in response.resources:
-        # Every resource type we serve has its name in field 1.
-        cls = {CLUSTER: "Cluster", LISTENER: "Listener", ENDPOINT: "ClusterLoadAssignment"}
-        assert any_msg.type_url.endswith(cls[response.type_url])
-        out.append(any_msg.value[2 : 2 + any_msg.value[1]].decode())
-    return out
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import yaml
 from conftest import ServerProcess
 
 from xds_server import xdsctl
-from xds_server.lab.lab import SAMPLES
+from xds_server.lab.lab import SAMPLES, Lab
 from xds_server.ports import free_port
 
 SERVICES = str(SAMPLES / "tcp-echo-services.yaml")
@@ -213,3 +213,29 @@ def test_read_only_when_config_comes_from_files(tmp_path, capsys):
         assert err.startswith("Error from server (Forbidden): config comes from files")
     finally:
         proc.stop()
+
+
+def test_proxy_status_and_proxy_config_with_a_real_envoy(capsys):
+    with Lab(ingress_port=0, xds_port=0, admin_port=0, admin_api=True) as lab:
+        lab.apply([ALL_V1])
+        lab.apply([V2_20])
+
+        def ctl(*args: str) -> str:
+            assert xdsctl.main(["--server", lab.admin_target, *args]) == 0
+            return capsys.readouterr().out
+
+        header, row = ctl("proxy-status").splitlines()
+        assert header.split()[:5] == ["NAME", "CLUSTER", "CDS", "LDS", "EDS"]
+        assert header.split()[-3:] == ["API", "VERSION", "CONNECTED"]
+        assert row.split()[:5] == ["ingressgateway", "ingressgateway", "SYNCED", "SYNCED", "SYNCED"]
+
+        listeners = ctl("proxy-config", "listeners", "ingressgateway")
+        assert "0.0.0.0_31400" in listeners and str(lab.ingress_port) in listeners
+        endpoints = ctl("proxy-config", "endpoints", "ingressgateway")
+        assert "tcp-echo/v1/9000 weight=80" in endpoints
+        assert "tcp-echo/v2/9000 weight=20" in endpoints
+        clusters = json.loads(ctl("proxy-config", "clusters", "ingressgateway", "-o", "json"))
+        assert [c["name"] for c in clusters] == ["route|default/tcp-echo|tcp[0]"]
+
+        assert xdsctl.main(["--server", lab.admin_target, "proxy-config", "clusters", "nope"]) == 1
+        assert "no proxy 'nope' is connected" in capsys.readouterr().err

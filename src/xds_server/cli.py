@@ -94,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind a gateway port elsewhere on Envoy, e.g. 31400=41400 (repeatable)",
     )
     _split_flag(serve)
+    serve.add_argument(
+        "--metrics-address",
+        default="127.0.0.1",
+        help="address for Prometheus metrics (default: 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus metrics on http://ADDRESS:PORT/metrics (default: off; 0 = any free)",
+    )
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
     demo = sub.add_parser(
@@ -138,6 +149,8 @@ async def serve(args: argparse.Namespace) -> int:
         options=options,
         admin_address=args.admin_address,
         admin_port=args.admin_port,
+        metrics_address=args.metrics_address,
+        metrics_port=args.metrics_port,
     )
     if args.state_dir:
         cp = ControlPlane(state_dir=args.state_dir, **common)
@@ -158,6 +171,8 @@ async def serve(args: argparse.Namespace) -> int:
         return 1
     print(f"xDS listening on {args.xds_address}:{cp.port}", flush=True)
     print(f"admin API listening on {args.admin_address}:{cp.admin_port}", flush=True)
+    if cp.metrics_port:
+        print(f"metrics on http://{args.metrics_address}:{cp.metrics_port}/metrics", flush=True)
     source = cp.state.file if cp.state else ", ".join(map(str, paths))
     log.info("serving %d resources from %s", len(cp.store.resources()), source)
     stop = asyncio.Event()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import symbol_database
 from google.protobuf.message import Message
 
@@ -27,9 +26,9 @@ from .config.model import Resource
 from .config.persist import StateDir
 from .config.store import Change, ConfigStore
 from .ports import port_is_free
-from .translate import PUSH_ORDER, TranslateOptions, translate
-from .xds import AggregatedDiscoveryService, ProxyStatus, SnapshotCache, StatusBoard
-from .xds.status import SYNCED
+from .translate import TranslateOptions, translate
+from .xds import ProxyStatus, SnapshotCache, StatusBoard, add_xds_services
+from .xds.metrics import XdsMetrics
 
 log = logging.getLogger("xds_server")
 T = TypeVar("T")
@@ -67,10 +66,13 @@ class ControlPlane:
         admin_address: str = "127.0.0.1",
         admin_port: int | None = None,
         read_only: str | None = None,
+        metrics_address: str = "127.0.0.1",
+        metrics_port: int | None = None,
     ) -> None:
         """``state_dir``: where applied config is kept across restarts (None: memory only).
         ``admin_port``: serve the admin API (xdsctl) there; None: no admin API.
-        ``read_only``: refuse admin writes, with this reason (config comes from files)."""
+        ``read_only``: refuse admin writes, with this reason (config comes from files).
+        ``metrics_port``: serve Prometheus metrics (/metrics) there; None: off, 0: any free."""
         self.xds_address = xds_address
         self.requested_port = xds_port
         self.options = options or TranslateOptions()
@@ -78,6 +80,10 @@ class ControlPlane:
         self.store = ConfigStore(persist=self.state.save if self.state else None)
         self.cache = SnapshotCache()
         self.board = StatusBoard()
+        self.metrics = XdsMetrics(self.cache, self.board)
+        self.metrics_address = metrics_address
+        self.requested_metrics_port = metrics_port
+        self.metrics_port: int | None = None
         self.port: int | None = None
         self.admin_address = admin_address
         self.requested_admin_port = admin_port
@@ -93,9 +99,7 @@ class ControlPlane:
         if self.state is not None:
             self.restore(self.state.load())
         xds = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AggregatedDiscoveryService(self.cache, self.board), xds
-        )
+        add_xds_services(xds, self.cache, self.board, self.metrics)
         self.port = _bind(xds, self.xds_address, self.requested_port, "xDS", "--xds-port")
         servers = [xds]
         if self.requested_admin_port is not None:
@@ -111,17 +115,34 @@ class ControlPlane:
                 "--admin-port",
             )
             servers.append(admin)
+        if self.requested_metrics_port is not None:
+            self.metrics_port = self._serve_metrics(self.requested_metrics_port)
         for server in servers:
             await server.start()
         self._servers = servers
-        log.info("xDS (ADS, state of the world) listening on %s:%d", self.xds_address, self.port)
+        log.info(
+            "xDS (ADS and per-type, SotW and Delta; CSDS) listening on %s:%d",
+            self.xds_address,
+            self.port,
+        )
+        if self.metrics_port:
+            log.info("metrics on http://%s:%d/metrics", self.metrics_address, self.metrics_port)
         if self.admin_port:
             log.info("admin API listening on %s:%d", self.admin_address, self.admin_port)
+
+    def _serve_metrics(self, port: int) -> int:
+        if port and not port_is_free(port, self.metrics_address):
+            raise PortInUseError(
+                f"cannot serve metrics on {self.metrics_address}:{port}: address in use "
+                "(pick another with --metrics-port, or 0 for any free port)"
+            )
+        return self.metrics.serve(port, self.metrics_address)
 
     async def stop(self, grace: float | None = 0.5) -> None:
         for server in self._servers:
             await server.stop(grace)
         self._servers = []
+        self.metrics.close()
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -211,28 +232,30 @@ class ControlPlane:
     def proxy_config(self, node_id: str, type_url: str) -> tuple[str, list[tuple[str, Message]]]:
         """The resources of one type the control plane has for a proxy (the names it asked
         for, or all for a wildcard subscription), unpacked, and their version."""
-        proxy = next(p for p in self.proxies() if p.node_id == node_id)
-        st = proxy.types.get(type_url)
-        snap = self.cache.snapshot(type_url)
-        if st is None:
+        # The newest stream of that proxy carrying the type (without ADS, one per type); its
+        # resources come from the proxy's own group (its labels select the Gateways).
+        streams = [p for p in self.proxies() if p.node_id == node_id and type_url in p.types]
+        if not streams or streams[-1].view is None:
             return "", []
-        wanted = sorted(snap.entries) if st.names is None else sorted(st.names)
+        proxy = streams[-1]
+        entries = proxy.view.desired(type_url)
         out = []
-        for name in wanted:
-            entry = snap.entries.get(name)
-            if entry is not None:
-                cls = symbol_database.Default().GetSymbol(type_url.split("/", 1)[1])
-                msg = cls()
-                entry.any.Unpack(msg)
-                out.append((name, msg))
-        return snap.version, out
+        for name in sorted(entries):
+            cls = symbol_database.Default().GetSymbol(type_url.split("/", 1)[1])
+            msg = cls()
+            entries[name].any.Unpack(msg)
+            out.append((name, msg))
+        return proxy.current_version(type_url), out
 
     def set_options(self, options: TranslateOptions) -> None:
         self.options = options
         self._push()
 
     def _push(self) -> set[str]:
-        changed = self.cache.set_resources(translate(self.store.resources(), self.options))
+        # Translated once per kind of proxy connected (node labels, gRPC or Envoy): see
+        # xds/cache.py. The builder is kept for kinds that connect later.
+        resources, options = self.store.resources(), self.options
+        changed = self.cache.update(lambda node: translate(resources, options, node))
         if changed:
             log.info(
                 "config revision %d: new versions for %s",
@@ -248,20 +271,8 @@ class ControlPlane:
 
     def synced(self, node_id: str | None = None, min_proxies: int = 1) -> bool:
         """True when at least ``min_proxies`` proxies (with that node id, if given) have
-        ACKed the current version of CDS, EDS and LDS."""
-        proxies = [p for p in self.proxies() if node_id is None or p.node_id == node_id]
-        if len(proxies) < min_proxies:
-            return False
-        for p in proxies:
-            for type_url in PUSH_ORDER:
-                st = p.types.get(type_url)
-                if st is None:
-                    # Envoy asks for endpoints only once a cluster needs them.
-                    if self.cache.snapshot(type_url).entries:
-                        return False
-                elif st.state(self.cache.version(type_url)) != SYNCED:
-                    return False
-        return True
+        ACKed what they should have of CDS, EDS and LDS (a proxy's streams counted as one)."""
+        return self.board.synced(node_id, min_proxies)
 
     async def wait_synced(
         self, timeout: float = 10.0, node_id: str | None = None, min_proxies: int = 1
@@ -278,7 +289,7 @@ class ControlPlane:
             lines.append("  no proxy connected")
         for p in self.proxies():
             for type_url, st in p.types.items():
-                state = st.state(self.cache.version(type_url))
+                state = p.state(type_url)
                 detail = f": {st.nack}" if st.nack else ""
                 lines.append(f"  {p.node_id} {type_url.rsplit('.', 1)[-1]} {state}{detail}")
         return "\n".join(lines)
@@ -311,6 +322,12 @@ class BackgroundControlPlane:
         return self.cp.port
 
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError(
+                "a blocking BackgroundControlPlane method was called on its own event loop "
+                "(it would wait forever): use the ControlPlane itself, `.cp`, there"
+            )
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,10 @@ import yaml
 from .admin.client import DEFAULT_ADMIN, AdminClient, AdminError, ServerUnavailable
 from .admin.v1 import admin_pb2
 from .config.model import DEFAULT_NAMESPACE, PLURALS, resource_type
-from .translate import CLUSTER, ENDPOINT, LISTENER, SHORT_NAMES
+from .text import age, format_table
+from .translate import CLUSTER, ENDPOINT, LISTENER
+from .xds.status import ProxyRow
+from .xds.status import format_proxy_status as status_table
 
 SERVER_ENV = "XDSCTL_SERVER"
 
@@ -82,28 +84,12 @@ def read_inputs(paths: Sequence[str]) -> list[tuple[str, str]]:
 # --- output --------------------------------------------------------------------------------
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=True)]
-    lines = [
-        "   ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))
-        for r in [headers, *rows]
-    ]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def age(timestamp: str | float, now: float | None = None) -> str:
-    """kubectl's AGE: 45s, 12m, 3h, 5d."""
-    if isinstance(timestamp, str):
-        if not timestamp:
-            return "<unknown>"
-        then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
-    else:
-        then = timestamp
-    seconds = max(0, int((now or time.time()) - then))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size * (2 if unit != "d" else 1):
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
+def age_of(timestamp: str) -> str:
+    """kubectl's AGE of an RFC 3339 creationTimestamp."""
+    if not timestamp:
+        return "<unknown>"
+    then = datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return age(then.timestamp())
 
 
 def _columns(kind: str, doc: dict) -> list[str]:
@@ -145,7 +131,7 @@ def format_resources(resources: Sequence[admin_pb2.Resource], output: str, wide_
         for r, doc in zip(resources, docs, strict=True):
             if r.ref.kind != kind:
                 continue
-            row = [r.ref.name, *_columns(kind, doc), age(r.creation_timestamp)]
+            row = [r.ref.name, *_columns(kind, doc), age_of(r.creation_timestamp)]
             if wide_ns:
                 row.insert(0, r.ref.namespace)
             if output == "wide":
@@ -161,27 +147,25 @@ def format_resources(resources: Sequence[admin_pb2.Resource], output: str, wide_
             if multi:  # like `kubectl get all`: name the kind in front of each name
                 for row in rows:
                     row[1 if wide_ns else 0] = f"{resource_type(kind)}/{row[1 if wide_ns else 0]}"
-            blocks.append(table(headers, rows))
+            blocks.append(format_table(headers, rows))
     return "\n\n".join(blocks)
 
 
 def format_proxy_status(response: admin_pb2.ProxyStatusResponse) -> str:
-    """Like ``istioctl proxy-status``: one row per proxy, one column per type."""
-    rows, errors = [], []
-    for p in response.proxies:
-        states = {t.type_url: t for t in p.types}
-        row = [p.node_id or p.peer, p.node_cluster]
-        for type_url in (CLUSTER, LISTENER, ENDPOINT):
-            st = states.get(type_url)
-            row.append(st.state if st else "NOT SENT")
-            if st and st.error:
-                errors.append(f"{p.node_id} {SHORT_NAMES[type_url]} NACKED: {st.error}")
-        row.append(age(p.connected_since))
-        rows.append(row)
-    if not rows:
-        return "No proxies connected."
-    out = table(["NAME", "CLUSTER", "CDS", "LDS", "EDS", "CONNECTED"], rows)
-    return "\n".join([out, *errors])
+    """``istioctl proxy-status``, from the admin API's answer."""
+    rows = [
+        ProxyRow(
+            name=p.node_id,
+            cluster=p.node_cluster,
+            states={t.type_url: t.state for t in p.types},
+            errors={t.type_url: t.error for t in p.types if t.error},
+            api=p.api,
+            version=p.version,
+            connected_since=p.connected_since or None,
+        )
+        for p in response.proxies
+    ]
+    return status_table(rows)
 
 
 def _summary(type_url: str, res: dict) -> list[str]:
@@ -225,7 +209,7 @@ def format_proxy_config(response: admin_pb2.ProxyConfigResponse, output: str) ->
         [name, *_summary(response.type_url, res)]
         for name, res in zip(response.names, resources, strict=True)
     ]
-    return table(PROXY_CONFIG_HEADERS[response.type_url], rows)
+    return format_table(PROXY_CONFIG_HEADERS[response.type_url], rows)
 
 
 # --- commands ------------------------------------------------------------------------------

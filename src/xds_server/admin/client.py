@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import grpc
@@ -90,6 +91,25 @@ class AdminClient:
 
     def proxy_status(self) -> admin_pb2.ProxyStatusResponse:
         return self._call(self.stub.ProxyStatus, admin_pb2.ProxyStatusRequest())
+
+    def wait_synced(
+        self, node_id: str | None = None, timeout: float = 20.0, min_proxies: int = 1
+    ) -> admin_pb2.ProxyStatusResponse:
+        """Poll proxy-status until the proxies (with that node id) have ACKed the current
+        config; also waits through a server restart. Raises TimeoutError with the status."""
+        deadline = time.monotonic() + timeout
+        status = None
+        while time.monotonic() < deadline:
+            try:
+                status = self.proxy_status()
+            except ServerUnavailable:
+                status = None
+            else:
+                mine = [p for p in status.proxies if node_id is None or p.node_id == node_id]
+                if len(mine) >= min_proxies and all(p.synced for p in mine):
+                    return status
+            time.sleep(0.02)
+        raise TimeoutError(f"proxies not in sync after {timeout:g}s: {status}")
 
     def proxy_config(self, node_id: str, type_url: str) -> admin_pb2.ProxyConfigResponse:
         request = admin_pb2.ProxyConfigRequest(node_id=node_id, type_url=type_url)

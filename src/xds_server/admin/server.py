@@ -18,6 +18,7 @@ from ..config.errors import ConfigError, Problem
 from ..config.load import load_text
 from ..config.model import DEFAULT_NAMESPACE, KINDS, resource_type
 from ..config.store import Change, ConflictError, NotFoundError
+from ..xds.status import by_node, node_synced, proxy_rows
 from .v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -140,30 +141,37 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         return admin_pb2.GetResponse(resources=out, revision=store.revision)
 
     async def ProxyStatus(self, request, context):
-        versions = self.cp.cache.versions()
+        streams_by_node = by_node(self.cp.proxies())
         proxies = []
-        for p in sorted(self.cp.proxies(), key=lambda p: (p.node_id, p.stream_id)):
-            types = [
-                admin_pb2.TypeStatus(
-                    type_url=t,
-                    state=st.state(versions.get(t, "")),
-                    sent_version=st.sent_version or "",
-                    acked_version=st.acked_version or "",
-                    error=st.nack or "",
-                    last_change=st.last_change or 0.0,
+        for row in proxy_rows(self.cp.proxies()):
+            streams = streams_by_node[row.name]
+            types = []
+            for type_url, state in sorted(row.states.items()):
+                stream = next(p for p in reversed(streams) if type_url in p.types)
+                st = stream.types[type_url]
+                types.append(
+                    admin_pb2.TypeStatus(
+                        type_url=type_url,
+                        state=state,
+                        sent_version=st.sent_version or "",
+                        acked_version=st.acked_version or "",
+                        error=row.errors.get(type_url, ""),
+                        last_change=st.last_change or 0.0,
+                    )
                 )
-                for t, st in sorted(p.types.items())
-            ]
             proxies.append(
                 admin_pb2.Proxy(
-                    node_id=p.node_id,
-                    node_cluster=p.node_cluster,
-                    peer=p.peer,
-                    connected_since=p.connected_since,
+                    node_id=row.name,
+                    node_cluster=row.cluster,
+                    peer=streams[-1].peer,
+                    connected_since=row.connected_since or 0.0,
                     types=types,
+                    synced=node_synced(streams),
+                    api=row.api,
+                    version=row.version,
                 )
             )
-        return admin_pb2.ProxyStatusResponse(proxies=proxies, versions=versions)
+        return admin_pb2.ProxyStatusResponse(proxies=proxies, versions=self.cp.cache.versions())
 
     async def ProxyConfig(self, request, context):
         if not any(p.node_id == request.node_id for p in self.cp.proxies()):

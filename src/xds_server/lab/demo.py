@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import time
 
-import yaml
-
+from .. import xdsctl
+from ..admin.client import AdminError
 from ..config.errors import ConfigError
 from . import traffic
 from .lab import HOST, SAMPLES, Lab, LabError
@@ -35,12 +37,25 @@ class Steps:
         return time.perf_counter() - self.started
 
 
+def _xdsctl(lab: Lab, *args: str) -> None:
+    """Run the real CLI against the lab's server and show it as typed in a shell."""
+    shown = [a.replace(str(SAMPLES.parent.parent) + "/", "") for a in args]
+    Steps.say("$ xdsctl " + " ".join(shown))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        code = xdsctl.main(["--server", lab.admin_target, *args])
+    for line in out.getvalue().splitlines():
+        Steps.say(line)
+    if code != 0:
+        raise StepFailed(f"xdsctl {' '.join(shown)} exited with {code}")
+
+
 def _apply(lab: Lab, name: str) -> None:
-    path = SAMPLES / name
-    Steps.say(f"$ kubectl apply -f samples/tcp-echo/{name}")
-    for change in lab.apply([path]):
-        Steps.say(str(change))
-    Steps.say(f"(applied, pushed and ACKed by Envoy in {lab.last_apply_ms:.1f} ms)")
+    started = time.perf_counter()
+    _xdsctl(lab, "apply", "-f", str(SAMPLES / name))
+    lab.wait_synced()
+    took = (time.perf_counter() - started) * 1000
+    Steps.say(f"(applied, pushed and ACKed by Envoy {took:.1f} ms after the command started)")
 
 
 def _send(lab: Lab, count: int, hold: float) -> list[str]:
@@ -77,6 +92,7 @@ def run_demo(
         xds_port=xds_port,
         admin_port=admin_port,
         split=split,
+        server="process",
         progress=Steps.say,
     )
     try:
@@ -92,10 +108,7 @@ def run_demo(
 
         steps.step("Shifting 20% of TCP traffic to tcp-echo v2")
         _apply(lab, "tcp-echo-20-v2.yaml")
-        Steps.say("$ kubectl get virtualservice tcp-echo -o yaml")
-        vs = lab.cp.call(lab.cp.cp.store.document, ("VirtualService", "default", "tcp-echo"))
-        for line in yaml.safe_dump(vs, sort_keys=False).splitlines():
-            print(f"    {line}", flush=True)
+        _xdsctl(lab, "get", "virtualservice", "tcp-echo", "-o", "yaml")
 
         steps.step(f"Sending {connections} connections after the shift")
         replies = _send(lab, connections, hold)
@@ -118,7 +131,7 @@ def run_demo(
     except KeyboardInterrupt:
         print("\ninterrupted: cleaning up", flush=True)
         return 130
-    except (StepFailed, LabError, ConfigError, TimeoutError, OSError) as e:
+    except (StepFailed, LabError, ConfigError, AdminError, TimeoutError, OSError) as e:
         print(f"\nerror: {e}", flush=True)
         return 1
     finally:

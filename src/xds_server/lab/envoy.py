@@ -20,16 +20,17 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from string import Template
 from types import TracebackType
 from typing import IO
+
+from .server import terminate
 
 __all__ = [
     "ENVOY_BINARY_ENV",
@@ -116,8 +117,14 @@ def render_bootstrap(
     admin_host: str = "127.0.0.1",
     node_cluster: str = "ingressgateway",
     api_type: str = "GRPC",
+    labels: Mapping[str, str] | None = None,
+    ads: bool = True,
 ) -> str:
-    """The ADS bootstrap YAML (template in ``xds_server/envoy/bootstrap.yaml``) for one Envoy."""
+    """The ADS bootstrap YAML (template in ``xds_server/envoy/bootstrap.yaml``) for one Envoy.
+
+    ``labels``: node metadata labels, matched against Gateway selectors (None: send none,
+    which the control plane serves every Gateway). ``ads=False``: no ADS; CDS and LDS each
+    on their own per-type stream (and EDS too, through the clusters' config source)."""
     if api_type not in API_TYPES:
         raise ValueError(f"api_type must be one of {', '.join(API_TYPES)} (got {api_type!r})")
     _check_ip("xds_host", xds_host)
@@ -127,7 +134,7 @@ def render_bootstrap(
     if not node_id:
         raise ValueError("node_id must not be empty")
     template = importlib.resources.files("xds_server").joinpath("envoy/bootstrap.yaml")
-    return Template(template.read_text(encoding="utf-8")).substitute(
+    text = Template(template.read_text(encoding="utf-8")).substitute(
         node_id=_yaml_string(node_id),
         node_cluster=_yaml_string(node_cluster),
         xds_host=_yaml_string(xds_host),
@@ -135,7 +142,30 @@ def render_bootstrap(
         admin_host=_yaml_string(admin_host),
         admin_port=admin_port,
         api_type=api_type,
+        node_metadata=json.dumps({"labels": dict(labels)} if labels is not None else {}),
     )
+    return text if ads else _per_type_bootstrap(text, api_type)
+
+
+def _per_type_bootstrap(ads_bootstrap: str, api_type: str) -> str:
+    """The same bootstrap with CDS and LDS from the per-type services instead of ADS."""
+    import yaml
+
+    doc = yaml.safe_load(ads_bootstrap)
+    doc["dynamic_resources"] = {
+        f"{kind}_config": {
+            "resource_api_version": "V3",
+            "api_config_source": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+                "set_node_on_first_message_only": True,
+            },
+        }
+        for kind in ("cds", "lds")
+    }
+    header = "# Per-type xDS (no ADS): render_bootstrap(ads=False) from bootstrap.yaml.\n"
+    return header + yaml.safe_dump(doc, sort_keys=False)
 
 
 _base_ids = itertools.count(1)
@@ -183,6 +213,8 @@ class EnvoyProcess:
         binary: str | os.PathLike[str] | None = None,
         extra_args: Sequence[str] = (),
         startup_timeout: float = 30.0,
+        labels: Mapping[str, str] | None = None,
+        ads: bool = True,
     ) -> None:
         if drain_time_s is not None and (isinstance(drain_time_s, bool) or drain_time_s < 0):
             raise ValueError(f"drain_time_s must be a non-negative integer (got {drain_time_s!r})")
@@ -197,6 +229,8 @@ class EnvoyProcess:
         self.binary = Path(binary) if binary is not None else None
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
+        self.labels = labels
+        self.ads = ads
         self.base_id = _unique_base_id()
         self._given_workdir = Path(workdir) if workdir is not None else None
         self.workdir: Path | None = None
@@ -274,6 +308,8 @@ class EnvoyProcess:
             admin_port=self.admin_port,
             node_cluster=self.node_cluster,
             api_type=self.api_type,
+            labels=self.labels,
+            ads=self.ads,
         )
         if self._given_workdir is not None:
             self._given_workdir.mkdir(parents=True, exist_ok=True)
@@ -368,13 +404,8 @@ class EnvoyProcess:
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; remove the temp dir. Safe to call twice."""
         process = self.process
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if process is not None:
+            terminate(process, timeout)
         if self._output is not None:
             self._output.close()
             self._output = None

@@ -7,13 +7,16 @@ what the tests prove.
 from __future__ import annotations
 
 import selectors
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..admin.client import AdminClient
 from ..config.load import load_paths, load_text
 from ..config.model import Resource
 from ..config.store import Change
@@ -22,10 +25,13 @@ from ..ports import free_port, port_is_free
 from ..translate import TranslateOptions
 from . import traffic
 from .envoy import EnvoyProcess
+from .server import ServerProcess, terminate
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "tcp-echo"
 HOST = "127.0.0.1"
 GATEWAY_PORT = 31400  # the task's ingress port, as written in the Gateway
+# The lab's Envoy is Istio's ingress gateway: the samples' Gateway selects it by this label.
+INGRESS_LABELS = {"istio": "ingressgateway"}
 
 
 class LabError(RuntimeError):
@@ -74,13 +80,7 @@ class EchoProcess:
         return cls(version, prefix, proc, addresses)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process, 5)
         for stream in (self.process.stdout, self.process.stderr):
             if stream:
                 stream.close()
@@ -109,6 +109,10 @@ def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
 class Lab:
     """Bring the lab up with ``start()`` (or ``with Lab() as lab``), drive it, tear it down.
 
+    ``server``: ``thread`` runs the control plane in this process (tests can inspect it
+    through ``lab.cp``); ``process`` runs ``xds-server serve --state-dir`` and drives it
+    through the admin API, the way a user does with xdsctl (the demo).
+
     Ports: ``None`` takes the task's (31400 ingress, 18000 xDS, 15000 Envoy admin) or a
     free one when taken; 0 takes a free one; any other number must be free.
 
@@ -124,14 +128,21 @@ class Lab:
         split: str = "locality",
         drain_time_s: int | None = None,
         api_type: str = "GRPC",
+        ads: bool = True,
         admin_api: bool = False,
+        server: str = "thread",
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.wanted = (ingress_port, xds_port, admin_port)
         self.split = split
         self.drain_time_s = drain_time_s
         self.api_type = api_type
-        self.admin_api = admin_api
+        self.ads = ads
+        self.admin_api = admin_api or server == "process"
+        self.server_mode = server
+        self.server: ServerProcess | None = None
+        self.admin: AdminClient | None = None
+        self._state_dir: str | None = None
         self.say = progress or (lambda _msg: None)
         self.echoes: list[EchoProcess] = []
         self.cp: BackgroundControlPlane | None = None
@@ -159,33 +170,74 @@ class Lab:
             self.echoes.append(echo)
             addrs = ", ".join(f"{h}:{p}" for h, p in echo.addresses)
             self.say(f"tcp-echo {version} (prefix {prefix!r}) listening on {addrs}")
-        options = TranslateOptions(
-            split=self.split, listener_address=HOST, port_map={GATEWAY_PORT: self.ingress_port}
-        )
-        self.cp = ControlPlane.start_in_thread(
-            xds_port=xds, options=options, admin_port=0 if self.admin_api else None
-        )
-        self.say(f"control plane serving ADS on {HOST}:{self.cp.port} (split mode: {self.split})")
-        self.apply([SAMPLES / "tcp-echo-services.yaml"], wait=False)
-        self.cp.apply_yaml("---\n".join(e.workload_entry() for e in self.echoes), "<lab endpoints>")
+        endpoints = "---\n".join(e.workload_entry() for e in self.echoes)
+        services = SAMPLES / "tcp-echo-services.yaml"
+        if self.server_mode == "process":
+            xds = self._start_server(xds)
+            assert self.admin is not None
+            self.admin.apply([(str(services), services.read_text())])
+            self.admin.apply([("<lab endpoints>", endpoints)])
+        else:
+            options = TranslateOptions(
+                split=self.split, listener_address=HOST, port_map={GATEWAY_PORT: self.ingress_port}
+            )
+            self.cp = ControlPlane.start_in_thread(
+                xds_port=xds, options=options, admin_port=0 if self.admin_api else None
+            )
+            xds = self.cp.port
+            self.say(f"control plane serving ADS on {HOST}:{xds} (split mode: {self.split})")
+            self.apply([services], wait=False)
+            self.cp.apply_yaml(endpoints, "<lab endpoints>")
         self.envoy = EnvoyProcess(
-            self.cp.port,
+            xds,
             admin_port=admin,
             drain_time_s=self.drain_time_s,
             api_type=self.api_type,
+            ads=self.ads,
+            labels=INGRESS_LABELS,
         ).start()
         self.envoy.wait_live()
-        self.cp.wait_synced()
+        self.wait_synced()
         self.say(
             f"envoy {self.envoy.pid} LIVE, admin {self.envoy.admin_url}, "
             f"started in {self.envoy.startup_seconds * 1000:.0f} ms"
         )
+
+    def _start_server(self, xds: int) -> int:
+        self._state_dir = tempfile.mkdtemp(prefix="xds-lab-state-")
+        admin = choose_port(None, 18001, "admin API", self.say)
+        self.server = ServerProcess(
+            *("--state-dir", self._state_dir, "--split", self.split),
+            *("--xds-port", str(xds), "--admin-port", str(admin)),
+            *("--port-map", f"{GATEWAY_PORT}={self.ingress_port}"),
+        )
+        xds = self.server.wait_port("xDS")
+        admin = self.server.wait_port("admin API")
+        self.admin = AdminClient(f"{HOST}:{admin}")
+        self.say(
+            f"xds-server {self.server.proc.pid}: ADS on {HOST}:{xds}, admin API on "
+            f"{HOST}:{admin} (split mode: {self.split}, state in {self._state_dir})"
+        )
+        return xds
+
+    def wait_synced(self, timeout: float = 20.0) -> None:
+        """Until Envoy has ACKed the current config (the control plane's own view)."""
+        if self.cp is not None:
+            self.cp.wait_synced(timeout)
+        elif self.admin is not None:
+            self.admin.wait_synced(timeout=timeout)
 
     def stop(self) -> None:
         if self.envoy is not None:
             self.envoy.stop()
         if self.cp is not None:
             self.cp.stop()
+        if self.admin is not None:
+            self.admin.close()
+        if self.server is not None:
+            self.server.stop()
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
         for echo in self.echoes:
             echo.stop()
 
@@ -199,6 +251,16 @@ class Lab:
 
     def apply(self, paths: Iterable[str | Path], *, wait: bool = True) -> list[Change]:
         """Apply files and, by default, wait until Envoy ACKed the result."""
+        if self.admin is not None and self.cp is None:
+            started = time.perf_counter()
+            response = self.admin.apply([(str(p), Path(p).read_text()) for p in paths])
+            if wait:
+                self.wait_synced()
+            self.last_apply_ms = (time.perf_counter() - started) * 1000
+            return [
+                Change(c.ref.kind, c.ref.namespace, c.ref.name, c.action, c.resource_version)
+                for c in response.changes
+            ]
         return self.apply_resources(load_paths([str(p) for p in paths]), wait=wait)
 
     def apply_yaml(self, text: str, *, wait: bool = True) -> list[Change]:
@@ -209,13 +271,15 @@ class Lab:
         started = time.perf_counter()
         changes = self.cp.apply(resources)
         if wait:
-            self.cp.wait_synced()
+            self.wait_synced()
         self.last_apply_ms = (time.perf_counter() - started) * 1000
         return changes
 
     @property
     def admin_target(self) -> str:
         """host:port of the admin API (xdsctl --server), when started with admin_api=True."""
+        if self.admin is not None:
+            return self.admin.target
         assert self.cp is not None and self.cp.cp.admin_port, "Lab(admin_api=True) needed"
         return f"{HOST}:{self.cp.cp.admin_port}"
 

@@ -1,19 +1,34 @@
 """Translation: a validated Istio config in, Envoy protos out (pure functions)."""
 
+from .node import ANY_NODE, NodeProfile
 from .options import ISTIO, LOCALITY, TranslateOptions
+from .refs import REFERS_TO, references
 from .translator import route_cluster_name, subset_cluster_name, translate
-from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, SHORT_NAMES, Resources
+from .types import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    PUSH_ORDER,
+    SHORT_NAMES,
+    WILDCARD_TYPES,
+    Resources,
+)
 
 __all__ = [
+    "ANY_NODE",
     "CLUSTER",
     "ENDPOINT",
     "ISTIO",
     "LISTENER",
     "LOCALITY",
+    "NodeProfile",
     "PUSH_ORDER",
+    "REFERS_TO",
     "SHORT_NAMES",
+    "WILDCARD_TYPES",
     "Resources",
     "TranslateOptions",
+    "references",
     "route_cluster_name",
     "subset_cluster_name",
     "translate",

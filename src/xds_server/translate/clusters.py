@@ -41,6 +41,21 @@ def _duration(seconds: float) -> duration_pb2.Duration:
     return d
 
 
+def eds_source(options: TranslateOptions) -> config_source_pb2.ConfigSource:
+    """Where a cluster's endpoints come from: the ADS stream, or (for a proxy bootstrapped
+    without ADS) our per-type EDS service, reached through the bootstrap's xDS cluster."""
+    source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
+    if options.eds_api_type is None:
+        source.ads.SetInParent()
+    else:
+        api = source.api_config_source
+        api.api_type = config_source_pb2.ApiConfigSource.ApiType.Value(options.eds_api_type)
+        api.transport_api_version = config_source_pb2.V3
+        api.grpc_services.add().envoy_grpc.cluster_name = options.xds_cluster
+        api.set_node_on_first_message_only = True
+    return source
+
+
 def build_cluster(
     name: str,
     policy: TrafficPolicy,
@@ -59,12 +74,7 @@ def build_cluster(
         c.type = cluster_pb2.Cluster.STRICT_DNS
     else:
         c.type = cluster_pb2.Cluster.EDS
-        c.eds_cluster_config.eds_config.CopyFrom(
-            config_source_pb2.ConfigSource(
-                ads=config_source_pb2.AggregatedConfigSource(),
-                resource_api_version=config_source_pb2.V3,
-            )
-        )
+        c.eds_cluster_config.eds_config.CopyFrom(eds_source(options))
     if weighted_localities:
         c.common_lb_config.locality_weighted_lb_config.SetInParent()
     # Envoy merges endpoint weight changes for 1 s by default; a shift must show at once.

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from envoy.config.core.v3 import address_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
+from envoy.config.route.v3 import route_components_pb2, route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from google.protobuf import any_pb2
 
@@ -41,4 +46,31 @@ def build_tcp_listener(
             socket_address=address_pb2.SocketAddress(address=address, port_value=bind_port)
         ),
         filter_chains=[chain],
+    )
+
+
+def build_api_listener(name: str, cluster: str) -> listener_pb2.Listener:
+    """The listener a gRPC library client asks for by its target name: an API listener
+    whose HTTP connection manager routes every request to ``cluster`` (route config inline,
+    so no RDS round trip; the router filter last, as gRPC requires)."""
+    router = any_pb2.Any()
+    router.Pack(router_pb2.Router())
+    route = route_components_pb2.Route(
+        match=route_components_pb2.RouteMatch(prefix=""),
+        route=route_components_pb2.RouteAction(cluster=cluster),
+    )
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=name,
+        route_config=route_pb2.RouteConfiguration(
+            name=name,
+            virtual_hosts=[
+                route_components_pb2.VirtualHost(name=name, domains=["*"], routes=[route])
+            ],
+        ),
+        http_filters=[hcm_pb2.HttpFilter(name="envoy.filters.http.router", typed_config=router)],
+    )
+    typed = any_pb2.Any()
+    typed.Pack(hcm)
+    return listener_pb2.Listener(
+        name=name, api_listener=api_listener_pb2.ApiListener(api_listener=typed)
     )

@@ -23,12 +23,20 @@ class TranslateOptions:
     ``port_map`` moves a gateway port to another bind port (like a Kubernetes Service port
     to its target port) when the task's port is taken on this host; the listener keeps
     the gateway port in its name.
+
+    ``eds_api_type``: None: clusters take their endpoints over ADS (``eds_config: {ads:
+    {}}``). For a proxy bootstrapped without ADS, ``GRPC`` or ``DELTA_GRPC``: clusters name
+    the per-type EDS service through ``xds_cluster``, the bootstrap's cluster for the
+    control plane (Envoy does not implement the ``self`` config source). Set per proxy by
+    translate(), see node.py.
     """
 
     split: SplitMode = LOCALITY
     listener_address: str = "127.0.0.1"
     port_map: Mapping[int, int] = field(default_factory=dict)
     connect_timeout: float = 10.0  # Istio's default
+    eds_api_type: str | None = None
+    xds_cluster: str = "xds_cluster"
 
     def bind_port(self, gateway_port: int) -> int:
         return self.port_map.get(gateway_port, gateway_port)

@@ -4,13 +4,15 @@ protos, so the output can be golden-tested and diffed to find what changed."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from ..config.index import ConfigIndex
-from ..config.model import Resource, ServiceEntry, Subset, VirtualService
+from ..config.model import Gateway, Resource, ServiceEntry, Subset, VirtualService
 from ..config.routing import Backend, BoundRoute, bind_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
-from .listeners import build_tcp_listener
+from .listeners import build_api_listener, build_tcp_listener
+from .node import ADS, ANY_NODE, NodeProfile
 from .options import ISTIO, TranslateOptions
 from .types import Resources
 
@@ -26,17 +28,50 @@ def subset_cluster_name(port: int, subset: str, host: str) -> str:
     return f"outbound|{port}|{subset}|{host}"
 
 
-def translate(config: Iterable[Resource] | ConfigIndex, options: TranslateOptions) -> Resources:
-    """Translate a validated config. Invalid references are skipped, not reported:
-    validation runs first and owns the messages."""
+def translate(
+    config: Iterable[Resource] | ConfigIndex,
+    options: TranslateOptions,
+    node: NodeProfile = ANY_NODE,
+) -> Resources:
+    """Translate a validated config for one kind of proxy (``node``: see translate/node.py;
+    the default is a proxy without labels, served every Gateway). Invalid references are
+    skipped, not reported: validation runs first and owns the messages."""
     index = config if isinstance(config, ConfigIndex) else ConfigIndex(config)
+    if node.labels is not None:  # only the Gateways whose selector matches the proxy
+        index = ConfigIndex(
+            r for r in index.resources if not isinstance(r, Gateway) or node.selects(r.selector)
+        )
+    if node.transport != ADS:
+        options = replace(options, eds_api_type=node.transport)
     routes = bind_routes(index)
     out = Resources()
     if options.split == ISTIO:
         _istio_shape(index, routes, options, out)
     else:
         _locality_shape(index, routes, options, out)
+    if node.proxyless:
+        _proxyless(index, options, out)
     return out
+
+
+def _proxyless(index: ConfigIndex, options: TranslateOptions, out: Resources) -> None:
+    """What a gRPC library client asks for: an API listener ``host:port`` per service port
+    (the name in its ``xds:///host:port`` target), routing everything to Istio's
+    ``outbound|port||host`` cluster. gRPC ignores localities without a weight, so each
+    gets weight 1. DNS services are left out: gRPC has no STRICT_DNS clusters."""
+    services = {se.key: se for se in index.services.values()}
+    for _key, se in sorted(services.items()):
+        if _is_dns(se):
+            continue
+        for host in se.hosts:
+            for port in se.ports:
+                b = Backend(host, se, port, None, 1)
+                name = subset_cluster_name(port.number, "", host)
+                policy = effective_policy(index.destination_rule(host, se.meta.namespace), None)
+                groups = [_group(index, b, 1)]
+                _add_cluster(out, name, groups, policy, options, dns=False, weighted=True)
+                listener = build_api_listener(f"{host}:{port.number}", name)
+                out.listeners[listener.name] = listener
 
 
 def _group(index: ConfigIndex, b: Backend, weight: int | None) -> LocalityGroup:

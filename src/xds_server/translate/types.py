@@ -18,6 +18,9 @@ PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER)
 
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS", ROUTE: "RDS"}
 
+# Types whose SotW request with no names means "everything" (Envoy's legacy wildcard).
+WILDCARD_TYPES = (CLUSTER, LISTENER)
+
 
 @dataclass
 class Resources:

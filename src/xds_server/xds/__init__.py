@@ -1,8 +1,20 @@
-"""xDS serving: the snapshot cache, the gRPC servicers and per-proxy status."""
+"""xDS serving: the snapshot cache, the gRPC services (ADS and per-type, SotW and Delta,
+CSDS), per-proxy status and metrics."""
 
 from .cache import SnapshotCache
-from .server import AggregatedDiscoveryService
-from .status import NACKED, NOT_SENT, STALE, SYNCED, ProxyStatus, StatusBoard, TypeStatus
+from .server import AggregatedDiscoveryService, XdsServer, add_xds_services
+from .status import (
+    NACKED,
+    NOT_SENT,
+    STALE,
+    SYNCED,
+    ProxyRow,
+    ProxyStatus,
+    StatusBoard,
+    TypeStatus,
+    format_proxy_status,
+    proxy_rows,
+)
 
 __all__ = [
     "NACKED",
@@ -10,8 +22,13 @@ __all__ = [
     "STALE",
     "SYNCED",
     "AggregatedDiscoveryService",
+    "ProxyRow",
     "ProxyStatus",
     "SnapshotCache",
     "StatusBoard",
     "TypeStatus",
+    "XdsServer",
+    "add_xds_services",
+    "format_proxy_status",
+    "proxy_rows",
 ]

@@ -1,9 +1,14 @@
-"""Snapshot cache: the resources every proxy should have, versioned by content.
+"""Snapshot cache: the resources each kind of proxy should have, versioned by content.
 
-Each resource is serialized and packed into an ``Any`` once per content version and the
-same object is shared by every stream and every response. Versions are content hashes,
-so a restarted control plane gives the same version for the same config and a proxy that
-reconnects with what it already has is not sent it again.
+Proxies are grouped by ``NodeProfile`` (their labels, whether they are gRPC library clients,
+whether they use ADS): the config is translated once per profile that a connected proxy
+has, and each resource is serialized and packed into an ``Any`` once per group and content
+version; the same object is shared by every stream of the group and every response.
+A group lives while a stream uses it; the default group (``ANY_NODE``: no labels, served
+every Gateway) always exists and is what ``version()``/``snapshot()`` answer without a group.
+
+Versions are content hashes, so a restarted control plane gives the same version for the
+same config and a proxy that reconnects with what it already has is not sent it again.
 """
 
 from __future__ import annotations
@@ -15,14 +20,21 @@ from dataclasses import dataclass, field
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from ..translate import PUSH_ORDER, Resources
+from ..translate import ANY_NODE, PUSH_ORDER, NodeProfile, Resources, references
+
+Build = Callable[[NodeProfile], Resources]
 
 
 @dataclass(frozen=True)
 class Entry:
+    """One resource as sent. ``any`` is None for a resource a Delta client reported having
+    (``initial_resource_versions``) in a version we no longer hold: we know its name and
+    version, not its content. ``refs``: the names it needs (see translate/refs.py)."""
+
     name: str
     version: str  # hash of this resource's bytes
-    any: any_pb2.Any
+    any: any_pb2.Any | None
+    refs: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -32,68 +44,122 @@ class TypeSnapshot:
 
     @property
     def size(self) -> int:
-        return sum(e.any.ByteSize() for e in self.entries.values())
+        return sum(e.any.ByteSize() for e in self.entries.values() if e.any is not None)
 
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _type_version(entries: Mapping[str, Entry]) -> str:
+def content_version(entries: Mapping[str, Entry]) -> str:
+    """The version of a set of resources: a hash of their names and versions. A response's
+    version is the content version of exactly what it carries."""
     h = hashlib.sha256()
     for name in sorted(entries):
         h.update(name.encode() + b"\0" + entries[name].version.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
-EMPTY_VERSION = _type_version({})
+EMPTY_VERSION = content_version({})
+_EMPTY = TypeSnapshot(EMPTY_VERSION)
+
+
+class Group:
+    """The snapshot for one node profile; replaced in place, so holders see updates."""
+
+    def __init__(self, profile: NodeProfile) -> None:
+        self.profile = profile
+        self.types: dict[str, TypeSnapshot] = {t: _EMPTY for t in PUSH_ORDER}
+        self.users = 0
+
+    def snapshot(self, type_url: str) -> TypeSnapshot:
+        return self.types.get(type_url, _EMPTY)
+
+    def version(self, type_url: str) -> str:
+        return self.snapshot(type_url).version
+
+    def versions(self) -> dict[str, str]:
+        return {t: s.version for t, s in self.types.items()}
+
+    def update(self, resources: Resources) -> set[str]:
+        """Take a new translation; returns the type URLs whose content changed. Unchanged
+        resources keep their packed bytes."""
+        changed: set[str] = set()
+        for type_url, by_name in resources.by_type().items():
+            new = _pack(self.types.get(type_url), by_name.items())
+            if new.version != self.version(type_url):
+                self.types[type_url] = new
+                changed.add(type_url)
+        return changed
+
+
+def _pack(old: TypeSnapshot | None, items: Iterable[tuple[str, Message]]) -> TypeSnapshot:
+    entries: dict[str, Entry] = {}
+    for name, msg in items:
+        data = msg.SerializeToString(deterministic=True)
+        version = _digest(data)
+        prev = old.entries.get(name) if old else None
+        if prev is not None and prev.version == version:
+            entries[name] = prev
+            continue
+        packed = any_pb2.Any(type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name, value=data)
+        entries[name] = Entry(name, version, packed, references(msg))
+    return TypeSnapshot(content_version(entries), entries)
 
 
 class SnapshotCache:
-    """Holds one snapshot per type URL and tells watchers when a type changed."""
+    """One snapshot per node profile in use; tells watchers when anything changed."""
 
-    def __init__(self) -> None:
-        self._types: dict[str, TypeSnapshot] = {t: TypeSnapshot(EMPTY_VERSION) for t in PUSH_ORDER}
+    def __init__(self, build: Build | None = None) -> None:
+        self._build: Build = build or (lambda _profile: Resources())
+        self.groups: dict[NodeProfile, Group] = {ANY_NODE: Group(ANY_NODE)}
+        self.groups[ANY_NODE].update(self._build(ANY_NODE))
         self._watchers: list[Callable[[set[str]], None]] = []
 
+    # --- the default group (proxies without labels), for callers that have no node -------
+
     def version(self, type_url: str) -> str:
-        return self._types.get(type_url, TypeSnapshot(EMPTY_VERSION)).version
+        return self.groups[ANY_NODE].version(type_url)
 
     def snapshot(self, type_url: str) -> TypeSnapshot:
-        return self._types.get(type_url, TypeSnapshot(EMPTY_VERSION))
+        return self.groups[ANY_NODE].snapshot(type_url)
 
     def versions(self) -> dict[str, str]:
-        return {t: s.version for t, s in self._types.items()}
+        return self.groups[ANY_NODE].versions()
 
-    def set_resources(self, resources: Resources) -> set[str]:
-        """Replace everything; returns the type URLs whose content changed (and so got a new
-        version). Unchanged resources keep their packed bytes."""
+    # --- groups ----------------------------------------------------------------------------
+
+    def acquire(self, profile: NodeProfile) -> Group:
+        """The group for a profile, translated now if no stream had it yet."""
+        group = self.groups.get(profile)
+        if group is None:
+            group = self.groups[profile] = Group(profile)
+            group.update(self._build(profile))
+        group.users += 1
+        return group
+
+    def release(self, group: Group) -> None:
+        group.users -= 1
+        if group.users <= 0 and group.profile != ANY_NODE:
+            self.groups.pop(group.profile, None)
+
+    # --- updates ---------------------------------------------------------------------------
+
+    def update(self, build: Build) -> set[str]:
+        """New config: re-translate every group in use with ``build`` (kept for groups that
+        appear later). Returns the type URLs that changed in any group."""
+        self._build = build
         changed: set[str] = set()
-        for type_url, by_name in resources.by_type().items():
-            new = self._pack(self._types.get(type_url), by_name.items())
-            if new.version != self.version(type_url):
-                self._types[type_url] = new
-                changed.add(type_url)
+        for group in list(self.groups.values()):
+            changed |= group.update(build(group.profile))
         if changed:
             for notify in list(self._watchers):
                 notify(changed)
         return changed
 
-    @staticmethod
-    def _pack(old: TypeSnapshot | None, items: Iterable[tuple[str, Message]]) -> TypeSnapshot:
-        entries: dict[str, Entry] = {}
-        for name, msg in items:
-            data = msg.SerializeToString(deterministic=True)
-            version = _digest(data)
-            prev = old.entries.get(name) if old else None
-            if prev is not None and prev.version == version:
-                entries[name] = prev
-                continue
-            packed = any_pb2.Any(
-                type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name, value=data
-            )
-            entries[name] = Entry(name, version, packed)
-        return TypeSnapshot(_type_version(entries), entries)
+    def set_resources(self, resources: Resources) -> set[str]:
+        """The same resources for every proxy (no per-node selection)."""
+        return self.update(lambda _profile: resources)
 
     def watch(self, callback: Callable[[set[str]], None]) -> None:
         self._watchers.append(callback)

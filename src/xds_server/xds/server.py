@@ -1,15 +1,13 @@
-"""State-of-the-world ADS over grpc.aio.
+"""The xDS gRPC services over grpc.aio, all served from one cache and one status board.
 
-One task per stream reads requests into a queue; the stream's generator is the only code
-that touches the stream's state, so requests and cache changes are handled one at a time
-without locks.
+- ADS: ``StreamAggregatedResources`` (state of the world) and ``DeltaAggregatedResources``.
+- Per type, for a proxy bootstrapped without ADS: LDS, CDS and EDS, each with its SotW
+  stream, its Delta stream and the unary Fetch.
+- CSDS (``envoy.service.status.v3``): see csds.py.
 
-Ordering (make before break): a push of a type waits while a type earlier in
-CDS -> EDS -> LDS has a response that is neither ACKed nor NACKed. So a listener that
-names a new cluster is sent only after Envoy has ACKed the cluster and its endpoints.
-Responses to a change in what the proxy asks for are not held back: the proxy asked.
-
-NACK: the rejected version is recorded and not sent again; the next new version is.
+Every stream runs the same loop: one task reads requests into a queue, and the stream's
+generator is the only code that touches the stream's state (stream.py), so requests and
+cache changes are handled one at a time, in order, without locks.
 """
 
 from __future__ import annotations
@@ -17,140 +15,61 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import time
 from collections.abc import AsyncIterator
 
 import grpc
+from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
+from google.protobuf.message import Message
 
-from ..translate import CLUSTER, LISTENER, PUSH_ORDER, SHORT_NAMES
+from ..translate import CLUSTER, ENDPOINT, LISTENER, SHORT_NAMES
 from .cache import SnapshotCache
-from .status import ProxyStatus, StatusBoard, TypeStatus
+from .metrics import XdsMetrics
+from .status import ProxyStatus, StatusBoard
+from .stream import Stream, StreamError
 
 log = logging.getLogger("xds_server.xds")
 
-# Types Envoy asks for with an empty name list meaning "everything".
-WILDCARD_TYPES = (CLUSTER, LISTENER)
 _EOF = object()
 _stream_ids = itertools.count(1)
-_nonces = itertools.count(1)
 
 
-class SotwStream:
-    """The state of one ADS stream, driven by requests and cache changes."""
+class XdsServer:
+    """Runs streams of every flavour against one cache and one status board."""
 
-    def __init__(self, cache: SnapshotCache, status: ProxyStatus) -> None:
-        self.cache = cache
-        self.status = status
-        self.force: set[str] = set()  # types whose requested names changed
-
-    def _type(self, type_url: str) -> TypeStatus:
-        return self.status.types.setdefault(type_url, TypeStatus())
-
-    def on_request(self, req: discovery_pb2.DiscoveryRequest) -> bool:
-        """Record a request; returns True if it changed anything worth a status update."""
-        if req.HasField("node") and not self.status.node_id:
-            self.status.node_id = req.node.id
-            self.status.node_cluster = req.node.cluster
-        st = self._type(req.type_url)
-        kind = SHORT_NAMES.get(req.type_url, req.type_url)
-        if req.response_nonce and req.response_nonce != st.nonce:
-            log.debug(
-                "%s %s: ignoring stale nonce %s", self.status.node_id, kind, req.response_nonce
-            )
-            return False
-        if req.response_nonce:
-            st.in_flight = False
-            st.last_change = time.time()
-            if req.HasField("error_detail"):
-                st.nack = req.error_detail.message
-                log.warning(
-                    "%s rejected %s version %s: %s",
-                    self.status.node_id,
-                    kind,
-                    st.sent_version,
-                    req.error_detail.message,
-                )
-            else:
-                st.acked_version = st.sent_version
-                st.nack = None
-        names = frozenset(req.resource_names)
-        if req.type_url in WILDCARD_TYPES and (not names or "*" in names):
-            names = None
-        if not st.subscribed or names != st.names:
-            first = not st.subscribed
-            st.subscribed = True
-            st.names = names
-            if first and req.version_info and req.version_info == self.cache.version(req.type_url):
-                # A reconnecting proxy that already has this version: nothing to send.
-                st.sent_version = st.acked_version = req.version_info
-            else:
-                self.force.add(req.type_url)
-        return True
-
-    def responses(self) -> list[discovery_pb2.DiscoveryResponse]:
-        """What to send now, in push order, holding back pushes behind unanswered ones."""
-        out = []
-        blocked = False
-        types = list(PUSH_ORDER) + [t for t in self.status.types if t not in PUSH_ORDER]
-        for type_url in types:
-            st = self.status.types.get(type_url)
-            if st is None or not st.subscribed:
-                continue
-            forced = type_url in self.force
-            changed = self.cache.version(type_url) != st.sent_version
-            if forced or (changed and not blocked):
-                out.append(self._respond(type_url, st))
-            if st.in_flight:
-                blocked = True
-        return out
-
-    def _respond(self, type_url: str, st: TypeStatus) -> discovery_pb2.DiscoveryResponse:
-        self.force.discard(type_url)
-        snap = self.cache.snapshot(type_url)
-        if st.names is None:
-            entries = [snap.entries[n] for n in sorted(snap.entries)]
-        else:
-            entries = [snap.entries[n] for n in sorted(st.names) if n in snap.entries]
-        nonce = str(next(_nonces))
-        st.sent_version, st.nonce, st.in_flight, st.sent_at = snap.version, nonce, True, time.time()
-        st.nack = None
-        log.debug(
-            "%s <- %s version %s (%d resources, nonce %s)",
-            self.status.node_id,
-            SHORT_NAMES.get(type_url, type_url),
-            snap.version,
-            len(entries),
-            nonce,
-        )
-        return discovery_pb2.DiscoveryResponse(
-            version_info=snap.version,
-            resources=[e.any for e in entries],
-            type_url=type_url,
-            nonce=nonce,
-        )
-
-
-class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """ADS, state of the world. Delta is not served yet (UNIMPLEMENTED)."""
-
-    def __init__(self, cache: SnapshotCache, board: StatusBoard) -> None:
+    def __init__(
+        self, cache: SnapshotCache, board: StatusBoard, metrics: XdsMetrics | None = None
+    ) -> None:
         self.cache = cache
         self.board = board
+        self.metrics = metrics
 
-    async def StreamAggregatedResources(
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+    async def serve(
+        self,
+        requests: AsyncIterator[Message],
+        context: grpc.aio.ServicerContext,
+        *,
+        delta: bool,
+        types: tuple[str, ...] | None = None,
+    ) -> AsyncIterator[Message]:
+        """One stream: ``types`` None for ADS, else the one type of a per-type service."""
+        service = "ADS" if types is None else SHORT_NAMES.get(types[0], types[0])
+        status = ProxyStatus(
+            stream_id=next(_stream_ids),
+            peer=context.peer(),
+            api=f"{service} {'Delta' if delta else 'SotW'}",
+        )
+        stream = Stream(self.cache, status, delta=delta, types=types, metrics=self.metrics)
         events: asyncio.Queue = asyncio.Queue()
-        status = ProxyStatus(stream_id=next(_stream_ids), peer=context.peer())
-        stream = SotwStream(self.cache, status)
 
         def on_change(_types: set[str]) -> None:
             events.put_nowait(None)
 
         async def pump() -> None:
             try:
-                async for req in request_iterator:
+                async for req in requests:
                     events.put_nowait(req)
             except (grpc.aio.AioRpcError, asyncio.CancelledError):
                 pass
@@ -165,7 +84,12 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 event = await events.get()
                 if event is _EOF:
                     break
-                changed = event is not None and stream.on_request(event)
+                changed = False
+                if event is not None:
+                    try:
+                        changed = stream.on_request(event)
+                    except StreamError as e:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
                 responses = stream.responses()
                 if changed or responses:
                     self.board.touch()
@@ -174,5 +98,110 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         finally:
             self.cache.unwatch(on_change)
             self.board.remove(status)
+            stream.close()
             reader.cancel()
-            log.info("%s disconnected", status.node_id or status.peer)
+            log.info("%s disconnected (%s)", status.node_id or status.peer, status.api)
+
+    async def fetch(
+        self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext, type_url
+    ) -> discovery_pb2.DiscoveryResponse:
+        """Unary SotW fetch: a one-request stream that is not on the status board."""
+        status = ProxyStatus(stream_id=0, peer=context.peer(), api="Fetch")
+        stream = Stream(self.cache, status, delta=False, types=(type_url,))
+        responses: list[Message] = []
+        try:
+            stream.on_request(request)
+            responses = stream.responses()
+        except StreamError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        finally:
+            stream.close()
+        return responses[0] if responses else discovery_pb2.DiscoveryResponse(type_url=type_url)
+
+
+class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """ADS: every type on one stream, SotW or Delta."""
+
+    def __init__(
+        self, cache: SnapshotCache, board: StatusBoard, metrics: XdsMetrics | None = None
+    ) -> None:
+        self.xds = XdsServer(cache, board, metrics)
+
+    async def StreamAggregatedResources(self, request_iterator, context):
+        async for response in self.xds.serve(request_iterator, context, delta=False):
+            yield response
+
+    async def DeltaAggregatedResources(self, request_iterator, context):
+        async for response in self.xds.serve(request_iterator, context, delta=True):
+            yield response
+
+
+class ListenerDiscoveryService(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
+    def __init__(self, xds: XdsServer) -> None:
+        self.xds = xds
+
+    async def StreamListeners(self, request_iterator, context):
+        async for r in self.xds.serve(request_iterator, context, delta=False, types=(LISTENER,)):
+            yield r
+
+    async def DeltaListeners(self, request_iterator, context):
+        async for r in self.xds.serve(request_iterator, context, delta=True, types=(LISTENER,)):
+            yield r
+
+    async def FetchListeners(self, request, context):
+        return await self.xds.fetch(request, context, LISTENER)
+
+
+class ClusterDiscoveryService(cds_pb2_grpc.ClusterDiscoveryServiceServicer):
+    def __init__(self, xds: XdsServer) -> None:
+        self.xds = xds
+
+    async def StreamClusters(self, request_iterator, context):
+        async for r in self.xds.serve(request_iterator, context, delta=False, types=(CLUSTER,)):
+            yield r
+
+    async def DeltaClusters(self, request_iterator, context):
+        async for r in self.xds.serve(request_iterator, context, delta=True, types=(CLUSTER,)):
+            yield r
+
+    async def FetchClusters(self, request, context):
+        return await self.xds.fetch(request, context, CLUSTER)
+
+
+class EndpointDiscoveryService(eds_pb2_grpc.EndpointDiscoveryServiceServicer):
+    def __init__(self, xds: XdsServer) -> None:
+        self.xds = xds
+
+    async def StreamEndpoints(self, request_iterator, context):
+        async for r in self.xds.serve(request_iterator, context, delta=False, types=(ENDPOINT,)):
+            yield r
+
+    async def DeltaEndpoints(self, request_iterator, context):
+        async for r in self.xds.serve(request_iterator, context, delta=True, types=(ENDPOINT,)):
+            yield r
+
+    async def FetchEndpoints(self, request, context):
+        return await self.xds.fetch(request, context, ENDPOINT)
+
+
+def add_xds_services(
+    server: grpc.aio.Server,
+    cache: SnapshotCache,
+    board: StatusBoard,
+    metrics: XdsMetrics | None = None,
+) -> XdsServer:
+    """Register ADS, LDS, CDS, EDS (SotW and Delta each) and CSDS on ``server``."""
+    from .csds import ClientStatusDiscoveryService, add_csds
+
+    ads = AggregatedDiscoveryService(cache, board, metrics)
+    xds = ads.xds
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(ads, server)
+    lds_pb2_grpc.add_ListenerDiscoveryServiceServicer_to_server(
+        ListenerDiscoveryService(xds), server
+    )
+    cds_pb2_grpc.add_ClusterDiscoveryServiceServicer_to_server(ClusterDiscoveryService(xds), server)
+    eds_pb2_grpc.add_EndpointDiscoveryServiceServicer_to_server(
+        EndpointDiscoveryService(xds), server
+    )
+    add_csds(server, ClientStatusDiscoveryService(board))
+    return xds

@@ -149,18 +149,24 @@ class TypeStatus(_message.Message):
     def __init__(self, type_url: _Optional[str] = ..., state: _Optional[str] = ..., sent_version: _Optional[str] = ..., acked_version: _Optional[str] = ..., error: _Optional[str] = ..., last_change: _Optional[float] = ...) -> None: ...
 
 class Proxy(_message.Message):
-    __slots__ = ("node_id", "node_cluster", "peer", "connected_since", "types")
+    __slots__ = ("node_id", "node_cluster", "peer", "connected_since", "types", "synced", "api", "version")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_CLUSTER_FIELD_NUMBER: _ClassVar[int]
     PEER_FIELD_NUMBER: _ClassVar[int]
     CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
     TYPES_FIELD_NUMBER: _ClassVar[int]
+    SYNCED_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     node_cluster: str
     peer: str
     connected_since: float
     types: _containers.RepeatedCompositeFieldContainer[TypeStatus]
-    def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since: _Optional[float] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ...) -> None: ...
+    synced: bool
+    api: str
+    version: str
+    def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since: _Optional[float] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., synced: _Optional[bool] = ..., api: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ProxyStatusResponse(_message.Message):
     __slots__ = ("proxies", "versions")

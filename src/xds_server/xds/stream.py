@@ -1,0 +1,415 @@
+"""One xDS stream's state machine, shared by every flavour we serve.
+
+State of the world (SotW) and Delta, over ADS or over a per-type service (LDS, CDS, EDS),
+are the same stream with two wire formats: a per-type service is a stream restricted to one
+type URL. Everything else is one piece of code: subscriptions, ACK/NACK, what each type
+should carry now (``target``), push ordering, and status.
+
+**What a type carries.** ``desired``: the resources of the proxy's group (see cache.py) that
+its subscription covers (all for a wildcard, else the names it asked for: resources a proxy
+did not ask for are never sent). ``target`` adds the removals that are held back (below).
+A response's version is the content hash of exactly what it carries, so a type is sent
+only when that content or the subscription changes, and a proxy that reconnects with the
+version it has is sent nothing. SotW sends the whole target; Delta sends the resources whose
+version differs from what the proxy has (``initial_resource_versions`` on reconnect seed
+that) and ``removed_resources`` for what left the target.
+
+**Ordering, additions (make before break).** Types are evaluated in CDS -> EDS -> LDS order
+and a push of a type waits while an earlier type has a response that is neither ACKed nor
+NACKed. So a listener that names a new cluster is sent only after the proxy answered the
+cluster and its endpoints. Responses to a change in what the proxy asks for are not held:
+the proxy asked.
+
+**Ordering, removals (the other way round).** A resource leaves a type's target only when
+no resource of the referring type that the proxy has or was sent still needs it
+(translate/refs.py: listener -> clusters, EDS cluster -> its endpoints). Until then it is
+kept, in the version the proxy runs. Removing a route therefore goes: LDS without the
+listener; after that is ACKed, CDS without the cluster; after that (and after the proxy
+stopped asking for it), EDS without the endpoints. "Has" counts the last ACKed and the last
+sent state, so a NACKed listener (the proxy keeps its old one) still protects its clusters.
+Per-type services carry one type per stream and so cannot order across types (the xDS
+spec says the same: only ADS can sequence); there, as with any control plane, a listener
+may arrive before its cluster and refuse connections for that moment.
+
+**NACK.** Recorded with the proxy's text (status, metrics, log). Nothing is resent: in SotW
+the rejected target keeps its version, in Delta the proxy's state is taken as sent, so
+there is no difference to send until the config changes; the next change is pushed
+normally. The proxy keeps its last accepted config, and the removal rule above protects it.
+
+**Nonces.** A SotW request whose nonce is not the latest one sent for its type is ignored
+whole: the proxy will send another request when the latest response arrives. In Delta,
+subscriptions are changes that must not be lost, so a stale nonce only voids the ACK part.
+Only the answer to the latest response is an ACK or NACK; a later request on the same
+nonce is a subscription change. A nonce on a type not yet answered on this stream (one
+from an earlier stream) is neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
+
+from ..translate import PUSH_ORDER, REFERS_TO, SHORT_NAMES, WILDCARD_TYPES, NodeProfile
+from .cache import Entry, Group, SnapshotCache, content_version
+from .status import ProxyStatus, TypeStatus
+
+if TYPE_CHECKING:
+    from .metrics import XdsMetrics
+
+log = logging.getLogger("xds_server.xds")
+
+
+class StreamError(ValueError):
+    """A request this stream cannot serve (wrong type URL for a per-type service)."""
+
+
+def node_profile(node: base_pb2.Node | None, *, transport: str = "ADS") -> NodeProfile:
+    """How a node is translated for: its labels (``metadata.labels``, or Istio's
+    ``LABELS``; absent: every Gateway), whether it is a gRPC library client (its
+    user agent says gRPC, or Istio's ``GENERATOR: grpc``), and its transport."""
+    if node is None:
+        return NodeProfile(transport=transport)
+    fields = node.metadata.fields
+    labels = None
+    for key in ("labels", "LABELS"):
+        if key in fields and fields[key].HasField("struct_value"):
+            labels = {k: _text(v) for k, v in fields[key].struct_value.fields.items()}
+            break
+    proxyless = node.user_agent_name.startswith("gRPC") or (
+        "GENERATOR" in fields and fields["GENERATOR"].string_value == "grpc"
+    )
+    return NodeProfile.of(labels, proxyless=proxyless, transport=transport)
+
+
+def _text(value) -> str:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        n = value.number_value
+        return str(int(n)) if n.is_integer() else str(n)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    return ""
+
+
+class Stream:
+    """The state of one stream, driven by requests and cache changes, one at a time."""
+
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        status: ProxyStatus,
+        *,
+        delta: bool,
+        types: tuple[str, ...] | None = None,
+        metrics: XdsMetrics | None = None,
+    ) -> None:
+        self.cache = cache
+        self.status = status
+        self.delta = delta
+        self.types = types  # None: ADS, any type
+        self.metrics = metrics
+        self.group: Group | None = None
+        self.force: set[str] = set()  # types that must be answered now
+        self.new_names: dict[str, set[str]] = {}  # Delta: just subscribed, maybe missing
+        self._nonces = 0
+        status.view = self
+
+    # --- identity --------------------------------------------------------------------------
+
+    def _identify(self, node: base_pb2.Node | None) -> None:
+        if self.group is not None:
+            return
+        if node is not None:
+            self.status.node = node
+            self.status.node_id = node.id
+            self.status.node_cluster = node.cluster
+        transport = "ADS" if self.types is None else "DELTA_GRPC" if self.delta else "GRPC"
+        profile = node_profile(node, transport=transport)
+        self.group = self.cache.acquire(profile)
+        self.status.group = str(profile)
+        log.info(
+            "%s connected (%s, %s, %s)",
+            self.status.node_id or self.status.peer,
+            self.status.api,
+            self.status.client_version or "unknown client",
+            profile,
+        )
+
+    def close(self) -> None:
+        if self.group is not None:
+            self.cache.release(self.group)
+            self.group = None
+
+    def _type_url(self, type_url: str) -> str:
+        if self.types is None:
+            if not type_url:
+                raise StreamError("type_url is required on an aggregated (ADS) stream")
+            return type_url
+        type_url = type_url or self.types[0]
+        if type_url not in self.types:
+            raise StreamError(f"this service serves {', '.join(self.types)}, not {type_url}")
+        return type_url
+
+    def _type(self, type_url: str) -> TypeStatus:
+        return self.status.types.setdefault(type_url, TypeStatus())
+
+    # --- requests --------------------------------------------------------------------------
+
+    def on_request(self, req: Message) -> bool:
+        """Take a DiscoveryRequest (SotW) or DeltaDiscoveryRequest; True if it changed
+        anything (so the status board should wake its waiters)."""
+        if self.delta:
+            return self._on_delta(req)
+        return self._on_sotw(req)
+
+    def _on_sotw(self, req: discovery_pb2.DiscoveryRequest) -> bool:
+        type_url = self._type_url(req.type_url)
+        self._identify(req.node if req.HasField("node") else None)
+        st = self._type(type_url)
+        if req.response_nonce and st.nonce is not None:
+            if req.response_nonce != st.nonce:
+                self._stale(type_url, st, req.response_nonce)
+                return False
+            if st.in_flight:  # else a later request on the same nonce: names, not an answer
+                self._answer(type_url, st, req)
+        names = set(req.resource_names)
+        wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
+        names.discard("*")
+        if not st.subscribed or wildcard != st.wildcard or names != st.explicit:
+            first = not st.subscribed
+            st.subscribed, st.wildcard, st.explicit = True, wildcard, names
+            if first and req.version_info and req.version_info == self.desired_version(type_url):
+                # A reconnecting proxy that already has exactly this: nothing to send.
+                st.sent = st.acked = self.desired(type_url)
+                st.sent_version = st.acked_version = req.version_info
+            else:
+                self.force.add(type_url)
+        return True
+
+    def _on_delta(self, req: discovery_pb2.DeltaDiscoveryRequest) -> bool:
+        type_url = self._type_url(req.type_url)
+        self._identify(req.node if req.HasField("node") else None)
+        st = self._type(type_url)
+        if req.response_nonce and st.nonce is not None:
+            if req.response_nonce != st.nonce:
+                self._stale(type_url, st, req.response_nonce)
+            elif st.in_flight:
+                self._answer(type_url, st, req)
+        subscribe = set(req.resource_names_subscribe)
+        unsubscribe = set(req.resource_names_unsubscribe)
+        new = (subscribe - {"*"}) - st.explicit
+        if not st.subscribed:
+            # Legacy wildcard: a first request naming nothing means everything.
+            st.subscribed, st.wildcard = True, not subscribe or "*" in subscribe
+            current = self.group.snapshot(type_url).entries if self.group else {}
+            for name, version in req.initial_resource_versions.items():
+                entry = current.get(name)
+                if entry is None or entry.version != version:
+                    entry = Entry(name, version, None)  # what the proxy has, content unknown
+                st.sent[name] = st.acked[name] = entry
+            self.force.add(type_url)
+        elif "*" in subscribe and not st.wildcard:
+            st.wildcard = True
+            self.force.add(type_url)
+        if "*" in unsubscribe:
+            st.wildcard = False
+        st.explicit |= subscribe - {"*"}
+        st.explicit -= unsubscribe
+        if new:
+            self.force.add(type_url)
+            self.new_names.setdefault(type_url, set()).update(new)
+        # The proxy forgets what it unsubscribed from: so do we. (In Delta a version is the
+        # hash of the proxy's whole state of the type, so it changes with it.)
+        dropped = [n for n in st.sent.keys() | st.acked.keys() if not st.wants(n)]
+        if dropped:
+            st.sent = {n: e for n, e in st.sent.items() if st.wants(n)}
+            st.acked = {n: e for n, e in st.acked.items() if st.wants(n)}
+            if st.sent_version is not None:
+                st.sent_version = content_version(st.sent)
+            if st.acked_version is not None:
+                st.acked_version = content_version(st.acked)
+        return bool(req.response_nonce) or bool(subscribe) or bool(unsubscribe)
+
+    def _stale(self, type_url: str, st: TypeStatus, nonce: str) -> None:
+        st.stale_nonces += 1
+        log.debug(
+            "%s %s: ignoring stale nonce %s",
+            self.status.node_id,
+            SHORT_NAMES.get(type_url, type_url),
+            nonce,
+        )
+
+    def _answer(self, type_url: str, st: TypeStatus, req: Message) -> None:
+        """The proxy answered our latest response of this type: an ACK or a NACK."""
+        kind = SHORT_NAMES.get(type_url, type_url)
+        st.in_flight = False
+        st.last_change = time.time()
+        if req.HasField("error_detail"):
+            st.nack = req.error_detail.message
+            st.nacks += 1
+            if self.metrics:
+                self.metrics.rejected(kind)
+            log.warning(
+                "%s rejected %s version %s: %s",
+                self.status.node_id,
+                kind,
+                st.sent_version,
+                st.nack,
+            )
+        else:
+            st.acked = st.sent
+            st.acked_version = st.sent_version
+            st.nack = None
+            st.acks += 1
+            if self.metrics and st.sent_at is not None:
+                self.metrics.acked(kind, time.monotonic() - st.sent_at)
+
+    # --- what the proxy should have --------------------------------------------------------
+
+    def desired(self, type_url: str) -> dict[str, Entry]:
+        """What the subscription covers in the group's current snapshot."""
+        st = self.status.types.get(type_url)
+        if self.group is None or st is None:
+            return {}
+        entries = self.group.snapshot(type_url).entries
+        if st.wildcard:
+            return dict(entries)
+        return {n: entries[n] for n in st.explicit if n in entries}
+
+    def desired_version(self, type_url: str) -> str:
+        """The version the proxy should end up with (a held removal is not there yet)."""
+        st = self.status.types.get(type_url)
+        if self.group is not None and st is not None and st.wildcard:
+            return self.group.version(type_url)
+        return content_version(self.desired(type_url))
+
+    def has_resources(self, type_url: str) -> bool:
+        """Should the proxy have some of this type? (True while we do not know it yet.)"""
+        return self.group is None or bool(self.group.snapshot(type_url).entries)
+
+    def _needed(self, type_url: str) -> set[str]:
+        """Names of ``type_url`` that resources the proxy has or was sent still need."""
+        out: set[str] = set()
+        for referrer, referred in REFERS_TO.items():
+            st = self.status.types.get(referrer)
+            if referred != type_url or st is None:
+                continue
+            for entry in (*st.sent.values(), *st.acked.values()):
+                out |= entry.refs
+        return out
+
+    def target(self, type_url: str) -> dict[str, Entry]:
+        """``desired`` plus the removals held back until nothing the proxy has needs them,
+        kept in the version the proxy has (Delta: as sent, since it rolls nothing back)."""
+        want = self.desired(type_url)
+        st = self.status.types[type_url]
+        gone = (st.sent.keys() | st.acked.keys()) - want.keys()
+        if gone:
+            needed = self._needed(type_url)
+            first, second = (st.sent, st.acked) if self.delta else (st.acked, st.sent)
+            for name in gone:
+                if name in needed and st.wants(name):
+                    want[name] = first.get(name) or second[name]
+        return want
+
+    # --- responses -------------------------------------------------------------------------
+
+    def _order(self) -> list[str]:
+        others = sorted(t for t in self.status.types if t not in PUSH_ORDER)
+        return [t for t in (*PUSH_ORDER, *others) if t in self.status.types]
+
+    def responses(self) -> list[Message]:
+        """What to send now, in push order, holding back pushes behind unanswered ones."""
+        out: list[Message] = []
+        blocked = False
+        for type_url in self._order():
+            st = self.status.types[type_url]
+            if not st.subscribed:
+                continue
+            forced = type_url in self.force
+            if forced or not blocked:
+                response = self._respond(type_url, st, forced)
+                if response is not None:
+                    out.append(response)
+            if st.in_flight:
+                blocked = True
+        self.force.clear()
+        return out
+
+    def _respond(self, type_url: str, st: TypeStatus, forced: bool) -> Message | None:
+        target = self.target(type_url)
+        version = content_version(target)
+        self._nonces += 1
+        nonce = f"{self.status.stream_id}-{self._nonces}"
+        if self.delta:
+            response = self._delta(type_url, st, target, version, nonce, forced)
+        elif forced or version != st.sent_version:
+            response = discovery_pb2.DiscoveryResponse(
+                version_info=version,
+                resources=[target[n].any for n in sorted(target)],
+                type_url=type_url,
+                nonce=nonce,
+            )
+        else:
+            response = None
+        if response is None:
+            self._nonces -= 1
+            return None
+        st.sent, st.sent_version, st.nonce = target, version, nonce
+        st.in_flight, st.sent_at, st.last_change = True, time.monotonic(), time.time()
+        st.nack = None
+        st.pushes += 1
+        st.last_resources = len(response.resources)
+        kind = SHORT_NAMES.get(type_url, type_url)
+        if self.metrics:
+            self.metrics.pushed(kind, self.status.api, response.ByteSize())
+        removed = getattr(response, "removed_resources", ())
+        log.debug(
+            "%s <- %s version %s (%d resources%s, nonce %s)",
+            self.status.node_id,
+            kind,
+            version,
+            len(response.resources),
+            f", {len(removed)} removed" if removed else "",
+            nonce,
+        )
+        return response
+
+    def _delta(
+        self,
+        type_url: str,
+        st: TypeStatus,
+        target: Mapping[str, Entry],
+        version: str,
+        nonce: str,
+        forced: bool,
+    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        changed = [
+            target[n]
+            for n in sorted(target)
+            if n not in st.sent or st.sent[n].version != target[n].version
+        ]
+        removed = sorted(n for n in st.sent if n not in target)
+        # Names just subscribed to that do not exist: say so, or the proxy waits for them.
+        missing = self.new_names.pop(type_url, set()) - target.keys() - set(removed)
+        removed += sorted(missing)
+        if not (forced or changed or removed):
+            return None
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            resources=[
+                discovery_pb2.Resource(name=e.name, version=e.version, resource=e.any)
+                for e in changed
+            ],
+            type_url=type_url,
+            removed_resources=removed,
+            nonce=nonce,
+        )
