@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format proto clean
+.PHONY: demo test lint format proto images clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=...)")'
@@ -33,6 +33,11 @@ format: $(STAMP)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=src --pyi_out=src \
 		--grpc_python_out=src proto/xds_server/admin/v1/admin.proto
+
+# The images of docker-compose.yml, built with no container registry (debootstrap base,
+# wheels from this venv), as CI does; ARGS=--online uses the public base images instead.
+images: $(STAMP)
+	PYTHON=$(BIN)/python scripts/build-images $(ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .ruff_cache
