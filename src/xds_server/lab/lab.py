@@ -23,6 +23,7 @@ from ..config.store import Change
 from ..controlplane import BackgroundControlPlane, ControlPlane
 from ..ports import free_port, port_is_free
 from ..translate import TranslateOptions
+from ..translate.listeners import listener_name
 from . import traffic
 from .envoy import EnvoyProcess
 from .server import ServerProcess, terminate
@@ -38,11 +39,14 @@ class LabError(RuntimeError):
     """A lab step failed; the message says which and why."""
 
 
-def choose_port(wanted: int | None, default: int, what: str, note: Callable[[str], None]) -> int:
+def choose_port(
+    wanted: int | None, default: int, what: str, note: Callable[[str], None], *, zero: int = -1
+) -> int:
     """``None``: the task's default port if free, else any free one (said out loud).
-    0: any free port. A port the user asked for explicitly must be free."""
+    0: ``zero`` if given (the caller lets the server bind port 0 itself: no race), else any
+    free port now. A port the user asked for explicitly must be free."""
     if wanted == 0:
-        return free_port(HOST)
+        return zero if zero >= 0 else free_port(HOST)
     if port_is_free(wanted or default, HOST):
         return wanted or default
     if wanted is not None:
@@ -147,7 +151,7 @@ class Lab:
         self.echoes: list[EchoProcess] = []
         self.cp: BackgroundControlPlane | None = None
         self.envoy: EnvoyProcess | None = None
-        self.ingress_port = 0
+        self._ingress_port = 0  # 0: Envoy bound the listener to a port of its choosing
         self.last_apply_ms = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -162,9 +166,15 @@ class Lab:
 
     def _start(self) -> None:
         ingress, xds, admin = self.wanted
-        self.ingress_port = choose_port(ingress, GATEWAY_PORT, "ingress", self.say)
-        xds = choose_port(xds, 18000, "xDS", self.say)
-        admin = choose_port(admin, 15000, "Envoy admin", self.say)
+        # Port 0 is left to the server that binds it where we can read the port back (the
+        # control plane in this process, Envoy's admin and listeners), so no other process
+        # can take it between a check and the bind.
+        thread = self.server_mode == "thread"
+        self._ingress_port = choose_port(
+            ingress, GATEWAY_PORT, "ingress", self.say, zero=0 if thread else -1
+        )
+        xds = choose_port(xds, 18000, "xDS", self.say, zero=0 if thread else -1)
+        admin = choose_port(admin, 15000, "Envoy admin", self.say, zero=0)
         for version, prefix in (("v1", "one"), ("v2", "two")):
             echo = EchoProcess.start(version, prefix)
             self.echoes.append(echo)
@@ -179,7 +189,9 @@ class Lab:
             self.admin.apply([("<lab endpoints>", endpoints)])
         else:
             options = TranslateOptions(
-                split=self.split, listener_address=HOST, port_map={GATEWAY_PORT: self.ingress_port}
+                split=self.split,
+                listener_address=HOST,
+                port_map={GATEWAY_PORT: self._ingress_port},
             )
             self.cp = ControlPlane.start_in_thread(
                 xds_port=xds, options=options, admin_port=0 if self.admin_api else None
@@ -209,7 +221,7 @@ class Lab:
         self.server = ServerProcess(
             *("--state-dir", self._state_dir, "--split", self.split),
             *("--xds-port", str(xds), "--admin-port", str(admin)),
-            *("--port-map", f"{GATEWAY_PORT}={self.ingress_port}"),
+            *("--port-map", f"{GATEWAY_PORT}={self._ingress_port}"),
         )
         xds = self.server.wait_port("xDS")
         admin = self.server.wait_port("admin API")
@@ -282,6 +294,14 @@ class Lab:
             return self.admin.target
         assert self.cp is not None and self.cp.cp.admin_port, "Lab(admin_api=True) needed"
         return f"{HOST}:{self.cp.cp.admin_port}"
+
+    @property
+    def ingress_port(self) -> int:
+        """Where the gateway listener (Gateway port 31400) accepts connections."""
+        if self._ingress_port:
+            return self._ingress_port
+        assert self.envoy is not None
+        return self.envoy.wait_listener(listener_name(GATEWAY_PORT))
 
     def send(self, count: int, hold: float = 0.0) -> list[str]:
         return traffic.send_many(HOST, self.ingress_port, count, hold=hold)
