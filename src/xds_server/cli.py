@@ -36,8 +36,9 @@ def _split_flag(p: argparse.ArgumentParser) -> None:
         "--split",
         choices=(LOCALITY, ISTIO),
         default=LOCALITY,
-        help="how weights reach Envoy: 'locality' (default) weighted EDS localities: exact "
-        "split, weight changes never cut open connections; 'istio' tcp_proxy "
+        help="how weights reach Envoy: 'locality' (default) weighted EDS localities: "
+        "deterministic split (to one connection), weight changes never cut open "
+        "connections; 'istio' tcp_proxy "
         "weighted_clusters like Istio: random split, a weight change drains the listener",
     )
 

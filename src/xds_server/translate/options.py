@@ -17,8 +17,9 @@ class TranslateOptions:
 
     ``split``: ``locality`` (default) puts the weights in EDS, one weighted locality per
     destination, so a weight change is an EDS-only update that never drains the listener
-    and splits exactly. ``istio`` reproduces Istio's shape, tcp_proxy ``weighted_clusters``
-    on the listener: a random split, and every weight change drains open connections.
+    and splits deterministically (to one connection). ``istio`` reproduces Istio's shape,
+    tcp_proxy ``weighted_clusters`` on the listener: a random split, and every weight
+    change drains open connections.
 
     ``port_map`` moves a gateway port to another bind port (like a Kubernetes Service port
     to its target port) when the task's port is taken on this host; the listener keeps
