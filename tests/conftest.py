@@ -2,7 +2,9 @@
 
 import pytest
 
-from xds_server.lab.lab import EchoProcess
+from xds_server.config.load import load_paths
+from xds_server.controlplane import ControlPlane
+from xds_server.lab.lab import SAMPLES, EchoProcess
 from xds_server.lab.server import ServerProcess
 
 __all__ = ["ServerProcess", "locality_split_ok"]
@@ -27,3 +29,12 @@ def echoes():
     yield procs
     for p in procs:
         p.stop()
+
+
+@pytest.fixture
+def cp():
+    """An in-process control plane holding the task's services and all-v1 routing."""
+    with ControlPlane.start_in_thread() as cp:
+        cp.apply(load_paths([SAMPLES / "tcp-echo-services.yaml"]))
+        cp.apply(load_paths([SAMPLES / "tcp-echo-all-v1.yaml"]))
+        yield cp

@@ -13,7 +13,6 @@ from test_xds_sotw import ROUTE, SECOND, SECOND_ROUTE, proxy, renamed_config, wa
 from xds_client import XdsClient, names, unpack
 
 from xds_server.config.load import load_paths
-from xds_server.controlplane import ControlPlane
 from xds_server.lab.lab import SAMPLES
 from xds_server.translate import CLUSTER, ENDPOINT, LISTENER
 from xds_server.xds.status import NACKED, STALE, SYNCED
@@ -23,14 +22,6 @@ ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
 V2_20 = SAMPLES / "tcp-echo-20-v2.yaml"
 RENAMED = "route|default/tcp-echo-renamed|tcp[0]"
 LISTENER_NAME = "0.0.0.0_31400"
-
-
-@pytest.fixture
-def cp():
-    with ControlPlane.start_in_thread() as cp:
-        cp.apply(load_paths([SERVICES]))
-        cp.apply(load_paths([ALL_V1]))
-        yield cp
 
 
 @pytest.fixture

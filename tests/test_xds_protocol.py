@@ -14,21 +14,13 @@ from xds_client import names
 from xds_server.config.load import load_paths, load_text
 from xds_server.controlplane import ControlPlane
 from xds_server.lab.lab import SAMPLES
-from xds_server.translate import CLUSTER, ENDPOINT, LISTENER, TranslateOptions
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER
 from xds_server.xds.status import NACKED
 
 SERVICES = SAMPLES / "tcp-echo-services.yaml"
 ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
 V2_20 = SAMPLES / "tcp-echo-20-v2.yaml"
 ROUTE_CLUSTER = "route|default/tcp-echo|tcp[0]"
-
-
-@pytest.fixture
-def cp():
-    with ControlPlane.start_in_thread(options=TranslateOptions()) as cp:
-        cp.apply(load_paths([SERVICES]))
-        cp.apply(load_paths([ALL_V1]))
-        yield cp
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from envoy.service.listener.v3 import lds_pb2_grpc
 from xds_client import XdsClient, names, unpack
 
 from xds_server.config.load import load_paths, load_text
-from xds_server.controlplane import ControlPlane
 from xds_server.lab.lab import SAMPLES
 from xds_server.translate import CLUSTER, ENDPOINT, LISTENER
 from xds_server.xds.status import NACKED, STALE, SYNCED
@@ -56,14 +55,6 @@ def renamed_config():
     """The all-v1 config with the VirtualService renamed: its route cluster is replaced."""
     text = ALL_V1.read_text().replace("name: tcp-echo\n", "name: tcp-echo-renamed\n")
     return load_paths([SERVICES]) + load_text(text)
-
-
-@pytest.fixture
-def cp():
-    with ControlPlane.start_in_thread() as cp:
-        cp.apply(load_paths([SERVICES]))
-        cp.apply(load_paths([ALL_V1]))
-        yield cp
 
 
 @pytest.fixture

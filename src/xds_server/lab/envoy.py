@@ -191,6 +191,19 @@ def _tail(path: Path, lines: int, head: int = 0) -> list[str]:
     return [*all_lines[:head], "...", *all_lines[-lines:]]
 
 
+def admin_http(
+    host: str, port: int, method: str, path: str, timeout: float = 5.0
+) -> tuple[int, str]:
+    """One HTTP/1.1 request to an Envoy admin endpoint (it refuses HTTP/1.0): (status, body)."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read().decode("utf-8", errors="replace")
+    finally:
+        connection.close()
+
+
 class EnvoyProcess:
     """One Envoy subprocess with its own bootstrap, logs and admin port.
 
@@ -468,15 +481,8 @@ class EnvoyProcess:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def admin_request(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        """One HTTP/1.1 request to the admin endpoint (it refuses HTTP/1.0): (status, body)."""
-        host, port = self.admin_address
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            connection.request(method, path)
-            response = connection.getresponse()
-            return response.status, response.read().decode("utf-8", errors="replace")
-        finally:
-            connection.close()
+        """One request to the admin endpoint: (status, body)."""
+        return admin_http(*self.admin_address, method, path, timeout)
 
     def admin_get(self, path: str) -> str:
         """GET an admin page (/clusters, /config_dump, /stats...); non-200 raises EnvoyError."""

@@ -54,7 +54,7 @@ import docker
 import docker.errors
 from testcontainers.core.container import DockerContainer
 
-from ..lab.envoy import find_envoy_binary, render_bootstrap
+from ..lab.envoy import admin_http, find_envoy_binary, render_bootstrap
 
 __all__ = [
     "ADMIN_PORT",
@@ -484,15 +484,8 @@ class EnvoyContainer(_Container):
     # -- admin endpoint (the same calls as xds_server.lab.envoy.EnvoyProcess) --------------------
 
     def admin_request(self, method: str, path: str, timeout: float = 5.0) -> tuple[int, str]:
-        """One HTTP/1.1 request to the admin endpoint: (status, body)."""
-        host, port = self.published(ADMIN_PORT)
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
-        try:
-            connection.request(method, path)
-            response = connection.getresponse()
-            return response.status, response.read().decode("utf-8", errors="replace")
-        finally:
-            connection.close()
+        """One request to the admin endpoint: (status, body)."""
+        return admin_http(*self.published(ADMIN_PORT), method, path, timeout)
 
     def admin_get(self, path: str) -> str:
         status, body = self.admin_request("GET", path)
