@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from ..config.index import ConfigIndex
-from ..config.model import Gateway, Resource, ServiceEntry, Subset, VirtualService
+from ..config.model import Gateway, Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
 from ..config.routing import Backend, BoundRoute, bind_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
@@ -84,7 +84,7 @@ def _add_cluster(
     out: Resources,
     name: str,
     groups: list[LocalityGroup],
-    policy,
+    policy: TrafficPolicy,
     options: TranslateOptions,
     *,
     dns: bool,
@@ -128,10 +128,9 @@ def _istio_shape(
     # Like Istio, a cluster for every service port and subset, referenced or not, so that a
     # route change never waits for a new cluster.
     for se in sorted(index.services.values(), key=lambda s: s.key):
-        dr_subsets: list[Subset | None] = [None]
         for host in se.hosts:
             dr = index.destination_rule(host, se.meta.namespace)
-            dr_subsets = [None, *(dr.subsets if dr else [])]
+            dr_subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
             for port in se.ports:
                 for subset in dr_subsets:
                     b = Backend(host, se, port, subset, 1)
