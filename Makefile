@@ -1,12 +1,13 @@
 # make demo: the TCP traffic shifting task on local processes.  make test: the test suite.
-# Both create .venv on first use (Python >= 3.11 needed) and reinstall when pyproject changes.
+# make bench: the benchmark scenarios, one table (bench/results/latest.json too).
+# All create .venv on first use (Python >= 3.11 needed) and reinstall when pyproject changes.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint format proto images clean
+.PHONY: demo test bench lint format proto images clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=...)")'
@@ -20,6 +21,9 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m xds_server.bench $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests

@@ -228,7 +228,10 @@ class EnvoyProcess:
         startup_timeout: float = 30.0,
         labels: Mapping[str, str] | None = None,
         ads: bool = True,
+        bootstrap: str | None = None,
     ) -> None:
+        """``bootstrap``: this YAML instead of the rendered ADS one (``xds_port`` is then
+        unused), e.g. for an Envoy fed by files (the benchmark's baseline)."""
         if drain_time_s is not None and (isinstance(drain_time_s, bool) or drain_time_s < 0):
             raise ValueError(f"drain_time_s must be a non-negative integer (got {drain_time_s!r})")
         self.xds_port = xds_port
@@ -244,6 +247,7 @@ class EnvoyProcess:
         self.startup_timeout = startup_timeout
         self.labels = labels
         self.ads = ads
+        self.bootstrap = bootstrap
         self.base_id = _unique_base_id()
         self._given_workdir = Path(workdir) if workdir is not None else None
         self.workdir: Path | None = None
@@ -314,7 +318,7 @@ class EnvoyProcess:
         """Spawn Envoy and wait until its admin endpoint answers (not until it is LIVE)."""
         if self.process is not None:
             raise EnvoyError("Envoy is already started")
-        bootstrap = render_bootstrap(
+        bootstrap = self.bootstrap or render_bootstrap(
             self.node_id,
             self.xds_port,
             xds_host=self.xds_host,

@@ -135,6 +135,7 @@ class Lab:
         ads: bool = True,
         admin_api: bool = False,
         server: str = "thread",
+        server_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.wanted = (ingress_port, xds_port, admin_port)
@@ -144,6 +145,7 @@ class Lab:
         self.ads = ads
         self.admin_api = admin_api or server == "process"
         self.server_mode = server
+        self.server_args = list(server_args)  # more ``xds-server serve`` flags (process)
         self.server: ServerProcess | None = None
         self.admin: AdminClient | None = None
         self._state_dir: str | None = None
@@ -222,6 +224,7 @@ class Lab:
             *("--state-dir", self._state_dir, "--split", self.split),
             *("--xds-port", str(xds), "--admin-port", str(admin)),
             *("--port-map", f"{GATEWAY_PORT}={self._ingress_port}"),
+            *self.server_args,
         )
         xds = self.server.wait_port("xDS")
         admin = self.server.wait_port("admin API")

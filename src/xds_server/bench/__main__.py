@@ -1,0 +1,117 @@
+"""``python -m xds_server.bench [--quick] [--json PATH] [--only NAME...]``: run the
+scenarios, print one table, write the figures as JSON (default bench/results/latest.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+from ..text import format_table
+from . import config_size, fanout, push
+
+SCENARIOS = ("push", "fanout", "config", "churn")
+FULL = {"changes": 200, "churn": 1000, "fanout": [100, 1000], "fanout_changes": 20,
+        "sizes": [100, 1000, 10000], "trials": 5}  # fmt: skip
+QUICK = {"changes": 4, "churn": 20, "fanout": [5, 20], "fanout_changes": 3,
+         "sizes": [10, 50], "trials": 2}  # fmt: skip
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        found = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = found.group(1) if found else cpu
+    except OSError:
+        pass
+    return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
+
+
+def goals(r: dict) -> list[tuple[str, str, bool | None]]:
+    """(goal, measured, holds); holds is None when a figure is missing."""
+
+    def get(key: str, sub: str | None = None) -> float:
+        value = r.get(key, math.nan)
+        if sub is not None:
+            value = value.get(sub, math.nan) if isinstance(value, dict) else math.nan
+        return value
+
+    def check(ok: float) -> bool | None:
+        return None if math.isnan(ok) else bool(ok)
+
+    ack, base = get("push_ack_ms_p99"), get("file_xds_ms_p99")
+    fan = get("fanout_all_acked_ms_p99", "1000")
+    rss = get("server_rss_per_stream_kib")
+    big = get("translate_serialize_ms", "10000")
+    return [
+        ("push ACK p99 <= 1.5 x file xDS p99", f"{ack:.2f} vs {1.5 * base:.2f} ms",
+         check(math.nan if math.isnan(ack + base) else ack <= 1.5 * base)),
+        ("fan-out N=1000 all ACKed p99 < 1 s", f"{fan:.0f} ms",
+         check(math.nan if math.isnan(fan) else fan < 1000)),
+        ("< 50 KiB server RSS per idle stream", f"{rss:.1f} KiB",
+         check(math.nan if math.isnan(rss) else rss < 50)),
+        ("S=10000 translate+serialize < 0.5 s", f"{big:.0f} ms",
+         check(math.nan if math.isnan(big) else big < 500)),
+    ]  # fmt: skip
+
+
+def rows(r: dict) -> list[tuple[str, str]]:
+    out = []
+    for key, value in r.items():
+        if isinstance(value, dict):
+            out += [(f"{key}[{k}]", _fmt(v)) for k, v in value.items()]
+        elif key != "machine":
+            out.append((key, _fmt(value)))
+    return out
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xds_server.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (the test suite's)")
+    parser.add_argument("--json", default="bench/results/latest.json", help="where to write")
+    parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
+    args = parser.parse_args(argv)
+    p = QUICK if args.quick else FULL
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    started = time.monotonic()
+    results: dict = {"machine": machine(), "quick": args.quick}
+    if "config" in args.only:
+        results.update(config_size.run(p["sizes"], p["trials"], say))
+    if "fanout" in args.only:
+        results.update(fanout.run(p["fanout"], p["fanout_changes"], say))
+    if "push" in args.only or "churn" in args.only:
+        changes = p["changes"] if "push" in args.only else 0
+        churn = p["churn"] if "churn" in args.only else 0
+        results.update(push.run(changes, churn, say))
+    results["seconds"] = time.monotonic() - started
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"machine: {results['machine']}{'  (--quick: tiny sizes)' if args.quick else ''}")
+    print(format_table(("figure", "value"), rows(results)))
+    print()
+    verdict = {True: "holds", False: "MISSES", None: "not measured"}
+    print(
+        format_table(("goal", "measured", ""), [(g, m, verdict[h]) for g, m, h in goals(results)])
+    )
+    print(f"\nwritten to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

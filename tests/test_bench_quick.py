@@ -1,0 +1,53 @@
+"""The benchmark harness still runs: ``--quick`` (tiny sizes) produces every figure. No
+time is asserted; the numbers are for ``make bench`` to print, not for the tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+EXPECTED = [
+    "push_ack_ms_p50",
+    "push_ack_ms_p99",
+    "push_traffic_ms_p50",
+    "file_xds_ms_p50",
+    "file_xds_ms_p99",
+    "fanout_all_acked_ms_p50",
+    "fanout_all_acked_ms_p99",
+    "fanout_delta_all_acked_ms_p50",
+    "fanout_delta_all_acked_ms_p99",
+    "server_rss_per_stream_kib",
+    "translate_serialize_ms",
+    "envoy_ack_10k_s",
+    "one_weight_delta_bytes",
+    "one_weight_sotw_bytes",
+    "churn_changes_per_s",
+    "churn_pushes_per_change",
+    "churn_last_wins",
+]
+
+
+def _numbers(value):
+    return list(value.values()) if isinstance(value, dict) else [value]
+
+
+def test_quick_bench_produces_every_figure(tmp_path):
+    out = tmp_path / "latest.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "xds_server.bench", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    for key in EXPECTED:
+        assert key in results, key
+        values = _numbers(results[key])
+        assert values, key
+        for v in values:
+            assert isinstance(v, int | float) and not math.isnan(v), (key, v)
+    assert len(results["fanout_all_acked_ms_p99"]) == 2  # one per N
+    assert "figure" in proc.stdout and "push_ack_ms_p99" in proc.stdout
