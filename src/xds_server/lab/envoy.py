@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from string import Template
 from types import TracebackType
@@ -202,6 +202,21 @@ def admin_http(
         return response.status, response.read().decode("utf-8", errors="replace")
     finally:
         connection.close()
+
+
+def poll_live(ready_state: Callable[[], str], alive: Callable[[], None], timeout: float) -> str:
+    """Poll an Envoy's ``/ready`` until it says LIVE or ``timeout`` passes; ``alive`` raises
+    if the Envoy is gone. Returns the last state seen (an admin error counts as one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive()
+        try:
+            state = ready_state()
+        except (OSError, http.client.HTTPException) as exc:
+            state = f"admin error: {exc}"
+        if state == "LIVE" or time.monotonic() > deadline:
+            return state
+        time.sleep(0.01)
 
 
 class EnvoyProcess:
@@ -399,24 +414,18 @@ class EnvoyProcess:
 
     def wait_live(self, timeout: float = 10.0) -> None:
         """Wait until Envoy has its initial xDS config and says LIVE."""
-        deadline = time.monotonic() + timeout
-        state = "unknown"
-        while True:
+
+        def alive() -> None:
             if self.process is None or self.process.poll() is not None:
                 raise self._died("while waiting for LIVE")
-            try:
-                state = self.ready_state()
-            except (OSError, http.client.HTTPException) as exc:
-                state = f"admin error: {exc}"
-            if state == "LIVE":
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"Envoy not LIVE after {timeout}s (/ready says {state!r}); has the control "
-                    f"plane on {self.xds_host}:{self.xds_port} sent its clusters and listeners?"
-                    f"\n{self.log_tail()}"
-                )
-            time.sleep(0.01)
+
+        state = poll_live(self.ready_state, alive, timeout)
+        if state != "LIVE":
+            raise TimeoutError(
+                f"Envoy not LIVE after {timeout}s (/ready says {state!r}); has the control "
+                f"plane on {self.xds_host}:{self.xds_port} sent its clusters and listeners?"
+                f"\n{self.log_tail()}"
+            )
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; remove the temp dir. Safe to call twice."""

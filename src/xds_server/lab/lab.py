@@ -11,14 +11,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..admin.client import AdminClient
 from ..config.load import load_paths, load_text
-from ..config.model import Resource
 from ..config.store import Change
 from ..controlplane import BackgroundControlPlane, ControlPlane
 from ..ports import free_port, port_is_free
@@ -154,7 +152,6 @@ class Lab:
         self.cp: BackgroundControlPlane | None = None
         self.envoy: EnvoyProcess | None = None
         self._ingress_port = 0  # 0: Envoy bound the listener to a port of its choosing
-        self.last_apply_ms = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -266,28 +263,25 @@ class Lab:
 
     def apply(self, paths: Iterable[str | Path], *, wait: bool = True) -> list[Change]:
         """Apply files and, by default, wait until Envoy ACKed the result."""
-        if self.admin is not None and self.cp is None:
-            started = time.perf_counter()
+        if self.cp is None:  # a server process: through its admin API, as xdsctl does
+            assert self.admin is not None
             response = self.admin.apply([(str(p), Path(p).read_text()) for p in paths])
-            if wait:
-                self.wait_synced()
-            self.last_apply_ms = (time.perf_counter() - started) * 1000
-            return [
+            changes = [
                 Change(c.ref.kind, c.ref.namespace, c.ref.name, c.action, c.resource_version)
                 for c in response.changes
             ]
-        return self.apply_resources(load_paths([str(p) for p in paths]), wait=wait)
-
-    def apply_yaml(self, text: str, *, wait: bool = True) -> list[Change]:
-        return self.apply_resources(load_text(text, "<lab>"), wait=wait)
-
-    def apply_resources(self, resources: Sequence[Resource], *, wait: bool = True) -> list[Change]:
-        assert self.cp is not None
-        started = time.perf_counter()
-        changes = self.cp.apply(resources)
+        else:
+            changes = self.cp.apply(load_paths([str(p) for p in paths]))
         if wait:
             self.wait_synced()
-        self.last_apply_ms = (time.perf_counter() - started) * 1000
+        return changes
+
+    def apply_yaml(self, text: str, *, wait: bool = True) -> list[Change]:
+        """Apply YAML text to the in-process control plane (server="thread")."""
+        assert self.cp is not None, 'apply_yaml needs Lab(server="thread")'
+        changes = self.cp.apply(load_text(text, "<lab>"))
+        if wait:
+            self.wait_synced()
         return changes
 
     @property

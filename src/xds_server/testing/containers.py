@@ -54,7 +54,7 @@ import docker
 import docker.errors
 from testcontainers.core.container import DockerContainer
 
-from ..lab.envoy import admin_http, find_envoy_binary, render_bootstrap
+from ..lab.envoy import admin_http, find_envoy_binary, poll_live, render_bootstrap
 
 __all__ = [
     "ADMIN_PORT",
@@ -499,20 +499,14 @@ class EnvoyContainer(_Container):
 
     def wait_live(self, timeout: float = 20.0) -> None:
         """Until Envoy has its initial xDS config and says LIVE."""
-        deadline = time.monotonic() + timeout
-        state = "unknown"
-        while True:
+
+        def alive() -> None:
             if not self.running():
                 raise self._error("Envoy exited while waiting for LIVE")
-            try:
-                state = self.ready_state()
-            except (OSError, http.client.HTTPException) as exc:
-                state = f"admin error: {exc}"
-            if state == "LIVE":
-                return
-            if time.monotonic() > deadline:
-                raise self._error(f"Envoy not LIVE after {timeout}s (/ready says {state!r})")
-            time.sleep(0.02)
+
+        state = poll_live(self.ready_state, alive, timeout)
+        if state != "LIVE":
+            raise self._error(f"Envoy not LIVE after {timeout}s (/ready says {state!r})")
 
     def stats(self, *names: str) -> dict[str, int]:
         """Counter and gauge values by exact name (missing ones are left out)."""

@@ -170,16 +170,24 @@ class Stream:
             return self._on_delta(req)
         return self._on_sotw(req)
 
-    def _on_sotw(self, req: discovery_pb2.DiscoveryRequest) -> bool:
+    def _begin(self, req: Message) -> tuple[str, TypeStatus, bool]:
+        """What every request starts with, SotW or Delta: the node, the type's state, and
+        the ACK/NACK part. Returns (type URL, state, whether the nonce was stale)."""
         type_url = self._type_url(req.type_url)
         self._identify(req.node if req.HasField("node") else None)
         st = self._type(type_url)
         if req.response_nonce and st.nonce is not None:
             if req.response_nonce != st.nonce:
                 self._stale(type_url, st, req.response_nonce)
-                return False
+                return type_url, st, True
             if st.in_flight:  # else a later request on the same nonce: names, not an answer
                 self._answer(type_url, st, req)
+        return type_url, st, False
+
+    def _on_sotw(self, req: discovery_pb2.DiscoveryRequest) -> bool:
+        type_url, st, stale = self._begin(req)
+        if stale:
+            return False
         names = set(req.resource_names)
         wildcard = "*" in names or (not names and type_url in WILDCARD_TYPES)
         names.discard("*")
@@ -195,14 +203,8 @@ class Stream:
         return True
 
     def _on_delta(self, req: discovery_pb2.DeltaDiscoveryRequest) -> bool:
-        type_url = self._type_url(req.type_url)
-        self._identify(req.node if req.HasField("node") else None)
-        st = self._type(type_url)
-        if req.response_nonce and st.nonce is not None:
-            if req.response_nonce != st.nonce:
-                self._stale(type_url, st, req.response_nonce)
-            elif st.in_flight:
-                self._answer(type_url, st, req)
+        # A stale nonce voids only the ACK part: subscription changes must not be lost.
+        type_url, st, _stale = self._begin(req)
         subscribe = set(req.resource_names_subscribe)
         unsubscribe = set(req.resource_names_unsubscribe)
         new = (subscribe - {"*"}) - st.explicit
