@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from textwrap import dedent
@@ -219,9 +220,11 @@ def test_service_entry_resolution_defaults_to_static_and_reads_endpoints() -> No
 def test_yaml_syntax_error_points_at_line_and_column() -> None:
     text = virtual_service("hosts: ['*']") + "---\nkind: Gateway\nmetadata:\n  name: x: y\n"
     [p] = problems(text, "tcp-echo.yaml")
-    assert str(p) == (
-        "tcp-echo.yaml:10: document 2: YAML syntax error: mapping values are not allowed here"
-        " (column 10)"
+    # libyaml says "in this context", PyYAML's pure-Python parser "here"
+    assert re.fullmatch(
+        r"tcp-echo\.yaml:10: document 2: YAML syntax error: mapping values are not allowed "
+        r"(here|in this context) \(column 10\)",
+        str(p),
     )
 
 
@@ -230,7 +233,8 @@ def test_yaml_syntax_error_in_a_file(tmp_path: Path) -> None:
     path.write_text("a: [1\n")
     with pytest.raises(ConfigError) as info:
         load_paths([path])
-    assert str(info.value).startswith(f"{path}:2: document 1: YAML syntax error: expected ',' or")
+    assert str(info.value).startswith(f"{path}:2: document 1: YAML syntax error: ")
+    assert "expected ',' or ']'" in str(info.value)
 
 
 def test_document_must_be_a_mapping() -> None:

@@ -273,6 +273,8 @@ def test_nacked_listener_is_parked_and_keeps_its_clusters(cp, client):
     push = client.recv()
     assert push.type_url == ENDPOINT and names(push) == BOTH
     client.ack(push, [ROUTE, RENAMED])
+    # (taken before the next change, which would otherwise race the ACK)
+    wait(cp, lambda c: proxy(c).types[ENDPOINT].acked_version == push.version_info)
     # The next good listener is pushed normally; then the unused cluster goes.
     cp.replace(load_paths([SERVICES, ALL_V1]))
     nxt = client.recv()

@@ -216,6 +216,8 @@ class ControlPlane:
             step=20,
             watch_filter=(lambda _c, path: path == only) if only else None,
         ):
+            if self.state is not None and not self.state.edited():
+                continue  # our own write: reloading it would only stall the loop
             try:
                 applied = self.replace(load())
             except ConfigError as e:

@@ -5,10 +5,15 @@ leave only the old file or the new one, never a mix: it is written to a temp fil
 same directory, fsync'ed, renamed over the old one, and the directory is fsync'ed so the
 rename itself survives power loss. Editing the file by hand is allowed; the server watches
 it and applies the edit like any other change.
+
+Each resource's YAML is rendered once per change of that resource (with libyaml when
+PyYAML has it) and the file is the texts joined: an apply that changes one weight of a
+10k-resource config renders one document, not 10k.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -17,36 +22,71 @@ import yaml
 
 from .load import load_paths
 from .model import Resource
+from .store import Key, ObjectState, Stored
 
 STATE_FILE = "config.yaml"
+TMP_PREFIX, TMP_SUFFIX = ".config.", ".tmp"
 HEADER = (
     "# xds-server state: every applied resource. Written by the server on each change\n"
     "# (atomically); you may edit it by hand, the server applies the edit when it is valid.\n"
 )
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def render(document: dict) -> str:
+    """One YAML document, ``---`` first, keys in the order written."""
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, explicit_start=True)
+
+
+def _digest(path: Path) -> bytes | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except OSError:
+        return None
 
 
 class StateDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.file = self.path / STATE_FILE
+        self._texts: dict[Key, tuple[Resource, ObjectState, str]] = {}
+        self._written: bytes | None = None  # the digest of what we last wrote
 
     def load(self) -> list[Resource]:
         """The saved resources ([] on first start). Raises ConfigError if the file is bad."""
         self.path.mkdir(parents=True, exist_ok=True)
+        for tmp in self.path.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)  # a write cut short (kill -9): never the state
         if not self.file.exists():
             return []
         return load_paths([self.file])
 
-    def save(self, documents: list[dict]) -> None:
+    def edited(self) -> bool:
+        """Whether the file is no longer the one this object last wrote (someone edited,
+        replaced or removed it), so that a watcher can skip the events of our own writes."""
+        return self._written is None or _digest(self.file) != self._written
+
+    def save(self, stored: list[Stored]) -> None:
         """Replace the state file atomically."""
-        text = HEADER + yaml.safe_dump_all(documents, sort_keys=False, explicit_start=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=".config.", suffix=".tmp")
+        texts = {}
+        for s in stored:
+            hit = self._texts.get(s.key)
+            if hit is None or hit[0] is not s.resource or hit[1] != s.state:
+                hit = (s.resource, s.state, render(s.document()))
+            texts[s.key] = hit
+        self._write(HEADER + "".join(t for _r, _s, t in texts.values()))
+        self._texts = texts
+
+    def _write(self, text: str) -> None:
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
+            data = text.encode()
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.file)
+            self._written = hashlib.sha256(data).digest()
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise

@@ -50,6 +50,31 @@ class ObjectState:
     created: str  # RFC 3339
 
 
+@dataclass(frozen=True)
+class Stored:
+    """A resource as the store holds it, for the ``persist`` hook."""
+
+    resource: Resource
+    state: ObjectState
+
+    @property
+    def key(self) -> Key:
+        return self.resource.key
+
+    def document(self) -> dict:
+        """The resource as ``kubectl get -o yaml`` shows it: the applied document plus the
+        metadata the store keeps."""
+        r, st = self.resource, self.state
+        meta = dict(r.raw.get("metadata") or {})
+        meta.update(
+            creationTimestamp=st.created,
+            generation=st.generation,
+            resourceVersion=str(st.resource_version),
+        )
+        rest = {k: v for k, v in r.raw.items() if k not in ("apiVersion", "kind", "metadata")}
+        return {"apiVersion": r.api_version, "kind": r.kind, "metadata": meta, **rest}
+
+
 class ConflictError(Exception):
     """An apply carried a resourceVersion that is no longer current."""
 
@@ -77,14 +102,16 @@ def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
     return replace(r, raw={**r.raw, "metadata": meta}), given
 
 
-Persist = Callable[[list[dict]], None]
+Persist = Callable[[list[Stored]], None]
 
 
 class ConfigStore:
     """The current, always-valid set of resources, and a revision that counts commits.
 
-    ``persist``, if given, receives every document of a proposed state (as ``document()``
-    shows them) before that state becomes current; if it raises, nothing changes.
+    ``persist``, if given, receives every resource of a proposed state, in key order, before
+    that state becomes current; if it raises, nothing changes. An unchanged resource keeps
+    its object across commits, so a persist hook (or a translation cache) can tell what
+    changed by identity.
     """
 
     def __init__(self, persist: Persist | None = None) -> None:
@@ -96,20 +123,8 @@ class ConfigStore:
     # --- reading ---------------------------------------------------------------------------
 
     def document(self, key: Key) -> dict:
-        """The resource as ``kubectl get -o yaml`` shows it: the applied document plus the
-        metadata the store keeps."""
-        return self._document(self._resources[key], self._state[key])
-
-    @staticmethod
-    def _document(r: Resource, st: ObjectState) -> dict:
-        meta = dict(r.raw.get("metadata") or {})
-        meta.update(
-            creationTimestamp=st.created,
-            generation=st.generation,
-            resourceVersion=str(st.resource_version),
-        )
-        rest = {k: v for k, v in r.raw.items() if k not in ("apiVersion", "kind", "metadata")}
-        return {"apiVersion": r.api_version, "kind": r.kind, "metadata": meta, **rest}
+        """The resource as ``kubectl get -o yaml`` shows it."""
+        return Stored(self._resources[key], self._state[key]).document()
 
     def state(self, key: Key) -> ObjectState:
         return self._state[key]
@@ -239,6 +254,7 @@ class ConfigStore:
                 actions[key] = CONFIGURED
             else:
                 state[key], actions[key] = old_state, UNCHANGED
+                proposed[key] = old
         changes = [Change(*k, DELETED) for k in self._resources if k not in proposed] + [
             Change(*k, actions[k], state[k].resource_version) for k in touched
         ]
@@ -246,6 +262,6 @@ class ConfigStore:
         if dry_run or not changed:
             return changes
         if self.persist is not None:
-            self.persist([self._document(proposed[k], state[k]) for k in sorted(proposed)])
+            self.persist([Stored(proposed[k], state[k]) for k in sorted(proposed)])
         self._resources, self._state, self.revision = proposed, state, revision
         return changes
