@@ -52,15 +52,17 @@ def _one_weight(cp: ControlPlane, size: int) -> dict:
     started = time.perf_counter()
     cp.apply(change)
     elapsed = time.perf_counter() - started
-    delta = sotw = 0
+    delta = sotw = repacked = 0
     for t in PUSH_ORDER:
         after = cp.cache.snapshot(t).entries
         changed = [e for n, e in after.items() if before[t].get(n) is not e]
+        repacked += len(changed)
         delta += sum(len(e.any.value) for e in changed)
         if changed:  # SotW resends every resource of a changed type
             sotw += sum(len(e.any.value) for e in after.values())
     return {
         "one_weight_change_ms": elapsed * 1000,
+        "one_weight_repacked": repacked,  # resources serialized and packed again
         "one_weight_delta_bytes": delta,
         "one_weight_sotw_bytes": sotw,
     }

@@ -38,6 +38,10 @@ def selects(labels: dict[str, str], selector: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def _key(r: Resource) -> tuple[str, str, str]:
+    return r.key
+
+
 class ConfigIndex:
     """An immutable view over one set of resources. Where validation reports a clash
     (a duplicate name, two rules for one host), the first in namespace/name order wins."""
@@ -49,6 +53,7 @@ class ConfigIndex:
         self.destination_rules: dict[str, DestinationRule] = {}
         self.services: dict[str, ServiceEntry] = {}
         self.workload_entries: list[WorkloadEntry] = []
+        self._ports: dict[tuple, dict[int, None]] = {}
         for r in sorted(self.resources, key=lambda r: r.key):
             if isinstance(r, Gateway):
                 self.gateways.setdefault((r.meta.namespace, r.meta.name), r)
@@ -61,9 +66,25 @@ class ConfigIndex:
                     self.services.setdefault(canonical_host(h, r.meta.namespace), r)
             elif isinstance(r, WorkloadEntry):
                 self.workload_entries.append(r)
+        # (namespace, label, value) -> the WorkloadEntries carrying it: a selector looks up
+        # its rarest label instead of scanning every entry.
+        self._by_label: dict[tuple[str, str, str], list[WorkloadEntry]] = {}
+        for we in self.workload_entries:
+            for k, v in we.endpoint.labels.items():
+                self._by_label.setdefault((we.meta.namespace, k, v), []).append(we)
+        self._selected: dict[tuple, list[WorkloadEntry]] = {}
+        self._selecting: dict[tuple, list[ServiceEntry]] | None = None
 
     def gateway(self, ref: str, namespace: str) -> Gateway | None:
         return self.gateways.get(split_ref(ref, namespace))
+
+    def server_ports(self, gw: Gateway) -> dict[int, None]:
+        """A gateway's server port numbers, each once, in order (a dict: ordered, and a
+        membership test costs the same for a gateway of 10k servers as for one of two)."""
+        ports = self._ports.get(gw.key)
+        if ports is None:
+            ports = self._ports[gw.key] = dict.fromkeys(s.port.number for s in gw.servers)
+        return ports
 
     def service(self, host: str, namespace: str) -> ServiceEntry | None:
         return self.services.get(canonical_host(host, namespace))
@@ -88,12 +109,38 @@ class ConfigIndex:
         """Inline endpoints, or the WorkloadEntries its ``workloadSelector`` picks."""
         if se.workload_selector is None:
             return list(se.endpoints)
-        return [
-            we.endpoint
-            for we in self.workload_entries
-            if we.meta.namespace == se.meta.namespace
-            and selects(we.endpoint.labels, se.workload_selector)
-        ]
+        return [we.endpoint for we in self.selected(se)]
+
+    def selected(self, se: ServiceEntry) -> list[WorkloadEntry]:
+        """The WorkloadEntries a ServiceEntry's ``workloadSelector`` picks, in key order."""
+        selector = se.workload_selector
+        if selector is None:
+            return []
+        found = self._selected.get(se.key)
+        if found is None:
+            ns = se.meta.namespace
+            if selector:
+                buckets = [self._by_label.get((ns, k, v), []) for k, v in selector.items()]
+                candidates = min(buckets, key=len)
+            else:  # an empty selector picks every entry of the namespace
+                candidates = [we for we in self.workload_entries if we.meta.namespace == ns]
+            found = [we for we in candidates if selects(we.endpoint.labels, selector)]
+            self._selected[se.key] = found
+        return found
+
+    def selecting(self, we: WorkloadEntry) -> list[ServiceEntry]:
+        """The ServiceEntries whose ``workloadSelector`` picks ``we`` (the reverse look-up,
+        built on first use)."""
+        if self._selecting is None:
+            self._selecting = {}
+            for se in sorted(self.all_services(), key=_key):
+                for picked in self.selected(se):
+                    self._selecting.setdefault(picked.key, []).append(se)
+        return self._selecting.get(we.key, [])
+
+    def all_services(self) -> list[ServiceEntry]:
+        """Every ServiceEntry, including those a host clash leaves out of ``services``."""
+        return [r for r in self.resources if isinstance(r, ServiceEntry)]
 
     def subset_endpoints(
         self, se: ServiceEntry, port: Port, labels: dict[str, str]

@@ -6,6 +6,7 @@ spec exactly as written (``raw``) so that ``get -o yaml`` shows what the user ap
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -36,8 +37,9 @@ class Resource:
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
     """Field path (``spec.tcp[0].route``) -> 1-based line, so problems point at the field."""
 
-    @property
+    @functools.cached_property
     def key(self) -> tuple[str, str, str]:
+        """kind, namespace, name (kept: it is looked up a few times per resource and apply)."""
         return (self.kind, self.meta.namespace, self.meta.name)
 
     @property

@@ -86,20 +86,18 @@ def route_bindings(
     """The (gateway, server port) pairs a route claims: matches are OR'd, and inside one
     match `port` and `gateways` are AND'd."""
     ns = vs.meta.namespace
-    out: list[tuple[Gateway, int]] = []
+    out: dict[tuple, tuple[Gateway, int]] = {}
     for match in route.match or (None,):
         refs = (match.gateways if match and match.gateways else None) or vs.gateways
+        wanted = match.port if match else None
         for ref in refs:
             gw = None if ref == MESH else index.gateway(ref, ns)
             if gw is None:
                 continue
-            for server in gw.servers:
-                wanted = match.port if match else None
-                if wanted is None or wanted == server.port.number:
-                    pair = (gw, server.port.number)
-                    if pair not in out:
-                        out.append(pair)
-    return out
+            ports = index.server_ports(gw)
+            for port in ports if wanted is None else (wanted,) if wanted in ports else ():
+                out.setdefault((gw.key, port), (gw, port))
+    return list(out.values())
 
 
 def bind_routes(index: ConfigIndex) -> list[BoundRoute]:

@@ -13,13 +13,14 @@ a stale one is a conflict, never silently merged.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from .errors import ConfigError, Problem
 from .model import Resource, resource_type
-from .validate import duplicates, validate
+from .validate import CheckMemory, duplicates, validate
 
 Key = tuple[str, str, str]  # kind, namespace, name
 
@@ -99,7 +100,9 @@ def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
     meta = dict(r.raw.get("metadata") or {})
     given = {k: meta.pop(k) for k in SERVER_FIELDS if k in meta}
     meta["namespace"] = r.meta.namespace  # written or not, the same document
-    return replace(r, raw={**r.raw, "metadata": meta}), given
+    clean = copy.copy(r)  # (dataclasses.replace would re-run __init__: 4x slower at 30k)
+    clean.raw = {**r.raw, "metadata": meta}
+    return clean, given
 
 
 Persist = Callable[[list[Stored]], None]
@@ -119,6 +122,7 @@ class ConfigStore:
         self._state: dict[Key, ObjectState] = {}
         self.revision = 0
         self.persist = persist
+        self.checks = CheckMemory()  # clean per-resource checks, reused while unchanged
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -234,7 +238,7 @@ class ConfigStore:
         dry_run: bool = False,
         saved: dict[Key, ObjectState] | None = None,
     ) -> list[Change]:
-        problems = validate(list(proposed.values()))
+        problems = validate(list(proposed.values()), self.checks)
         if problems:
             raise ConfigError(problems)
         revision = self.revision + 1

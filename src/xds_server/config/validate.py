@@ -7,6 +7,7 @@ the field to fix. Rules follow https://istio.io/latest/docs/reference/config/net
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Sequence
 
@@ -65,6 +66,7 @@ def _subset_name(rep: Reporter, path: str, name: str) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)  # a config repeats its addresses; parsing one is ~20 µs
 def _is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)
@@ -100,16 +102,17 @@ def _check_gateway(gw: Gateway, rep: Reporter, index: ConfigIndex) -> None:
 def _check_gateway_ports(index: ConfigIndex, problems: list[Problem]) -> None:
     """One Envoy serves every Gateway here, with one listener per port, so a port can
     belong to only one server across all Gateways."""
-    owners: dict[int, tuple[Gateway, str]] = {}
+    owners: dict[int, tuple[Gateway, int]] = {}
     for gw in index.gateways.values():
         rep = Reporter.for_resource(gw, problems)
         for i, server in enumerate(gw.servers):
-            path = item("spec.servers", i)
             number = server.port.number
             if number not in owners:
-                owners[number] = (gw, path)
+                owners[number] = (gw, i)
                 continue
-            owner, owner_path = owners[number]
+            path = item("spec.servers", i)
+            owner, first = owners[number]
+            owner_path = item("spec.servers", first)
             if owner is gw:
                 rep.add(join(path, "port.number"), f"port {number} is already used by {owner_path}")
             else:
@@ -155,8 +158,8 @@ def _check_match(
     if not match.gateways:
         gateways = [index.gateway(g, ns) for g in vs.gateways if g != MESH]
         gateways = [g for g in gateways if g is not None]
-    ports = [s.port for g in gateways for s in g.servers]
-    if gateways and match.port not in {p.number for p in ports}:
+    if gateways and not any(match.port in index.server_ports(g) for g in gateways):
+        ports = [s.port for g in gateways for s in g.servers]
         names = ", ".join(g.ref for g in gateways)
         message = f"no gateway among [{names}] listens on port {match.port}"
         rep.add(join(mpath, "port"), message, f"server ports: {_numbers(ports)}")
@@ -352,11 +355,7 @@ def _check_service_entry(se: ServiceEntry, rep: Reporter, index: ConfigIndex) ->
 
 def _check_workload_entry(we: WorkloadEntry, rep: Reporter, index: ConfigIndex) -> None:
     """Ports and address are judged by the ServiceEntries that select this entry."""
-    selecting = [
-        se
-        for se in _service_entries(index)
-        if se.workload_selector is not None and we.endpoint in index.endpoints(se)
-    ]
+    selecting = index.selecting(we)
     port_names = _port_names(selecting) if selecting else None
     static = next((se for se in selecting if se.resolution == "STATIC"), None)
     static_by = f"selected by {_ref(static)} with resolution STATIC" if static else None
@@ -365,10 +364,6 @@ def _check_workload_entry(we: WorkloadEntry, rep: Reporter, index: ConfigIndex) 
 
 def _port_names(services: Sequence[ServiceEntry]) -> set[str]:
     return {p.name for se in services for p in se.ports if p.name}
-
-
-def _service_entries(index: ConfigIndex) -> list[ServiceEntry]:
-    return [r for r in index.resources if isinstance(r, ServiceEntry)]
 
 
 # --- Across resources ----------------------------------------------------------------------
@@ -421,16 +416,101 @@ CHECKS: dict[type, Callable[..., None]] = {
 }
 
 
+class _Recorder:
+    """Stands in for the index while one resource is checked, and notes each look-up of
+    another resource with its answer. Reading a whole table (for a hint, on an error path)
+    makes the result one that cannot be replayed."""
+
+    def __init__(self, index: ConfigIndex) -> None:
+        self._index = index
+        self.calls: list[tuple[str, tuple, object]] = []
+        self.replayable = True
+        # Functions of what an earlier look-up returned: nothing to note.
+        self.server_ports = index.server_ports
+        self.service_port = index.service_port
+
+    def _note(self, name: str, *args):
+        result = getattr(self._index, name)(*args)
+        self.calls.append((name, args, result))
+        return result
+
+    def gateway(self, ref: str, namespace: str):
+        return self._note("gateway", ref, namespace)
+
+    def service(self, host: str, namespace: str):
+        return self._note("service", host, namespace)
+
+    def destination_rule(self, host: str, namespace: str):
+        return self._note("destination_rule", host, namespace)
+
+    def subset(self, host: str, namespace: str, name: str):
+        return self._note("subset", host, namespace, name)
+
+    def selecting(self, we: WorkloadEntry):
+        return self._note("selecting", we)
+
+    def _table(self, name: str):
+        self.replayable = False
+        return getattr(self._index, name)
+
+    gateways = property(lambda self: self._table("gateways"))
+    services = property(lambda self: self._table("services"))
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
+    return a is b or a == b
+
+
+class CheckMemory:
+    """A resource's own checks, kept between runs when they found nothing: they are not run
+    again while the resource is unchanged and every look-up it made (a gateway by name, the
+    service of a host, ...) answers the same. Applying one weight to a 10k-service config
+    then checks one VirtualService, not 30k resources."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple, tuple[Resource, list]] = {}
+        self._now: dict[tuple, tuple[Resource, list]] = {}
+        self.checked = self.reused = 0
+
+    def start_run(self) -> None:
+        self._last, self._now = self._now, {}
+        self.checked = self.reused = 0
+
+    def check(self, r: Resource, index: ConfigIndex, problems: list[Problem]) -> None:
+        hit = self._last.get(r.key)
+        if (
+            hit is not None
+            and (hit[0] is r or hit[0] == r)
+            and all(_same(getattr(index, name)(*args), was) for name, args, was in hit[1])
+        ):
+            self._now[r.key] = hit
+            self.reused += 1
+            return
+        self.checked += 1
+        found: list[Problem] = []
+        recorder = _Recorder(index)
+        CHECKS[type(r)](r, Reporter.for_resource(r, found), recorder)
+        problems += found
+        if not found and recorder.replayable:
+            self._now[r.key] = (r, recorder.calls)
+
+
 # --- Public API ----------------------------------------------------------------------------
 
 
-def validate(resources: Sequence[Resource]) -> list[Problem]:
-    """Every problem in one consistent set of resources, in reading order."""
+def validate(resources: Sequence[Resource], memory: CheckMemory | None = None) -> list[Problem]:
+    """Every problem in one consistent set of resources, in reading order. ``memory``: the
+    clean results of an earlier run, reused for resources whose look-ups give the same
+    answers (the problems found are the same either way)."""
     problems: list[Problem] = []
     index = ConfigIndex(resources)
     _check_duplicates(resources, problems)
+    memory = memory if memory is not None else CheckMemory()
+    memory.start_run()
     for r in resources:
-        CHECKS[type(r)](r, Reporter.for_resource(r, problems), index)
+        memory.check(r, index, problems)
     _check_gateway_ports(index, problems)
     _check_route_conflicts(index, problems)
     _check_shared_hosts(index, problems)

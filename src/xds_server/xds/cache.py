@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from ..translate import ANY_NODE, PUSH_ORDER, NodeProfile, Resources, references
+from ..translate import ANY_NODE, PUSH_ORDER, REFERS_TO, NodeProfile, Resources, references
 
 Build = Callable[[NodeProfile], Resources]
 
@@ -35,6 +35,8 @@ class Entry:
     version: str  # hash of this resource's bytes
     any: any_pb2.Any | None
     refs: frozenset[str] = frozenset()
+    source: Message | None = field(default=None, compare=False, repr=False)
+    """The message it was packed from: the same object next time means the same bytes."""
 
 
 @dataclass(frozen=True)
@@ -86,24 +88,30 @@ class Group:
         resources keep their packed bytes."""
         changed: set[str] = set()
         for type_url, by_name in resources.by_type().items():
-            new = _pack(self.types.get(type_url), by_name.items())
+            new = _pack(self.types.get(type_url), by_name.items(), type_url in REFERS_TO)
             if new.version != self.version(type_url):
                 self.types[type_url] = new
                 changed.add(type_url)
         return changed
 
 
-def _pack(old: TypeSnapshot | None, items: Iterable[tuple[str, Message]]) -> TypeSnapshot:
+def _pack(
+    old: TypeSnapshot | None, items: Iterable[tuple[str, Message]], refers: bool
+) -> TypeSnapshot:
     entries: dict[str, Entry] = {}
     for name, msg in items:
-        data = msg.SerializeToString(deterministic=True)
-        version = _digest(data)
         prev = old.entries.get(name) if old else None
-        if prev is not None and prev.version == version:
+        if prev is not None and prev.source is msg:  # translation reused it: not re-serialized
             entries[name] = prev
             continue
+        data = msg.SerializeToString(deterministic=True)
+        version = _digest(data)
+        if prev is not None and prev.version == version:
+            entries[name] = replace(prev, source=msg)
+            continue
         packed = any_pb2.Any(type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name, value=data)
-        entries[name] = Entry(name, version, packed, references(msg))
+        refs = references(msg) if refers else frozenset()
+        entries[name] = Entry(name, version, packed, refs, msg)
     return TypeSnapshot(content_version(entries), entries)
 
 

@@ -1,0 +1,169 @@
+"""Incremental work gives the answers a fresh run gives: translation reused through a Memo,
+per-resource checks reused through a CheckMemory, packed resources reused by the snapshot
+cache. Each step of a sequence of changes (weights, endpoints, policies, ports, deletions)
+is compared with a from-scratch run, and the reuse itself is counted."""
+
+from __future__ import annotations
+
+import pytest
+
+from xds_server import ControlPlane
+from xds_server.config.load import load_paths, load_text
+from xds_server.config.validate import CheckMemory, validate
+from xds_server.lab.lab import SAMPLES
+from xds_server.translate import (
+    ANY_NODE,
+    ISTIO,
+    LOCALITY,
+    PUSH_ORDER,
+    NodeProfile,
+    TranslateOptions,
+    translate,
+)
+from xds_server.translate.memo import Memo
+
+SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
+ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
+V2_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
+POLICY = """\
+  trafficPolicy:
+    connectionPool:
+      tcp: {connectTimeout: 3s, maxConnections: 7}
+"""
+SUBSET_POLICY = "".join("  " + line + "\n" for line in POLICY.splitlines())
+
+
+def config(services: str = SERVICES, all_v1: str = ALL_V1, route: str = V2_20) -> str:
+    """The task's config; the VirtualService of ``route`` replaces all-v1's."""
+    docs = [d for d in all_v1.split("---\n") if "kind: VirtualService" not in d]
+    return "---\n".join([services, *docs, route])
+
+
+def without(kind: str) -> str:
+    return "---\n".join(d for d in config().split("---\n") if f"kind: {kind}\n" not in d)
+
+
+V2 = "      version: v2\n"
+HOST = "  host: tcp-echo\n"
+SUBSET_V2 = "  - name: v2\n    labels:\n" + V2
+MORE_PORTS = "  - {number: 9009, name: tcp-more, protocol: TCP}\n  resolution: STATIC"
+
+# Each step is the whole config after one more change.
+STEPS = [
+    ("the task at 80/20", config()),
+    ("a weight change", config(route=V2_20.replace("weight: 80", "weight: 50"))),
+    ("back to 80/20", config()),
+    ("an endpoint port", config(services=SERVICES.replace("tcp: 9002", "tcp: 9012"))),
+    ("a subset policy", config(all_v1=ALL_V1.replace(V2, V2 + SUBSET_POLICY))),
+    ("a rule-wide policy", config(all_v1=ALL_V1.replace(HOST, HOST + POLICY))),
+    ("a service port more", config(services=SERVICES.replace("  resolution: STATIC", MORE_PORTS))),
+    ("the task again", config()),
+    ("no v2 subset (invalid)", config(all_v1=ALL_V1.replace(SUBSET_V2, ""))),
+    ("no gateway (invalid)", without("Gateway")),
+    ("no workload entries", without("WorkloadEntry")),
+    ("the task once more", config()),
+]  # fmt: skip
+
+
+def serialized(resources) -> dict:
+    return {
+        t: {n: m.SerializeToString(deterministic=True) for n, m in msgs.items()}
+        for t, msgs in resources.by_type().items()
+    }
+
+
+def test_the_steps_change_what_they_say():
+    """The sequence is worth comparing: each valid step differs from the one before (in
+    Istio's shape, where every service port has clusters)."""
+    options = TranslateOptions(split=ISTIO)
+    outputs = [serialized(translate(load_text(text), options)) for _, text in STEPS[:8]]
+    assert all(a != b for a, b in zip(outputs, outputs[1:], strict=False))
+
+
+def test_check_memory_finds_what_a_fresh_validation_finds():
+    memory = CheckMemory()
+    for label, text in STEPS:
+        resources = load_text(text)
+        assert validate(resources, memory) == validate(resources), label
+    invalid = [label for label, text in STEPS if validate(load_text(text))]
+    assert invalid == ["no v2 subset (invalid)", "no gateway (invalid)"]
+
+
+def test_check_memory_rechecks_an_unchanged_resource_whose_reference_went_away():
+    memory = CheckMemory()
+    resources = load_text(config())
+    assert validate(resources, memory) == []
+    no_subsets = [r for r in resources if r.kind != "DestinationRule"]
+    problems = validate(no_subsets, memory)  # the same VirtualService object
+    assert [p.field for p in problems] == [
+        f"spec.tcp[0].route[{i}].destination.subset" for i in (0, 1)
+    ]
+    assert validate(resources, memory) == []
+    # The VirtualService (its subsets are back) and the rule (absent from the last run).
+    assert memory.checked == 2 and memory.reused == len(resources) - 2
+
+
+@pytest.mark.parametrize("split", [LOCALITY, ISTIO])
+@pytest.mark.parametrize(
+    "node", [ANY_NODE, NodeProfile(labels=(("istio", "ingressgateway"),), transport="GRPC")]
+)
+def test_memo_translation_equals_a_fresh_one(split, node):
+    options = TranslateOptions(split=split)
+    memo = Memo()
+    for label, text in STEPS:
+        resources = load_text(text)
+        if validate(resources):
+            continue  # translation runs on valid configs only
+        assert serialized(translate(resources, options, node, memo)) == serialized(
+            translate(resources, options, node)
+        ), label
+
+
+def test_a_weight_change_rebuilds_one_cluster_and_reuses_the_rest():
+    memo = Memo()
+    first = translate(load_text(STEPS[0][1]), TranslateOptions(), ANY_NODE, memo)
+    second = translate(load_text(STEPS[1][1]), TranslateOptions(), ANY_NODE, memo)
+    assert (memo.built, memo.reused) == (1, 1)  # the route cluster; the listener
+    [name] = first.clusters
+    assert second.clusters[name] is not first.clusters[name]
+    assert second.listeners == first.listeners
+    assert all(second.listeners[n] is first.listeners[n] for n in first.listeners)
+
+
+def _gateway(count: int) -> str:
+    servers = "\n".join(
+        f"  - port: {{number: {31400 + i}, name: tcp-{i}, protocol: TCP}}\n    hosts: ['*']"
+        for i in range(count)
+    )
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: tcp-echo-gateway}\n"
+        f"spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}\n"
+    )
+
+
+def _route(i: int, v2: int) -> str:
+    return (
+        V2_20.replace("name: tcp-echo\n", f"name: tcp-echo-{i}\n", 1)
+        .replace("port: 31400", f"port: {31400 + i}")
+        .replace("weight: 80", f"weight: {100 - v2}")
+        .replace("weight: 20", f"weight: {v2}")
+    )
+
+
+def test_one_weight_among_many_services_repacks_one_resource():
+    """20 routes; one weight changes: one ClusterLoadAssignment is re-serialized and every
+    other packed resource is the same object as before."""
+    cp = ControlPlane(options=TranslateOptions(port_map={31400 + i: 0 for i in range(20)}))
+    cp.apply(load_paths([SAMPLES / "tcp-echo-services.yaml"]))
+    rule = [d for d in ALL_V1.split("---\n") if "kind: DestinationRule" in d]
+    cp.apply(load_text("---\n".join([_gateway(20), *rule, *(_route(i, 20) for i in range(20))])))
+    before = {t: dict(cp.cache.snapshot(t).entries) for t in PUSH_ORDER}
+    cp.apply(load_text(_route(7, 30)))
+    changed = {
+        t: [n for n, e in cp.cache.snapshot(t).entries.items() if before[t][n] is not e]
+        for t in PUSH_ORDER
+    }
+    assert sum(len(names) for names in changed.values()) == 1
+    [(type_url, [name])] = [(t, n) for t, n in changed.items() if n]
+    assert type_url.endswith("ClusterLoadAssignment") and name == "route|default/tcp-echo-7|tcp[0]"
+    assert cp.store.checks.checked == 1  # only the changed VirtualService was checked again
