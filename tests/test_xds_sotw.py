@@ -304,3 +304,27 @@ def test_reconnect_after_nack_sends_the_current_config(cp, client):
         again.request(ENDPOINT, [ROUTE], version=versions[ENDPOINT])
         response = again.recv()
         assert response.type_url == ENDPOINT and response.version_info == push.version_info
+
+
+# --- sharing -------------------------------------------------------------------------------
+
+
+def test_streams_of_one_kind_of_proxy_share_the_snapshot(cp):
+    """Two Envoys with the same labels: what each was sent, and the EDS names each asked
+    for, are the group's own objects, not per-stream copies; a change moves both on."""
+    with XdsClient(cp.port, "proxy-a") as a, XdsClient(cp.port, "proxy-b") as b:
+        envoy_start(a, cp)
+        envoy_start(b, cp)
+        pa, pb = proxy(cp, "proxy-a"), proxy(cp, "proxy-b")
+        for t in (CLUSTER, ENDPOINT, LISTENER):
+            assert pa.types[t].sent is pb.types[t].sent
+            assert pa.types[t].sent is cp.cp.cache.snapshot(t).entries
+        assert pa.types[ENDPOINT].explicit is pb.types[ENDPOINT].explicit
+        cp.apply(load_paths([V2_20]))
+        for client in (a, b):
+            push = client.recv()
+            assert push.type_url == ENDPOINT
+            client.ack(push, [ROUTE])
+        for p in (pa, pb):
+            wait(cp, lambda c, p=p: p.state(ENDPOINT) == SYNCED)
+        assert pa.types[ENDPOINT].sent is cp.cp.cache.snapshot(ENDPOINT).entries

@@ -13,6 +13,7 @@ same config and a proxy that reconnects with what it already has is not sent it 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -43,6 +44,15 @@ class Entry:
 class TypeSnapshot:
     version: str
     entries: Mapping[str, Entry] = field(default_factory=dict)
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.entries)
+
+    @functools.cached_property
+    def anys(self) -> tuple[any_pb2.Any, ...]:
+        """Every resource, in name order: a SotW response's body, built once per version."""
+        return tuple(self.entries[n].any for n in sorted(self.entries))
 
     @property
     def size(self) -> int:

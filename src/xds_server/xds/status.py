@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,10 +38,10 @@ class TypeStatus:
 
     subscribed: bool = False
     wildcard: bool = False
-    explicit: set[str] = field(default_factory=set)  # names asked for by name
+    explicit: AbstractSet[str] = field(default_factory=set)  # asked for by name (read-only)
     # The proxy's state once it applied our last response, and at its last ACK.
-    sent: dict[str, Entry] = field(default_factory=dict)
-    acked: dict[str, Entry] = field(default_factory=dict)
+    sent: Mapping[str, Entry] = field(default_factory=dict)  # may be a snapshot's: read-only
+    acked: Mapping[str, Entry] = field(default_factory=dict)
     sent_version: str | None = None
     nonce: str | None = None
     in_flight: bool = False  # sent and neither ACKed nor NACKed yet

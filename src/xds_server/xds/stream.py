@@ -49,6 +49,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from envoy.config.core.v3 import base_pb2
@@ -97,6 +98,12 @@ def _text(value) -> str:
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
     return ""
+
+
+def _covers(names: AbstractSet[str], entries: Mapping[str, Entry]) -> bool:
+    """Whether ``names`` asks for every one of ``entries`` (as Envoy's EDS request names
+    every cluster): then the subscription is the whole snapshot."""
+    return len(names) >= len(entries) and all(n in names for n in entries)
 
 
 class Stream:
@@ -193,7 +200,7 @@ class Stream:
         names.discard("*")
         if not st.subscribed or wildcard != st.wildcard or names != st.explicit:
             first = not st.subscribed
-            st.subscribed, st.wildcard, st.explicit = True, wildcard, names
+            st.subscribed, st.wildcard, st.explicit = True, wildcard, self._shared(type_url, names)
             if first and req.version_info and req.version_info == self.desired_version(type_url):
                 # A reconnecting proxy that already has exactly this: nothing to send.
                 st.sent = st.acked = self.desired(type_url)
@@ -276,22 +283,36 @@ class Stream:
 
     # --- what the proxy should have --------------------------------------------------------
 
-    def desired(self, type_url: str) -> dict[str, Entry]:
-        """What the subscription covers in the group's current snapshot."""
+    def desired(self, type_url: str) -> Mapping[str, Entry]:
+        """What the subscription covers in the group's current snapshot. Read-only: when it
+        covers the whole snapshot it is the snapshot's own mapping, shared by every stream
+        of the group (no per-stream copy, and its version is already known)."""
         st = self.status.types.get(type_url)
         if self.group is None or st is None:
             return {}
         entries = self.group.snapshot(type_url).entries
-        if st.wildcard:
-            return dict(entries)
+        if st.wildcard or _covers(st.explicit, entries):
+            return entries
         return {n: entries[n] for n in st.explicit if n in entries}
+
+    def _shared(self, type_url: str, names: set[str]) -> AbstractSet[str]:
+        """The snapshot's own name set when a request names exactly it (as every Envoy's
+        EDS request names every cluster): one copy per group, not one per stream."""
+        if self.group is not None:
+            every = self.group.snapshot(type_url).names
+            if names == every:
+                return every
+        return names
+
+    def _version(self, type_url: str, target: Mapping[str, Entry]) -> str:
+        snapshot = self.group.snapshot(type_url) if self.group is not None else None
+        if snapshot is not None and target is snapshot.entries:
+            return snapshot.version
+        return content_version(target)
 
     def desired_version(self, type_url: str) -> str:
         """The version the proxy should end up with (a held removal is not there yet)."""
-        st = self.status.types.get(type_url)
-        if self.group is not None and st is not None and st.wildcard:
-            return self.group.version(type_url)
-        return content_version(self.desired(type_url))
+        return self._version(type_url, self.desired(type_url))
 
     def has_resources(self, type_url: str) -> bool:
         """Should the proxy have some of this type? (True while we do not know it yet.)"""
@@ -308,18 +329,19 @@ class Stream:
                 out |= entry.refs
         return out
 
-    def target(self, type_url: str) -> dict[str, Entry]:
+    def target(self, type_url: str) -> Mapping[str, Entry]:
         """``desired`` plus the removals held back until nothing the proxy has needs them,
         kept in the version the proxy has (Delta: as sent, since it rolls nothing back)."""
         want = self.desired(type_url)
         st = self.status.types[type_url]
-        gone = (st.sent.keys() | st.acked.keys()) - want.keys()
+        had = st.sent if st.acked is st.sent else st.sent.keys() | st.acked.keys()
+        gone = [n for n in had if n not in want]
         if gone:
             needed = self._needed(type_url)
             first, second = (st.sent, st.acked) if self.delta else (st.acked, st.sent)
-            for name in gone:
-                if name in needed and st.wants(name):
-                    want[name] = first.get(name) or second[name]
+            held = {n: first.get(n) or second[n] for n in gone if n in needed and st.wants(n)}
+            if held:
+                want = {**want, **held}
         return want
 
     # --- responses -------------------------------------------------------------------------
@@ -348,15 +370,17 @@ class Stream:
 
     def _respond(self, type_url: str, st: TypeStatus, forced: bool) -> Message | None:
         target = self.target(type_url)
-        version = content_version(target)
+        version = self._version(type_url, target)
         self._nonces += 1
         nonce = f"{self.status.stream_id}-{self._nonces}"
         if self.delta:
             response = self._delta(type_url, st, target, version, nonce, forced)
         elif forced or version != st.sent_version:
+            snapshot = self.group.snapshot(type_url) if self.group is not None else None
+            shared = snapshot is not None and target is snapshot.entries
             response = discovery_pb2.DiscoveryResponse(
                 version_info=version,
-                resources=[target[n].any for n in sorted(target)],
+                resources=snapshot.anys if shared else [target[n].any for n in sorted(target)],
                 type_url=type_url,
                 nonce=nonce,
             )
@@ -394,11 +418,15 @@ class Stream:
         nonce: str,
         forced: bool,
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        changed = [
-            target[n]
-            for n in sorted(target)
-            if n not in st.sent or st.sent[n].version != target[n].version
-        ]
+        sent = st.sent
+        changed = sorted(
+            (
+                e
+                for n, e in target.items()
+                if (old := sent.get(n)) is not e and (old is None or old.version != e.version)
+            ),
+            key=lambda e: e.name,
+        )
         removed = sorted(n for n in st.sent if n not in target)
         # Names just subscribed to that do not exist: say so, or the proxy waits for them.
         missing = self.new_names.pop(type_url, set()) - target.keys() - set(removed)
