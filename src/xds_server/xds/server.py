@@ -5,9 +5,9 @@
   stream, its Delta stream and the unary Fetch.
 - CSDS (``envoy.service.status.v3``): see csds.py.
 
-Every stream runs the same loop: one task reads requests into a queue, and the stream's
-generator is the only code that touches the stream's state (stream.py), so requests and
-cache changes are handled one at a time, in order, without locks.
+Every stream runs the same loop (``XdsServer.serve``): read a request, answer it; a cache
+change schedules one answer of its own. Both go through the stream's lock, so the stream's
+state (stream.py) sees requests and changes one at a time, in order.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator
 
 import grpc
 from envoy.service.cluster.v3 import cds_pb2_grpc
@@ -32,7 +31,6 @@ from .stream import Stream, StreamError
 
 log = logging.getLogger("xds_server.xds")
 
-_EOF = object()
 _stream_ids = itertools.count(1)
 
 
@@ -48,13 +46,18 @@ class XdsServer:
 
     async def serve(
         self,
-        requests: AsyncIterator[Message],
         context: grpc.aio.ServicerContext,
         *,
         delta: bool,
         types: tuple[str, ...] | None = None,
-    ) -> AsyncIterator[Message]:
-        """One stream: ``types`` None for ADS, else the one type of a per-type service."""
+    ) -> None:
+        """One stream: ``types`` None for ADS, else the one type of a per-type service.
+
+        The handler reads requests with ``context.read()`` and answers each; a cache change
+        schedules one flush task (at most one pending per stream). Every change of the
+        stream's state and every write happens under the stream's lock, so requests and
+        changes are taken one at a time, in order. An idle stream is this one coroutine
+        waiting on its read: no reader task, no queue (server memory per stream)."""
         service = "ADS" if types is None else SHORT_NAMES.get(types[0], types[0])
         status = ProxyStatus(
             stream_id=next(_stream_ids),
@@ -62,44 +65,47 @@ class XdsServer:
             api=f"{service} {'Delta' if delta else 'SotW'}",
         )
         stream = Stream(self.cache, status, delta=delta, types=types, metrics=self.metrics)
-        events: asyncio.Queue = asyncio.Queue()
+        lock = asyncio.Lock()
+        flush: asyncio.Task | None = None
 
-        def on_change(_types: set[str]) -> None:
-            events.put_nowait(None)
-
-        async def pump() -> None:
-            try:
-                async for req in requests:
-                    events.put_nowait(req)
-            except (grpc.aio.AioRpcError, asyncio.CancelledError):
-                pass
-            finally:
-                events.put_nowait(_EOF)
-
-        self.cache.watch(on_change)
-        self.board.add(status)
-        reader = asyncio.create_task(pump())
-        try:
-            while True:
-                event = await events.get()
-                if event is _EOF:
-                    break
-                changed = False
-                if event is not None:
-                    try:
-                        changed = stream.on_request(event)
-                    except StreamError as e:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        async def answer(request: Message | None) -> None:
+            async with lock:
+                changed = stream.on_request(request) if request is not None else False
                 responses = stream.responses()
                 if changed or responses:
                     self.board.touch()
                 for response in responses:
-                    yield response
+                    await context.write(response)
+
+        async def flush_once() -> None:
+            nonlocal flush
+            flush = None
+            try:
+                await answer(None)
+            except Exception as e:  # the stream is gone; its read loop ends it
+                log.debug("stream %d: push not written: %r", status.stream_id, e)
+
+        def on_change(_types: set[str]) -> None:
+            nonlocal flush
+            if flush is None:
+                flush = asyncio.get_running_loop().create_task(flush_once())
+
+        self.cache.watch(on_change)
+        self.board.add(status)
+        try:
+            while (request := await context.read()) is not grpc.aio.EOF:
+                try:
+                    await answer(request)
+                except StreamError as e:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
         finally:
             self.cache.unwatch(on_change)
+            if flush is not None:
+                flush.cancel()
             self.board.remove(status)
             stream.close()
-            reader.cancel()
             log.info("%s disconnected (%s)", status.node_id or status.peer, status.api)
 
     async def fetch(
@@ -128,12 +134,10 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self.xds = XdsServer(cache, board, metrics)
 
     async def StreamAggregatedResources(self, request_iterator, context):
-        async for response in self.xds.serve(request_iterator, context, delta=False):
-            yield response
+        await self.xds.serve(context, delta=False)
 
     async def DeltaAggregatedResources(self, request_iterator, context):
-        async for response in self.xds.serve(request_iterator, context, delta=True):
-            yield response
+        await self.xds.serve(context, delta=True)
 
 
 class ListenerDiscoveryService(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
@@ -141,12 +145,10 @@ class ListenerDiscoveryService(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
         self.xds = xds
 
     async def StreamListeners(self, request_iterator, context):
-        async for r in self.xds.serve(request_iterator, context, delta=False, types=(LISTENER,)):
-            yield r
+        await self.xds.serve(context, delta=False, types=(LISTENER,))
 
     async def DeltaListeners(self, request_iterator, context):
-        async for r in self.xds.serve(request_iterator, context, delta=True, types=(LISTENER,)):
-            yield r
+        await self.xds.serve(context, delta=True, types=(LISTENER,))
 
     async def FetchListeners(self, request, context):
         return await self.xds.fetch(request, context, LISTENER)
@@ -157,12 +159,10 @@ class ClusterDiscoveryService(cds_pb2_grpc.ClusterDiscoveryServiceServicer):
         self.xds = xds
 
     async def StreamClusters(self, request_iterator, context):
-        async for r in self.xds.serve(request_iterator, context, delta=False, types=(CLUSTER,)):
-            yield r
+        await self.xds.serve(context, delta=False, types=(CLUSTER,))
 
     async def DeltaClusters(self, request_iterator, context):
-        async for r in self.xds.serve(request_iterator, context, delta=True, types=(CLUSTER,)):
-            yield r
+        await self.xds.serve(context, delta=True, types=(CLUSTER,))
 
     async def FetchClusters(self, request, context):
         return await self.xds.fetch(request, context, CLUSTER)
@@ -173,12 +173,10 @@ class EndpointDiscoveryService(eds_pb2_grpc.EndpointDiscoveryServiceServicer):
         self.xds = xds
 
     async def StreamEndpoints(self, request_iterator, context):
-        async for r in self.xds.serve(request_iterator, context, delta=False, types=(ENDPOINT,)):
-            yield r
+        await self.xds.serve(context, delta=False, types=(ENDPOINT,))
 
     async def DeltaEndpoints(self, request_iterator, context):
-        async for r in self.xds.serve(request_iterator, context, delta=True, types=(ENDPOINT,)):
-            yield r
+        await self.xds.serve(context, delta=True, types=(ENDPOINT,))
 
     async def FetchEndpoints(self, request, context):
         return await self.xds.fetch(request, context, ENDPOINT)
