@@ -171,6 +171,29 @@ def test_eds_change_a_proxy_did_not_ask_for_is_not_sent(cp, client):
     assert weights == [80, 20]
 
 
+def test_sotw_eds_push_carries_what_differs_from_the_acked_state(cp, client):
+    """Endpoints are asked for by name, so a SotW EDS response may carry only what changed
+    (a proxy keeps the ones it does not carry). Against what the proxy ACKed: after a NACK,
+    the next push carries the rejected change again."""
+    cp.apply_yaml(SECOND_ROUTE.format(v1=50, v2=50))
+    envoy_start(client, cp, eds=(ROUTE, SECOND))
+    assert names(client.last[ENDPOINT]) == [SECOND, ROUTE]  # the opening: everything
+    cp.apply_yaml(SECOND_ROUTE.format(v1=10, v2=90))
+    push = client.recv()
+    assert push.type_url == ENDPOINT and names(push) == [SECOND]
+    client.nack(push, "rejected", [ROUTE, SECOND], client.last[ENDPOINT].version_info)
+    wait(cp, lambda c: proxy(c).state(ENDPOINT) == NACKED)
+    cp.apply(load_paths([V2_20]))  # now ROUTE's weights change too
+    again = client.recv()
+    assert again.type_url == ENDPOINT and names(again) == [SECOND, ROUTE]
+    client.ack(again, [ROUTE, SECOND])
+    wait(cp, lambda c: proxy(c).state(ENDPOINT) == SYNCED)
+    # Asking again (a new subscription) is answered in full.
+    client.request(ENDPOINT, [ROUTE, SECOND, "other"], again.nonce)
+    full = client.recv()
+    assert full.type_url == ENDPOINT and names(full) == [SECOND, ROUTE]
+
+
 def test_repeated_request_and_old_ack_send_nothing(cp, client):
     envoy_start(client, cp)
     lds = client.last[LISTENER]
@@ -271,7 +294,8 @@ def test_nacked_listener_is_parked_and_keeps_its_clusters(cp, client):
     renamed_20 = V2_20.read_text().replace("name: tcp-echo\n", "name: tcp-echo-renamed\n")
     cp.apply_yaml(renamed_20)
     push = client.recv()
-    assert push.type_url == ENDPOINT and names(push) == BOTH
+    # (SotW EDS carries what changed: the renamed route's weights, not the parked route)
+    assert push.type_url == ENDPOINT and names(push) == [RENAMED]
     client.ack(push, [ROUTE, RENAMED])
     # (taken before the next change, which would otherwise race the ACK)
     wait(cp, lambda c: proxy(c).types[ENDPOINT].acked_version == push.version_info)

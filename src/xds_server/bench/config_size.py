@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import time
 
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
 from ..config.load import load_text
 from ..controlplane import ControlPlane
 from ..lab.envoy import EnvoyProcess
 from ..lab.lab import INGRESS_LABELS
-from ..translate import PUSH_ORDER, TranslateOptions
+from ..translate import ENDPOINT, PUSH_ORDER, TranslateOptions
+from ..xds.status import ProxyStatus
+from ..xds.stream import Stream
 from .common import BASE_PORT, HOST, config_yaml, route_yaml
 from .stats import median, p99
 
@@ -46,26 +51,61 @@ def run(sizes: list[int], trials: int, say=print) -> dict:
 
 
 def _one_weight(cp: ControlPlane, size: int) -> dict:
-    """One weight of one service changed: what is re-packed, and what a push carries."""
+    """One weight of one service changed: what is re-packed, and what a push carries, as
+    the server's own stream code answers a synced SotW and a synced Delta proxy."""
     before = {t: dict(cp.cache.snapshot(t).entries) for t in PUSH_ORDER}
+    proxies = [_synced_stream(cp, delta) for delta in (False, True)]
     change = load_text(route_yaml(0, 30), "<bench>")
     started = time.perf_counter()
     cp.apply(change)
     elapsed = time.perf_counter() - started
-    delta = sotw = repacked = 0
-    for t in PUSH_ORDER:
-        after = cp.cache.snapshot(t).entries
-        changed = [e for n, e in after.items() if before[t].get(n) is not e]
-        repacked += len(changed)
-        delta += sum(len(e.any.value) for e in changed)
-        if changed:  # SotW resends every resource of a changed type
-            sotw += sum(len(e.any.value) for e in after.values())
+    repacked = sum(
+        1
+        for t in PUSH_ORDER
+        for n, e in cp.cache.snapshot(t).entries.items()
+        if before[t].get(n) is not e
+    )
+    sotw, delta = (sum(r.ByteSize() for r in s.responses()) for s in proxies)
+    for s in proxies:
+        s.close()
     return {
         "one_weight_change_ms": elapsed * 1000,
         "one_weight_repacked": repacked,  # resources serialized and packed again
-        "one_weight_delta_bytes": delta,
+        "one_weight_delta_bytes": delta,  # the responses' bytes, envelopes included
         "one_weight_sotw_bytes": sotw,
     }
+
+
+def _synced_stream(cp: ControlPlane, delta: bool) -> Stream:
+    """A stream (no network) that asked for everything like Envoy and ACKed it."""
+    stream = Stream(cp.cache, ProxyStatus(stream_id=0, peer="bench"), delta=delta)
+    node = base_pb2.Node(id="bench")
+    for type_url in PUSH_ORDER:
+        names = sorted(cp.cache.snapshot(ENDPOINT).entries) if type_url == ENDPOINT else []
+        if delta:
+            stream.on_request(
+                discovery_pb2.DeltaDiscoveryRequest(
+                    node=node, type_url=type_url, resource_names_subscribe=names
+                )
+            )
+        else:
+            stream.on_request(
+                discovery_pb2.DiscoveryRequest(node=node, type_url=type_url, resource_names=names)
+            )
+        for response in stream.responses():
+            if delta:
+                ack = discovery_pb2.DeltaDiscoveryRequest(
+                    type_url=response.type_url, response_nonce=response.nonce
+                )
+            else:
+                ack = discovery_pb2.DiscoveryRequest(
+                    type_url=response.type_url,
+                    version_info=response.version_info,
+                    response_nonce=response.nonce,
+                    resource_names=names if response.type_url == ENDPOINT else [],
+                )
+            stream.on_request(ack)
+    return stream
 
 
 def _envoy_ack(resources, size: int) -> float:

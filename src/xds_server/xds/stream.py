@@ -48,12 +48,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from ..translate import PUSH_ORDER, REFERS_TO, SHORT_NAMES, WILDCARD_TYPES, NodeProfile
@@ -376,11 +377,9 @@ class Stream:
         if self.delta:
             response = self._delta(type_url, st, target, version, nonce, forced)
         elif forced or version != st.sent_version:
-            snapshot = self.group.snapshot(type_url) if self.group is not None else None
-            shared = snapshot is not None and target is snapshot.entries
             response = discovery_pb2.DiscoveryResponse(
                 version_info=version,
-                resources=snapshot.anys if shared else [target[n].any for n in sorted(target)],
+                resources=self._sotw_body(type_url, st, target, forced),
                 type_url=type_url,
                 nonce=nonce,
             )
@@ -408,6 +407,28 @@ class Stream:
             nonce,
         )
         return response
+
+    def _sotw_body(
+        self, type_url: str, st: TypeStatus, target: Mapping[str, Entry], forced: bool
+    ) -> Sequence[any_pb2.Any]:
+        """Listeners and clusters: the whole state, as SotW requires for them. Endpoints:
+        only what differs from what the proxy ACKed, as the protocol allows for types a
+        proxy asks for by name (a proxy updates the ones a response carries and keeps the
+        rest; Istio pushes EDS this way): one weight of 10k services is one assignment, not
+        10k. A request that asks again (``forced``) gets everything it asked for."""
+        if type_url not in WILDCARD_TYPES and not forced and st.acked_version is not None:
+            acked = st.acked
+            changed = [
+                e.any
+                for n, e in sorted(target.items())
+                if (old := acked.get(n)) is not e and (old is None or old.version != e.version)
+            ]
+            if changed:
+                return changed
+        snapshot = self.group.snapshot(type_url) if self.group is not None else None
+        if snapshot is not None and target is snapshot.entries:
+            return snapshot.anys
+        return [target[n].any for n in sorted(target)]
 
     def _delta(
         self,
