@@ -17,6 +17,7 @@ from conftest import ServerProcess, locality_split_ok
 
 from xds_server import ControlPlane
 from xds_server.admin.client import AdminClient
+from xds_server.config import persist
 from xds_server.config.persist import StateDir
 from xds_server.lab import traffic
 from xds_server.lab.envoy import EnvoyProcess
@@ -136,6 +137,33 @@ def test_failed_write_changes_nothing(tmp_path, monkeypatch):
         assert cp.get("VirtualService", "tcp-echo").tcp[0].route[0].weight is None
         assert cp.call(cp.cp.cache.versions) == versions
         assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_state_file_is_every_resource_rendered_once_per_change(tmp_path):
+    """The file joins texts rendered per resource: after applies and a delete it is exactly
+    the whole store rendered afresh, and only a changed resource was rendered again."""
+    cp = ControlPlane(state_dir=tmp_path)
+    cp.apply_yaml(SERVICE_ENTRY)
+    cp.apply_yaml(ALL_V1)
+    cp.apply_yaml(V2_20)
+    cp.delete("VirtualService", "tcp-echo")
+    rendered = []
+    real = persist.render
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(persist, "render", lambda doc: rendered.append(doc["kind"]) or real(doc))
+        cp.apply_yaml(V2_20.replace("weight: 20", "weight: 25").replace("weight: 80", "weight: 75"))
+    assert rendered == ["VirtualService"]
+    store = cp.store
+    whole = persist.HEADER + "".join(
+        persist.render(store.document(r.key))
+        for r in sorted(store.resources(), key=lambda r: r.key)
+    )
+    assert (tmp_path / "config.yaml").read_text() == whole
+    assert [r.key for r in StateDir(tmp_path).load()] == sorted(r.key for r in store.resources())
+    # Our own write is not an edit; anyone else's is.
+    assert not cp.state.edited()
+    (tmp_path / "config.yaml").write_text(whole.replace("weight: 25", "weight: 26"))
+    assert cp.state.edited()
 
 
 def test_hand_edit_of_state_file_is_applied(tmp_path):

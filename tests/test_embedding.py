@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import pytest
 
@@ -71,3 +72,24 @@ def test_async_api_and_delete():
 def test_public_names():
     for name in xds_server.__all__:
         assert getattr(xds_server, name) is not None
+
+
+def test_the_collector_is_paused_during_a_change_and_back_after():
+    """A config change runs with the cyclic GC paused (it walked the growing heap of a big
+    config for a quarter of the time), and it is on again afterwards, even after an error;
+    a program that turned it off itself keeps it off."""
+    cp = ControlPlane()
+    seen = []
+    real = cp.store.apply
+    cp.store.apply = lambda *a, **k: seen.append(gc.isenabled()) or real(*a, **k)
+    assert gc.isenabled()
+    cp.apply_yaml(SAMPLES.joinpath("tcp-echo-services.yaml").read_text())
+    with pytest.raises(ConfigError):
+        cp.apply_yaml(SAMPLES.joinpath("tcp-echo-20-v2.yaml").read_text())  # no gateway
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()
+    try:
+        cp.apply_yaml(SAMPLES.joinpath("tcp-echo-services.yaml").read_text())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
