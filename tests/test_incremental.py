@@ -8,7 +8,8 @@ from __future__ import annotations
 import pytest
 
 from xds_server import ControlPlane
-from xds_server.config.load import load_paths, load_text
+from xds_server.bench.common import BASE_PORT, config_yaml, route_yaml
+from xds_server.config.load import load_text
 from xds_server.config.validate import CheckMemory, validate
 from xds_server.lab.lab import SAMPLES
 from xds_server.translate import (
@@ -130,40 +131,19 @@ def test_a_weight_change_rebuilds_one_cluster_and_reuses_the_rest():
     assert all(second.listeners[n] is first.listeners[n] for n in first.listeners)
 
 
-def _gateway(count: int) -> str:
-    servers = "\n".join(
-        f"  - port: {{number: {31400 + i}, name: tcp-{i}, protocol: TCP}}\n    hosts: ['*']"
-        for i in range(count)
-    )
-    return (
-        "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: tcp-echo-gateway}\n"
-        f"spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n{servers}\n"
-    )
-
-
-def _route(i: int, v2: int) -> str:
-    return (
-        V2_20.replace("name: tcp-echo\n", f"name: tcp-echo-{i}\n", 1)
-        .replace("port: 31400", f"port: {31400 + i}")
-        .replace("weight: 80", f"weight: {100 - v2}")
-        .replace("weight: 20", f"weight: {v2}")
-    )
-
-
 def test_one_weight_among_many_services_repacks_one_resource():
-    """20 routes; one weight changes: one ClusterLoadAssignment is re-serialized and every
-    other packed resource is the same object as before."""
-    cp = ControlPlane(options=TranslateOptions(port_map={31400 + i: 0 for i in range(20)}))
-    cp.apply(load_paths([SAMPLES / "tcp-echo-services.yaml"]))
-    rule = [d for d in ALL_V1.split("---\n") if "kind: DestinationRule" in d]
-    cp.apply(load_text("---\n".join([_gateway(20), *rule, *(_route(i, 20) for i in range(20))])))
+    """20 services (the config-size benchmark's); one weight changes: one
+    ClusterLoadAssignment is re-serialized and every other packed resource is the same
+    object as before."""
+    cp = ControlPlane(options=TranslateOptions(port_map={BASE_PORT + i: 0 for i in range(20)}))
+    cp.apply(load_text(config_yaml(20)))
     before = {t: dict(cp.cache.snapshot(t).entries) for t in PUSH_ORDER}
-    cp.apply(load_text(_route(7, 30)))
+    cp.apply(load_text(route_yaml(7, 30)))
     changed = {
         t: [n for n, e in cp.cache.snapshot(t).entries.items() if before[t][n] is not e]
         for t in PUSH_ORDER
     }
     assert sum(len(names) for names in changed.values()) == 1
     [(type_url, [name])] = [(t, n) for t, n in changed.items() if n]
-    assert type_url.endswith("ClusterLoadAssignment") and name == "route|default/tcp-echo-7|tcp[0]"
+    assert type_url.endswith("ClusterLoadAssignment") and name == "route|default/svc-00007|tcp[0]"
     assert cp.store.checks.checked == 1  # only the changed VirtualService was checked again
