@@ -286,11 +286,11 @@ class ControlPlane:
         # Translated once per kind of proxy connected (node labels, gRPC or Envoy): see
         # xds/cache.py. The builder is kept for kinds that connect later.
         resources, options = self.store.resources(), self.options
-        memos = self._memos = {p: self._memos.get(p) or Memo() for p in self.cache.groups}
+        # Memos of the kinds of proxy still connected (a later kind gets its own).
+        memos = self._memos = {p: self._memos.get(p, Memo()) for p in self.cache.groups}
 
         def build(node: NodeProfile) -> Resources:
-            memo = memos.get(node) or self._memos.setdefault(node, Memo())
-            return translate(resources, options, node, memo)
+            return translate(resources, options, node, memos.setdefault(node, Memo()))
 
         changed = self.cache.update(build)
         if changed:
