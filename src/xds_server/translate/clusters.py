@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
-from envoy.config.cluster.v3 import circuit_breaker_pb2, cluster_pb2
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import config_source_pb2
-from google.protobuf import duration_pb2
 
 from ..config.model import DestinationRule, Subset, TrafficPolicy
 from .options import TranslateOptions
@@ -35,23 +35,22 @@ def merge_policies(policies: Iterable[TrafficPolicy]) -> TrafficPolicy:
     )
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(round(seconds * 1e9))
-    return d
-
-
 def eds_source(options: TranslateOptions) -> config_source_pb2.ConfigSource:
     """Where a cluster's endpoints come from: the ADS stream, or (for a proxy bootstrapped
     without ADS) our per-type EDS service, reached through the bootstrap's xDS cluster."""
+    return _eds_source(options.eds_api_type, options.xds_cluster)
+
+
+@functools.lru_cache(maxsize=8)  # the same for every cluster of a translation: built once
+def _eds_source(api_type: str | None, xds_cluster: str) -> config_source_pb2.ConfigSource:
     source = config_source_pb2.ConfigSource(resource_api_version=config_source_pb2.V3)
-    if options.eds_api_type is None:
+    if api_type is None:
         source.ads.SetInParent()
     else:
         api = source.api_config_source
-        api.api_type = config_source_pb2.ApiConfigSource.ApiType.Value(options.eds_api_type)
+        api.api_type = config_source_pb2.ApiConfigSource.ApiType.Value(api_type)
         api.transport_api_version = config_source_pb2.V3
-        api.grpc_services.add().envoy_grpc.cluster_name = options.xds_cluster
+        api.grpc_services.add().envoy_grpc.cluster_name = xds_cluster
         api.set_node_on_first_message_only = True
     return source
 
@@ -65,24 +64,20 @@ def build_cluster(
     dns: bool = False,
 ) -> cluster_pb2.Cluster:
     """An EDS cluster (or STRICT_DNS when endpoints are names: EDS needs IP addresses)."""
-    c = cluster_pb2.Cluster(
-        name=name,
-        connect_timeout=_duration(policy.connect_timeout or options.connect_timeout),
-        lb_policy=cluster_pb2.Cluster.ROUND_ROBIN,
+    c = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+    c.connect_timeout.FromNanoseconds(
+        round((policy.connect_timeout or options.connect_timeout) * 1e9)
     )
     if dns:
         c.type = cluster_pb2.Cluster.STRICT_DNS
     else:
         c.type = cluster_pb2.Cluster.EDS
         c.eds_cluster_config.eds_config.CopyFrom(eds_source(options))
+    lb = c.common_lb_config
     if weighted_localities:
-        c.common_lb_config.locality_weighted_lb_config.SetInParent()
+        lb.locality_weighted_lb_config.SetInParent()
     # Envoy merges endpoint weight changes for 1 s by default; a shift must show at once.
-    c.common_lb_config.update_merge_window.CopyFrom(_duration(0))
+    lb.update_merge_window.SetInParent()  # 0 s
     if policy.max_connections:
-        c.circuit_breakers.thresholds.append(
-            circuit_breaker_pb2.CircuitBreakers.Thresholds(
-                max_connections={"value": policy.max_connections}
-            )
-        )
+        c.circuit_breakers.thresholds.add().max_connections.value = policy.max_connections
     return c

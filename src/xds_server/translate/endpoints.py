@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from envoy.config.core.v3 import address_pb2, base_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 
 
 @dataclass(frozen=True)
@@ -24,21 +23,20 @@ class LocalityGroup:
 def build_load_assignment(
     cluster: str, groups: Iterable[LocalityGroup]
 ) -> endpoint_pb2.ClusterLoadAssignment:
+    # Fields set in place, not built as messages and copied in: half the time, which
+    # counts at 10k services.
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster)
+    add_locality = cla.endpoints.add
     for g in groups:
-        loc = cla.endpoints.add()
-        loc.locality.CopyFrom(base_pb2.Locality(region=g.region, zone=g.zone, sub_zone=g.sub_zone))
+        loc = add_locality()
+        where = loc.locality
+        where.region, where.zone, where.sub_zone = g.region, g.zone, g.sub_zone
         if g.weight is not None:
             loc.load_balancing_weight.value = g.weight
         for address, port, weight in g.endpoints:
             lb = loc.lb_endpoints.add()
-            lb.endpoint.CopyFrom(
-                endpoint_components_pb2.Endpoint(
-                    address=address_pb2.Address(
-                        socket_address=address_pb2.SocketAddress(address=address, port_value=port)
-                    )
-                )
-            )
+            socket = lb.endpoint.address.socket_address
+            socket.address, socket.port_value = address, port
             if weight:
                 lb.load_balancing_weight.value = weight
     return cla

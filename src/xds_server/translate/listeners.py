@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from envoy.config.core.v3 import address_pb2
-from envoy.config.listener.v3 import api_listener_pb2, listener_components_pb2, listener_pb2
+from envoy.config.listener.v3 import api_listener_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
@@ -35,18 +34,13 @@ def build_tcp_listener(
     else:
         for name, weight in clusters:
             proxy.weighted_clusters.clusters.add(name=name, weight=weight)
-    typed = any_pb2.Any()
-    typed.Pack(proxy)
-    chain = listener_components_pb2.FilterChain(
-        filters=[listener_components_pb2.Filter(name=TCP_PROXY, typed_config=typed)]
-    )
-    return listener_pb2.Listener(
-        name=listener_name(gateway_port),
-        address=address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(address=address, port_value=bind_port)
-        ),
-        filter_chains=[chain],
-    )
+    # Fields set in place (half the time of building sub-messages and copying them in).
+    listener = listener_pb2.Listener(name=listener_name(gateway_port))
+    socket = listener.address.socket_address
+    socket.address, socket.port_value = address, bind_port
+    tcp_filter = listener.filter_chains.add().filters.add(name=TCP_PROXY)
+    tcp_filter.typed_config.Pack(proxy, deterministic=True)
+    return listener
 
 
 def build_api_listener(name: str, cluster: str) -> listener_pb2.Listener:
