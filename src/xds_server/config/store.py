@@ -13,7 +13,6 @@ a stale one is a conflict, never silently merged.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -100,7 +99,10 @@ def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
     meta = dict(r.raw.get("metadata") or {})
     given = {k: meta.pop(k) for k in SERVER_FIELDS if k in meta}
     meta["namespace"] = r.meta.namespace  # written or not, the same document
-    clean = copy.copy(r)  # (dataclasses.replace would re-run __init__: 4x slower at 30k)
+    # A shallow copy with another raw: dataclasses.replace re-runs __init__ and copy.copy
+    # goes through __reduce_ex__, each several times slower over 30k resources.
+    clean = object.__new__(type(r))
+    clean.__dict__.update(r.__dict__)
     clean.raw = {**r.raw, "metadata": meta}
     return clean, given
 
