@@ -66,6 +66,7 @@ class XdsServer:
         )
         stream = Stream(self.cache, status, delta=delta, types=types, metrics=self.metrics)
         lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
         flush: asyncio.Task | None = None
 
         async def answer(request: Message | None) -> None:
@@ -88,7 +89,7 @@ class XdsServer:
         def on_change(_types: set[str]) -> None:
             nonlocal flush
             if flush is None:
-                flush = asyncio.get_running_loop().create_task(flush_once())
+                flush = loop.create_task(flush_once())
 
         self.cache.watch(on_change)
         self.board.add(status)
