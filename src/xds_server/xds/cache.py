@@ -54,9 +54,29 @@ class TypeSnapshot:
         """Every resource, in name order: a SotW response's body, built once per version."""
         return tuple(self.entries[n].any for n in sorted(self.entries))
 
+    def changed_since(self, old: Mapping[str, Entry]) -> list[Entry]:
+        """``changed_entries(old, self.entries)``, computed once for every stream that had
+        the same ``old`` (the streams of a group move from snapshot to snapshot together)."""
+        memo = self.__dict__.get("_changed")
+        if memo is None or memo[0] is not old:
+            memo = self.__dict__["_changed"] = (old, changed_entries(old, self.entries))
+        return memo[1]
+
     @property
     def size(self) -> int:
         return sum(e.any.ByteSize() for e in self.entries.values() if e.any is not None)
+
+
+def changed_entries(old: Mapping[str, Entry], new: Mapping[str, Entry]) -> list[Entry]:
+    """The entries of ``new`` that ``old`` lacks or holds in another version, in name order
+    (an unchanged resource is the same Entry object, so most are passed over by identity)."""
+    changed = [
+        e
+        for n, e in new.items()
+        if (was := old.get(n)) is not e and (was is None or was.version != e.version)
+    ]
+    changed.sort(key=lambda e: e.name)
+    return changed
 
 
 def _digest(data: bytes) -> str:

@@ -58,7 +58,7 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from ..translate import PUSH_ORDER, REFERS_TO, SHORT_NAMES, WILDCARD_TYPES, NodeProfile
-from .cache import Entry, Group, SnapshotCache, content_version
+from .cache import Entry, Group, SnapshotCache, changed_entries, content_version
 from .status import ProxyStatus, TypeStatus
 
 if TYPE_CHECKING:
@@ -417,18 +417,21 @@ class Stream:
         rest; Istio pushes EDS this way): one weight of 10k services is one assignment, not
         10k. A request that asks again (``forced``) gets everything it asked for."""
         if type_url not in WILDCARD_TYPES and not forced and st.acked_version is not None:
-            acked = st.acked
-            changed = [
-                e.any
-                for n, e in sorted(target.items())
-                if (old := acked.get(n)) is not e and (old is None or old.version != e.version)
-            ]
+            changed = self._changes(type_url, st.acked, target)
             if changed:
-                return changed
+                return [e.any for e in changed]
         snapshot = self.group.snapshot(type_url) if self.group is not None else None
         if snapshot is not None and target is snapshot.entries:
             return snapshot.anys
         return [target[n].any for n in sorted(target)]
+
+    def _changes(
+        self, type_url: str, old: Mapping[str, Entry], target: Mapping[str, Entry]
+    ) -> list[Entry]:
+        snapshot = self.group.snapshot(type_url) if self.group is not None else None
+        if snapshot is not None and target is snapshot.entries:
+            return snapshot.changed_since(old)  # shared by the group's streams
+        return changed_entries(old, target)
 
     def _delta(
         self,
@@ -439,15 +442,7 @@ class Stream:
         nonce: str,
         forced: bool,
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        sent = st.sent
-        changed = sorted(
-            (
-                e
-                for n, e in target.items()
-                if (old := sent.get(n)) is not e and (old is None or old.version != e.version)
-            ),
-            key=lambda e: e.name,
-        )
+        changed = self._changes(type_url, st.sent, target)
         removed = sorted(n for n in st.sent if n not in target)
         # Names just subscribed to that do not exist: say so, or the proxy waits for them.
         missing = self.new_names.pop(type_url, set()) - target.keys() - set(removed)
