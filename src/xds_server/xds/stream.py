@@ -58,7 +58,14 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from ..translate import PUSH_ORDER, REFERS_TO, SHORT_NAMES, WILDCARD_TYPES, NodeProfile
-from .cache import Entry, Group, SnapshotCache, changed_entries, content_version
+from .cache import (
+    Entry,
+    Group,
+    SnapshotCache,
+    TypeSnapshot,
+    changed_entries,
+    content_version,
+)
 from .status import ProxyStatus, TypeStatus
 
 if TYPE_CHECKING:
@@ -305,11 +312,15 @@ class Stream:
                 return every
         return names
 
-    def _version(self, type_url: str, target: Mapping[str, Entry]) -> str:
+    def _whole(self, type_url: str, target: Mapping[str, Entry]) -> TypeSnapshot | None:
+        """The group's snapshot if ``target`` is all of it (the common case), so that what
+        it has computed once (version, body, diff) serves every stream of the group."""
         snapshot = self.group.snapshot(type_url) if self.group is not None else None
-        if snapshot is not None and target is snapshot.entries:
-            return snapshot.version
-        return content_version(target)
+        return snapshot if snapshot is not None and target is snapshot.entries else None
+
+    def _version(self, type_url: str, target: Mapping[str, Entry]) -> str:
+        whole = self._whole(type_url, target)
+        return whole.version if whole is not None else content_version(target)
 
     def desired_version(self, type_url: str) -> str:
         """The version the proxy should end up with (a held removal is not there yet)."""
@@ -420,18 +431,14 @@ class Stream:
             changed = self._changes(type_url, st.acked, target)
             if changed:
                 return [e.any for e in changed]
-        snapshot = self.group.snapshot(type_url) if self.group is not None else None
-        if snapshot is not None and target is snapshot.entries:
-            return snapshot.anys
-        return [target[n].any for n in sorted(target)]
+        whole = self._whole(type_url, target)
+        return whole.anys if whole is not None else [target[n].any for n in sorted(target)]
 
     def _changes(
         self, type_url: str, old: Mapping[str, Entry], target: Mapping[str, Entry]
     ) -> list[Entry]:
-        snapshot = self.group.snapshot(type_url) if self.group is not None else None
-        if snapshot is not None and target is snapshot.entries:
-            return snapshot.changed_since(old)  # shared by the group's streams
-        return changed_entries(old, target)
+        whole = self._whole(type_url, target)
+        return whole.changed_since(old) if whole is not None else changed_entries(old, target)
 
     def _delta(
         self,
