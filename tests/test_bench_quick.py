@@ -21,6 +21,7 @@ EXPECTED = [
     "server_rss_per_stream_kib",
     "translate_serialize_ms",
     "envoy_ack_10k_s",
+    "one_weight_repacked",
     "one_weight_delta_bytes",
     "one_weight_sotw_bytes",
     "churn_changes_per_s",
@@ -50,4 +51,6 @@ def test_quick_bench_produces_every_figure(tmp_path):
         for v in values:
             assert isinstance(v, int | float) and not math.isnan(v), (key, v)
     assert len(results["fanout_all_acked_ms_p99"]) == 2  # one per N
+    # Not a time: a one-weight change re-serializes exactly one resource at any size.
+    assert results["one_weight_repacked"] == 1
     assert "figure" in proc.stdout and "push_ack_ms_p99" in proc.stdout
