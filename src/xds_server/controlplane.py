@@ -285,7 +285,7 @@ class ControlPlane:
     def _push(self) -> set[str]:
         # Translated once per kind of proxy connected (node labels, gRPC or Envoy): see
         # xds/cache.py. The builder is kept for kinds that connect later.
-        resources, options = self.store.resources(), self.options
+        resources, options = self.store.index, self.options  # the set validation indexed
         # Memos of the kinds of proxy still connected (a later kind gets its own).
         memos = self._memos = {p: self._memos.get(p, Memo()) for p in self.cache.groups}
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from .errors import ConfigError, Problem
+from .index import ConfigIndex
 from .model import Resource, resource_type
 from .validate import CheckMemory, duplicates, validate
 
@@ -125,6 +126,7 @@ class ConfigStore:
         self.revision = 0
         self.persist = persist
         self.checks = CheckMemory()  # clean per-resource checks, reused while unchanged
+        self.index = ConfigIndex([])  # look-ups over the current set, for translation too
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -240,9 +242,6 @@ class ConfigStore:
         dry_run: bool = False,
         saved: dict[Key, ObjectState] | None = None,
     ) -> list[Change]:
-        problems = validate(list(proposed.values()), self.checks)
-        if problems:
-            raise ConfigError(problems)
         revision = self.revision + 1
         now = _now()
         state: dict[Key, ObjectState] = {}
@@ -261,6 +260,11 @@ class ConfigStore:
             else:
                 state[key], actions[key] = old_state, UNCHANGED
                 proposed[key] = old
+        resources = list(proposed.values())  # unchanged ones as the objects already held
+        index = ConfigIndex(resources)
+        problems = validate(resources, self.checks, index)
+        if problems:
+            raise ConfigError(problems)
         changes = [Change(*k, DELETED) for k in self._resources if k not in proposed] + [
             Change(*k, actions[k], state[k].resource_version) for k in touched
         ]
@@ -270,4 +274,5 @@ class ConfigStore:
         if self.persist is not None:
             self.persist([Stored(proposed[k], state[k]) for k in sorted(proposed)])
         self._resources, self._state, self.revision = proposed, state, revision
+        self.index = index
         return changes

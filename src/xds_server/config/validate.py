@@ -500,12 +500,17 @@ class CheckMemory:
 # --- Public API ----------------------------------------------------------------------------
 
 
-def validate(resources: Sequence[Resource], memory: CheckMemory | None = None) -> list[Problem]:
+def validate(
+    resources: Sequence[Resource],
+    memory: CheckMemory | None = None,
+    index: ConfigIndex | None = None,
+) -> list[Problem]:
     """Every problem in one consistent set of resources, in reading order. ``memory``: the
     clean results of an earlier run, reused for resources whose look-ups give the same
-    answers (the problems found are the same either way)."""
+    answers (the problems found are the same either way). ``index``: the look-ups over
+    ``resources``, if the caller has built them already."""
     problems: list[Problem] = []
-    index = ConfigIndex(resources)
+    index = index if index is not None else ConfigIndex(resources)
     _check_duplicates(resources, problems)
     memory = memory if memory is not None else CheckMemory()
     memory.start_run()
