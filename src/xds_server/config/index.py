@@ -33,6 +33,15 @@ def split_ref(ref: str, namespace: str) -> tuple[str, str]:
     return namespace, ref
 
 
+def same(a: object, b: object) -> bool:
+    """The same object or an equal one; lists and tuples element by element. Identity is
+    tried first: reused results (validation's and translation's memories) hold the very
+    objects the store keeps, so the deep comparison rarely runs."""
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
+    return a is b or a == b
+
+
 def selects(labels: dict[str, str], selector: dict[str, str]) -> bool:
     """A selector matches when every one of its labels is present with the same value."""
     return all(labels.get(k) == v for k, v in selector.items())

@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, Problem
-from .index import ConfigIndex, canonical_host, split_ref
+from .index import ConfigIndex, canonical_host, same, split_ref
 from .load import (
     DNS1123_LABEL_RULE,
     Reporter,
@@ -457,12 +457,6 @@ class _Recorder:
     services = property(lambda self: self._table("services"))
 
 
-def _same(a: object, b: object) -> bool:
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
-    return a is b or a == b
-
-
 class CheckMemory:
     """A resource's own checks, kept between runs when they found nothing: they are not run
     again while the resource is unchanged and every look-up it made (a gateway by name, the
@@ -483,7 +477,7 @@ class CheckMemory:
         if (
             hit is not None
             and (hit[0] is r or hit[0] == r)
-            and all(_same(getattr(index, name)(*args), was) for name, args, was in hit[1])
+            and all(same(getattr(index, name)(*args), was) for name, args, was in hit[1])
         ):
             self._now[r.key] = hit
             self.reused += 1

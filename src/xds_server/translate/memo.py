@@ -12,11 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
+from ..config.index import same
+
 T = TypeVar("T")
-
-
-def _same(a: tuple, b: tuple) -> bool:
-    return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
 
 
 class Memo:
@@ -29,7 +27,7 @@ class Memo:
 
     def get(self, key: Hashable, inputs: tuple, build: Callable[[], T]) -> T:
         hit = self._last.get(key)
-        if hit is not None and _same(hit[0], inputs):
+        if hit is not None and same(hit[0], inputs):
             self.reused += 1
             result = hit[1]
         else:
