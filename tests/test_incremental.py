@@ -9,7 +9,11 @@ import pytest
 
 from xds_server import ControlPlane
 from xds_server.bench.common import BASE_PORT, config_yaml, route_yaml
+from xds_server.config.errors import ConfigError
+from xds_server.config.index import ConfigIndex
 from xds_server.config.load import load_text
+from xds_server.config.reuse import Reuse
+from xds_server.config.store import ConfigStore
 from xds_server.config.validate import CheckMemory, validate
 from xds_server.lab.lab import SAMPLES
 from xds_server.translate import (
@@ -48,6 +52,21 @@ V2 = "      version: v2\n"
 HOST = "  host: tcp-echo\n"
 SUBSET_V2 = "  - name: v2\n    labels:\n" + V2
 MORE_PORTS = "  - {number: 9009, name: tcp-more, protocol: TCP}\n  resolution: STATIC"
+PORT, V1 = "number: 31400", "version: v1"
+HOSTS, RENAMED = "  hosts:\n  - tcp-echo\n", "  hosts:\n  - tcp-echo-renamed\n"
+OTHER, SECOND = "name: tcp-other", "name: tcp-second"
+SELECTOR = "  workloadSelector:\n    labels:\n      app: tcp-echo\n"
+PICKS_NOTHING = SELECTOR.replace("tcp-echo", "nothing")
+SECOND_ENTRY = """\
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: tcp-echo-again}
+spec:
+  hosts: [tcp-echo]
+  ports: [{number: 9000, name: tcp, protocol: TCP}]
+  endpoints: [{address: 127.0.0.1}]
+"""
 
 # Each step is the whole config after one more change.
 STEPS = [
@@ -59,8 +78,22 @@ STEPS = [
     ("a rule-wide policy", config(all_v1=ALL_V1.replace(HOST, HOST + POLICY))),
     ("a service port more", config(services=SERVICES.replace("  resolution: STATIC", MORE_PORTS))),
     ("the task again", config()),
+    # An invalid step after a valid one: an unchanged resource whose check was clean and
+    # whose reference changed under it must be checked again.
     ("no v2 subset (invalid)", config(all_v1=ALL_V1.replace(SUBSET_V2, ""))),
+    ("the task, subset back", config()),
+    ("the gateway port moved (invalid)", config(all_v1=ALL_V1.replace(PORT, "number: 31401"))),
+    ("the task, port back", config()),
+    ("the service renamed (invalid)", config(services=SERVICES.replace(HOSTS, RENAMED))),
+    ("the task, name back", config()),
+    ("a service port renamed (invalid)", config(services=SERVICES.replace(OTHER, SECOND))),
+    ("the task, port name back", config()),
     ("no gateway (invalid)", without("Gateway")),
+    ("a second entry for the host (invalid)", config() + SECOND_ENTRY),
+    ("v2's workload relabelled v1", config(services=SERVICES.replace("version: v2", V1))),
+    ("the task after relabelling", config()),
+    ("the selector picks nothing", config(services=SERVICES.replace(SELECTOR, PICKS_NOTHING))),
+    ("the task, selected again", config()),
     ("no workload entries", without("WorkloadEntry")),
     ("the task once more", config()),
 ]  # fmt: skip
@@ -74,20 +107,42 @@ def serialized(resources) -> dict:
 
 
 def test_the_steps_change_what_they_say():
-    """The sequence is worth comparing: each valid step differs from the one before (in
-    Istio's shape, where every service port has clusters)."""
+    """The sequence is worth comparing: each valid step that follows a valid one differs
+    from it (in Istio's shape, where every service port has clusters)."""
     options = TranslateOptions(split=ISTIO)
-    outputs = [serialized(translate(load_text(text), options)) for _, text in STEPS[:8]]
-    assert all(a != b for a, b in zip(outputs, outputs[1:], strict=False))
+    outputs = [
+        None if "(invalid)" in label else serialized(translate(load_text(text), options))
+        for label, text in STEPS
+    ]
+    pairs = [(a, b) for a, b in zip(outputs, outputs[1:], strict=False) if a and b]
+    assert len(pairs) >= 10 and all(a != b for a, b in pairs)
+
+
+def through_a_store():
+    """Each step replaces the whole config of one ConfigStore, as a reloaded config
+    directory does: unchanged resources keep their objects, so the memories reuse what
+    they can. Yields (label, the step's resources, what the store found wrong, store)."""
+    store = ConfigStore()
+    for label, text in STEPS:
+        resources = load_text(text)
+        try:
+            store.replace(resources)
+        except ConfigError as e:
+            yield label, resources, e.problems, store
+        else:
+            yield label, resources, [], store
 
 
 def test_check_memory_finds_what_a_fresh_validation_finds():
-    memory = CheckMemory()
-    for label, text in STEPS:
-        resources = load_text(text)
-        assert validate(resources, memory) == validate(resources), label
+    checked = {}
+    for label, resources, problems, store in through_a_store():
+        assert problems == validate(resources), label
+        checked[label] = store.checks.checked
     invalid = [label for label, text in STEPS if validate(load_text(text))]
-    assert invalid == ["no v2 subset (invalid)", "no gateway (invalid)"]
+    assert invalid == [label for label, _ in STEPS if "(invalid)" in label]
+    assert len(invalid) == 6
+    # Not fresh runs in disguise: a weight change checks its VirtualService only.
+    assert checked["a weight change"] == 1
 
 
 def test_check_memory_rechecks_an_unchanged_resource_whose_reference_went_away():
@@ -111,11 +166,10 @@ def test_check_memory_rechecks_an_unchanged_resource_whose_reference_went_away()
 def test_memo_translation_equals_a_fresh_one(split, node):
     options = TranslateOptions(split=split)
     memo = Memo()
-    for label, text in STEPS:
-        resources = load_text(text)
-        if validate(resources):
+    for label, resources, problems, store in through_a_store():
+        if problems:
             continue  # translation runs on valid configs only
-        assert serialized(translate(resources, options, node, memo)) == serialized(
+        assert serialized(translate(store.index, options, node, memo)) == serialized(
             translate(resources, options, node)
         ), label
 
@@ -147,3 +201,26 @@ def test_one_weight_among_many_services_repacks_one_resource():
     [(type_url, [name])] = [(t, n) for t, n in changed.items() if n]
     assert type_url.endswith("ClusterLoadAssignment") and name == "route|default/svc-00007|tcp[0]"
     assert cp.store.checks.checked == 1  # only the changed VirtualService was checked again
+
+
+def test_reuse_works_again_when_a_selected_workload_changes():
+    """A result that read a ServiceEntry's selected WorkloadEntries depends on every entry
+    of the namespace: reused while they are the same objects, worked out again when one
+    changes."""
+    resources = load_text(config())
+    [se] = [r for r in resources if r.kind == "ServiceEntry"]
+    reuse: Reuse[list] = Reuse()
+    for _ in range(2):
+        index = ConfigIndex(resources)
+        reuse.start_run(resources)
+        first = reuse.get(se, index, index.selected, se)
+    assert (reuse.computed, reuse.reused) == (0, 1)
+    relabelled = load_text(config(services=SERVICES.replace("version: v2", V1)))
+    changed = [r for r in resources if r.kind != "WorkloadEntry"] + [
+        r for r in relabelled if r.kind == "WorkloadEntry"
+    ]
+    index = ConfigIndex(changed)
+    reuse.start_run(changed)
+    again = reuse.get(se, index, index.selected, se)
+    assert reuse.computed == 1 and again != first
+    assert [we.endpoint.labels["version"] for we in again] == ["v1", "v1"]

@@ -1,9 +1,14 @@
 """Look-ups across resources (host -> service, subset, gateway), shared by validation and
-translation so that both resolve a reference the same way."""
+translation so that both resolve a reference the same way.
+
+Each look-up names what it depends on (a ``Dep``: the gateway ``ns/name``, the service or
+rule of a host, the selectors or workloads of a namespace); ``provides`` says which of
+those a resource can answer. While tracking (``track``), the index notes the deps of the
+look-ups made, so that config/reuse.py can keep a result until one of them changes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 
 from .model import (
     DestinationRule,
@@ -18,6 +23,10 @@ from .model import (
 )
 
 CLUSTER_DOMAIN = "svc.cluster.local"
+
+Dep = Hashable
+"""What a look-up's answer depends on: ("gateway", (ns, name)), ("host", host),
+("rule", host), ("selectors", ns) or ("workloads", ns); hosts are canonical."""
 
 
 def canonical_host(host: str, namespace: str) -> str:
@@ -51,28 +60,54 @@ def _key(r: Resource) -> tuple[str, str, str]:
     return r.key
 
 
+def provides(r: Resource) -> list[Dep]:
+    """The deps whose answer ``r`` can be (or change, by coming or going): one resource
+    changed means only the look-ups with these deps may answer differently."""
+    ns = r.meta.namespace
+    if isinstance(r, Gateway):
+        return [("gateway", (ns, r.meta.name))]
+    if isinstance(r, ServiceEntry):
+        deps: list[Dep] = [("host", canonical_host(h, ns)) for h in r.hosts]
+        return deps + [("selectors", ns)] if r.workload_selector is not None else deps
+    if isinstance(r, DestinationRule):
+        return [("rule", canonical_host(r.host, ns))]
+    if isinstance(r, WorkloadEntry):
+        return [("workloads", ns)]
+    return []  # nothing looks a VirtualService up
+
+
 class ConfigIndex:
     """An immutable view over one set of resources. Where validation reports a clash
     (a duplicate name, two rules for one host), the first in namespace/name order wins."""
 
     def __init__(self, resources: Iterable[Resource]) -> None:
+        self.deps: list[Dep] | None = None  # notes while tracking
+        self._whole = False  # a whole table was read while tracking
         self.resources = list(resources)
-        self.gateways: dict[tuple[str, str], Gateway] = {}
+        self._gateways: dict[tuple[str, str], Gateway] = {}
         self.virtual_services: list[VirtualService] = []
         self.destination_rules: dict[str, DestinationRule] = {}
-        self.services: dict[str, ServiceEntry] = {}
+        self._services: dict[str, ServiceEntry] = {}
         self.workload_entries: list[WorkloadEntry] = []
         self._ports: dict[tuple, dict[int, None]] = {}
-        for r in sorted(self.resources, key=lambda r: r.key):
+        # (resource, field path, host, the resource that declared it first): a second
+        # DestinationRule or ServiceEntry for one host, which the tables leave out.
+        self.clashes: list[tuple[Resource, str, str, Resource]] = []
+        for r in sorted(self.resources, key=_key):
+            ns = r.meta.namespace
             if isinstance(r, Gateway):
-                self.gateways.setdefault((r.meta.namespace, r.meta.name), r)
+                self._gateways.setdefault((ns, r.meta.name), r)
             elif isinstance(r, VirtualService):
                 self.virtual_services.append(r)
             elif isinstance(r, DestinationRule):
-                self.destination_rules.setdefault(canonical_host(r.host, r.meta.namespace), r)
+                owner = self.destination_rules.setdefault(canonical_host(r.host, ns), r)
+                if owner is not r and r.host:
+                    self.clashes.append((r, "spec.host", r.host, owner))
             elif isinstance(r, ServiceEntry):
-                for h in r.hosts:
-                    self.services.setdefault(canonical_host(h, r.meta.namespace), r)
+                for i, h in enumerate(r.hosts):
+                    owner = self._services.setdefault(canonical_host(h, ns), r)
+                    if owner is not r:
+                        self.clashes.append((r, f"spec.hosts[{i}]", h, owner))
             elif isinstance(r, WorkloadEntry):
                 self.workload_entries.append(r)
         # (namespace, label, value) -> the WorkloadEntries carrying it: a selector looks up
@@ -82,10 +117,40 @@ class ConfigIndex:
             for k, v in we.endpoint.labels.items():
                 self._by_label.setdefault((we.meta.namespace, k, v), []).append(we)
         self._selected: dict[tuple, list[WorkloadEntry]] = {}
-        self._selecting: dict[tuple, list[ServiceEntry]] | None = None
+        # The reverse: WorkloadEntry key -> the ServiceEntries picking it.
+        self._selecting: dict[tuple, list[ServiceEntry]] = {}
+        if self.workload_entries:
+            for se in sorted(self.all_services(), key=_key):
+                for picked in self.selected(se):
+                    self._selecting.setdefault(picked.key, []).append(se)
+
+    def track(self) -> list[Dep]:
+        """Note the deps of every look-up from now on, in the list returned."""
+        self.deps, self._whole = [], False
+        return self.deps
+
+    def untrack(self) -> bool:
+        """Stop noting; True if the notes are complete (no whole table was read, which any
+        change could answer differently)."""
+        self.deps = None
+        return not self._whole
+
+    @property
+    def gateways(self) -> dict[tuple[str, str], Gateway]:
+        self._whole = True
+        return self._gateways
+
+    @property
+    def services(self) -> dict[str, ServiceEntry]:
+        """Host -> the ServiceEntry that declares it."""
+        self._whole = True
+        return self._services
 
     def gateway(self, ref: str, namespace: str) -> Gateway | None:
-        return self.gateways.get(split_ref(ref, namespace))
+        key = split_ref(ref, namespace)
+        if self.deps is not None:
+            self.deps.append(("gateway", key))
+        return self._gateways.get(key)
 
     def server_ports(self, gw: Gateway) -> dict[int, None]:
         """A gateway's server port numbers, each once, in order (a dict: ordered, and a
@@ -96,10 +161,16 @@ class ConfigIndex:
         return ports
 
     def service(self, host: str, namespace: str) -> ServiceEntry | None:
-        return self.services.get(canonical_host(host, namespace))
+        host = canonical_host(host, namespace)
+        if self.deps is not None:
+            self.deps.append(("host", host))
+        return self._services.get(host)
 
     def destination_rule(self, host: str, namespace: str) -> DestinationRule | None:
-        return self.destination_rules.get(canonical_host(host, namespace))
+        host = canonical_host(host, namespace)
+        if self.deps is not None:
+            self.deps.append(("rule", host))
+        return self.destination_rules.get(host)
 
     def subset(self, host: str, namespace: str, name: str) -> Subset | None:
         dr = self.destination_rule(host, namespace)
@@ -125,6 +196,8 @@ class ConfigIndex:
         selector = se.workload_selector
         if selector is None:
             return []
+        if self.deps is not None:
+            self.deps.append(("workloads", se.meta.namespace))
         found = self._selected.get(se.key)
         if found is None:
             ns = se.meta.namespace
@@ -138,13 +211,9 @@ class ConfigIndex:
         return found
 
     def selecting(self, we: WorkloadEntry) -> list[ServiceEntry]:
-        """The ServiceEntries whose ``workloadSelector`` picks ``we`` (the reverse look-up,
-        built on first use)."""
-        if self._selecting is None:
-            self._selecting = {}
-            for se in sorted(self.all_services(), key=_key):
-                for picked in self.selected(se):
-                    self._selecting.setdefault(picked.key, []).append(se)
+        """The ServiceEntries whose ``workloadSelector`` picks ``we``."""
+        if self.deps is not None:
+            self.deps.append(("selectors", we.meta.namespace))
         return self._selecting.get(we.key, [])
 
     def all_services(self) -> list[ServiceEntry]:

@@ -259,7 +259,10 @@ class ConfigStore:
                 actions[key] = CONFIGURED
             else:
                 state[key], actions[key] = old_state, UNCHANGED
-                proposed[key] = old
+                if old.source == r.source and old.lines == r.lines:
+                    # The very object held: memories reuse by identity. Written elsewhere
+                    # (moved in its file), it is a new one, so messages point at it.
+                    proposed[key] = old
         resources = list(proposed.values())  # unchanged ones as the objects already held
         index = ConfigIndex(resources)
         problems = validate(resources, self.checks, index)

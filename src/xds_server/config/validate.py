@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable, Sequence
 
 from .errors import ConfigError, Problem
-from .index import ConfigIndex, canonical_host, same, split_ref
+from .index import ConfigIndex, canonical_host, split_ref
 from .load import (
     DNS1123_LABEL_RULE,
     Reporter,
@@ -38,6 +38,7 @@ from .model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
+from .reuse import Reuse
 from .routing import MESH, route_bindings
 
 MAX_PORT = 65535
@@ -104,12 +105,12 @@ def _check_gateway_ports(index: ConfigIndex, problems: list[Problem]) -> None:
     belong to only one server across all Gateways."""
     owners: dict[int, tuple[Gateway, int]] = {}
     for gw in index.gateways.values():
-        rep = Reporter.for_resource(gw, problems)
         for i, server in enumerate(gw.servers):
             number = server.port.number
             if number not in owners:
                 owners[number] = (gw, i)
                 continue
+            rep = Reporter.for_resource(gw, problems)
             path = item("spec.servers", i)
             owner, first = owners[number]
             owner_path = item("spec.servers", first)
@@ -245,21 +246,33 @@ def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex
         _check_route(rep, item("spec.tcp", i), route, vs, index)
 
 
-def _check_route_conflicts(index: ConfigIndex, problems: list[Problem]) -> None:
+def _check_route_conflicts(
+    index: ConfigIndex, problems: list[Problem], reuse: Reuse[list] | None = None
+) -> None:
     """Each (gateway, port) is served by one VirtualService: the first in namespace/name
-    order, as translation does. Later claims are errors, not silently ignored routes."""
+    order, as translation does. Later claims are errors, not silently ignored routes.
+    ``reuse``: each VirtualService's bindings from earlier runs."""
     owners: dict[tuple[tuple, int], VirtualService] = {}
-    for vs in sorted(index.virtual_services, key=lambda v: v.key):
-        rep = Reporter.for_resource(vs, problems)
+    reuse = reuse or Reuse()
+    for vs in index.virtual_services:  # in namespace/name order
+        claims = reuse.get(vs, index, _claims, index, vs)
         reported = set()
-        for i, route in enumerate(vs.tcp):
-            for gw, port in route_bindings(index, vs, route):
-                key = (gw.key, port)
-                owner = owners.setdefault(key, vs)
-                if owner.key != vs.key and key not in reported:  # same key: a duplicate
-                    reported.add(key)
-                    message = f"gateway {gw.ref} port {port} is already routed by {_ref(owner)}"
-                    rep.add(item("spec.tcp", i), message)
+        for i, gw, port in claims:
+            key = (gw.key, port)
+            owner = owners.setdefault(key, vs)
+            if owner.key != vs.key and key not in reported:  # same key: a duplicate
+                reported.add(key)
+                message = f"gateway {gw.ref} port {port} is already routed by {_ref(owner)}"
+                Reporter.for_resource(vs, problems).add(item("spec.tcp", i), message)
+
+
+def _claims(index: ConfigIndex, vs: VirtualService) -> list[tuple[int, Gateway, int]]:
+    """(route position, gateway, port) for each binding of each route."""
+    return [
+        (i, gw, port)
+        for i, route in enumerate(vs.tcp)
+        for gw, port in route_bindings(index, vs, route)
+    ]
 
 
 # --- DestinationRule -----------------------------------------------------------------------
@@ -390,21 +403,10 @@ def _check_duplicates(resources: Sequence[Resource], problems: list[Problem]) ->
 def _check_shared_hosts(index: ConfigIndex, problems: list[Problem]) -> None:
     """One DestinationRule and one ServiceEntry per host; the index keeps only the first
     (in namespace/name order), so later ones would be silently ignored."""
-    rules: dict[str, DestinationRule] = {}
-    services: dict[str, ServiceEntry] = {}
-    for r in sorted(index.resources, key=lambda r: r.key):
-        rep = Reporter.for_resource(r, problems)
-        if isinstance(r, DestinationRule) and r.host:
-            _claim_host(rep, "spec.host", r, r.host, rules)
-        elif isinstance(r, ServiceEntry):
-            for i, host in enumerate(r.hosts):
-                _claim_host(rep, item("spec.hosts", i), r, host, services)
-
-
-def _claim_host(rep: Reporter, path: str, r: Resource, host: str, owners: dict) -> None:
-    owner = owners.setdefault(canonical_host(host, r.meta.namespace), r)
-    if owner is not r and owner.key != r.key:
-        rep.add(path, f"host {host} is already declared by {_ref(owner)}")
+    for r, path, host, owner in index.clashes:
+        if owner.key != r.key:  # the same key twice: reported as a duplicate
+            message = f"host {host} is already declared by {_ref(owner)}"
+            Reporter.for_resource(r, problems).add(path, message)
 
 
 CHECKS: dict[type, Callable[..., None]] = {
@@ -416,79 +418,40 @@ CHECKS: dict[type, Callable[..., None]] = {
 }
 
 
-class _Recorder:
-    """Stands in for the index while one resource is checked, and notes each look-up of
-    another resource with its answer. Reading a whole table (for a hint, on an error path)
-    makes the result one that cannot be replayed."""
-
-    def __init__(self, index: ConfigIndex) -> None:
-        self._index = index
-        self.calls: list[tuple[str, tuple, object]] = []
-        self.replayable = True
-        # Functions of what an earlier look-up returned: nothing to note.
-        self.server_ports = index.server_ports
-        self.service_port = index.service_port
-
-    def _note(self, name: str, *args):
-        result = getattr(self._index, name)(*args)
-        self.calls.append((name, args, result))
-        return result
-
-    def gateway(self, ref: str, namespace: str):
-        return self._note("gateway", ref, namespace)
-
-    def service(self, host: str, namespace: str):
-        return self._note("service", host, namespace)
-
-    def destination_rule(self, host: str, namespace: str):
-        return self._note("destination_rule", host, namespace)
-
-    def subset(self, host: str, namespace: str, name: str):
-        return self._note("subset", host, namespace, name)
-
-    def selecting(self, we: WorkloadEntry):
-        return self._note("selecting", we)
-
-    def _table(self, name: str):
-        self.replayable = False
-        return getattr(self._index, name)
-
-    gateways = property(lambda self: self._table("gateways"))
-    services = property(lambda self: self._table("services"))
-
-
 class CheckMemory:
     """A resource's own checks, kept between runs when they found nothing: they are not run
-    again while the resource is unchanged and every look-up it made (a gateway by name, the
-    service of a host, ...) answers the same. Applying one weight to a 10k-service config
-    then checks one VirtualService, not 30k resources."""
+    again while the resource is unchanged and nothing its look-ups depend on (a gateway by
+    name, the service of a host, ...) changed (config/reuse.py). Applying one weight to a
+    10k-service config then checks one VirtualService, not 30k resources."""
 
     def __init__(self) -> None:
-        self._last: dict[tuple, tuple[Resource, list]] = {}
-        self._now: dict[tuple, tuple[Resource, list]] = {}
-        self.checked = self.reused = 0
+        self._reuse: Reuse[list[Problem]] = Reuse()
+        self.claims: Reuse[list] = Reuse()  # each VirtualService's (gateway, port) claims
 
-    def start_run(self) -> None:
-        self._last, self._now = self._now, {}
-        self.checked = self.reused = 0
+    @property
+    def checked(self) -> int:
+        return self._reuse.computed
+
+    @property
+    def reused(self) -> int:
+        return self._reuse.reused
+
+    def start_run(self, resources: Sequence[Resource]) -> None:
+        self._reuse.start_run(resources)
+        self.claims.start_run(resources)
 
     def check(self, r: Resource, index: ConfigIndex, problems: list[Problem]) -> None:
-        hit = self._last.get(r.key)
-        if (
-            hit is not None
-            and (hit[0] is r or hit[0] == r)
-            and all(same(getattr(index, name)(*args), was) for name, args, was in hit[1])
-        ):
-            self._now[r.key] = hit
-            self.reused += 1
-            return
-        self.checked += 1
-        found: list[Problem] = []
-        recorder = _Recorder(index)
-        CHECKS[type(r)](r, Reporter.for_resource(r, found), recorder)
-        problems += found
-        if not found and recorder.replayable:
-            self._now[r.key] = (r, recorder.calls)
+        problems += self._reuse.get(r, index, _check, r, index, keep=_clean)
+
+
+def _check(r: Resource, index: ConfigIndex) -> list[Problem]:
+    found: list[Problem] = []
+    CHECKS[type(r)](r, Reporter.for_resource(r, found), index)
+    return found
+
+
+def _clean(found: list[Problem]) -> bool:
+    return not found
 
 
 # --- Public API ----------------------------------------------------------------------------
@@ -507,11 +470,11 @@ def validate(
     index = index if index is not None else ConfigIndex(resources)
     _check_duplicates(resources, problems)
     memory = memory if memory is not None else CheckMemory()
-    memory.start_run()
+    memory.start_run(resources)
     for r in resources:
         memory.check(r, index, problems)
     _check_gateway_ports(index, problems)
-    _check_route_conflicts(index, problems)
+    _check_route_conflicts(index, problems, memory.claims)
     _check_shared_hosts(index, problems)
     return sort_problems(problems, [r.source.file for r in resources])
 

@@ -13,6 +13,8 @@ from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
 from ..config.index import same
+from ..config.reuse import Reuse
+from ..config.routing import BoundRoute
 
 T = TypeVar("T")
 
@@ -24,6 +26,7 @@ class Memo:
         self._last: dict[Hashable, tuple[tuple, Any]] = {}
         self._now: dict[Hashable, tuple[tuple, Any]] = {}
         self.built = self.reused = 0  # in the last run, for benchmarks and tests
+        self.routes: Reuse[list[BoundRoute]] = Reuse()  # each VirtualService's bound routes
 
     def get(self, key: Hashable, inputs: tuple, build: Callable[[], T]) -> T:
         hit = self._last.get(key)

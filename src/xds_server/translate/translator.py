@@ -51,7 +51,8 @@ def translate(
         )
     if node.transport != ADS:
         options = replace(options, eds_api_type=node.transport)
-    routes = bind_routes(index)
+    memo.routes.start_run(index.resources)
+    routes = bind_routes(index, memo.routes)
     out = Resources()
     if options.split == ISTIO:
         _istio_shape(index, routes, options, out, memo)
