@@ -8,6 +8,7 @@ look-ups made, so that config/reuse.py can keep a result until one of them chang
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable, Iterable
 
 from .model import (
@@ -46,9 +47,14 @@ def same(a: object, b: object) -> bool:
     """The same object or an equal one; lists and tuples element by element. Identity is
     tried first: reused results (validation's and translation's memories) hold the very
     objects the store keeps, so the deep comparison rarely runs."""
+    if a is b:
+        return True
     if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(x is y or x == y for x, y in zip(a, b, strict=True))
-    return a is b or a == b
+        return len(a) == len(b) and (
+            all(map(operator.is_, a, b))  # the usual answer, found in C
+            or all(x is y or x == y for x, y in zip(a, b, strict=True))
+        )
+    return a == b
 
 
 def selects(labels: dict[str, str], selector: dict[str, str]) -> bool:

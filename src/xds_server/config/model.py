@@ -42,7 +42,7 @@ class Resource:
         """kind, namespace, name (kept: it is looked up a few times per resource and apply)."""
         return (self.kind, self.meta.namespace, self.meta.name)
 
-    @functools.cached_property
+    @property  # not cached: functools.cached_property takes a lock, dearer than this
     def ref(self) -> str:
         """``namespace/name``, the way istioctl prints a resource."""
         return f"{self.meta.namespace}/{self.meta.name}"

@@ -50,7 +50,7 @@ class Reuse(Generic[T]):
         index: ConfigIndex,
         work: Callable[..., T],
         *args: Any,
-        keep: Callable[[T], bool] = lambda _result: True,
+        keep: Callable[[T], bool] | None = None,
     ) -> T:
         """``work(*args)`` for ``r`` (it reads ``r`` and looks things up in ``index``), or
         its result from an earlier run when still true. ``keep``: whether a new result may
@@ -66,6 +66,6 @@ class Reuse(Generic[T]):
             result = work(*args)
         finally:
             complete = index.untrack()
-        if complete and keep(result):
+        if complete and (keep is None or keep(result)):
             self._now[r.key] = (r, deps, result)
         return result

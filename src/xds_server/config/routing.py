@@ -5,7 +5,7 @@ Shared by translation and validation so that both read a VirtualService the same
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .index import ConfigIndex, canonical_host
 from .model import (
@@ -33,8 +33,11 @@ def effective_weights(route: TCPRoute) -> list[tuple[RouteDestination, int]]:
     return [(d, d.weight) for d in route.route if d.weight]
 
 
-@dataclass(frozen=True)
-class Backend:
+# Named tuples, not frozen dataclasses: built 30k times for a 10k-service config, at a
+# fifth of the cost.
+
+
+class Backend(NamedTuple):
     """A weighted destination resolved to its service, port and subset."""
 
     host: str  # as the ServiceEntry declares it
@@ -48,8 +51,7 @@ class Backend:
         return self.subset.name if self.subset else ""
 
 
-@dataclass(frozen=True)
-class BoundRoute:
+class BoundRoute(NamedTuple):
     """The route that serves one gateway port."""
 
     port: int
@@ -59,6 +61,9 @@ class BoundRoute:
 
 
 def declared_host(se: ServiceEntry, host: str, namespace: str) -> str:
+    """How ``se`` (found by ``host``) spells that host."""
+    if len(se.hosts) == 1:
+        return se.hosts[0]
     wanted = canonical_host(host, namespace)
     return next(h for h in se.hosts if canonical_host(h, se.meta.namespace) == wanted)
 

@@ -246,18 +246,19 @@ def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex
         _check_route(rep, item("spec.tcp", i), route, vs, index)
 
 
+Claim = tuple[int, Gateway, int]  # (position in spec.tcp, gateway, server port)
+
+
 def _check_route_conflicts(
-    index: ConfigIndex, problems: list[Problem], reuse: Reuse[list] | None = None
+    index: ConfigIndex, problems: list[Problem], claims: dict[int, list[Claim]]
 ) -> None:
     """Each (gateway, port) is served by one VirtualService: the first in namespace/name
     order, as translation does. Later claims are errors, not silently ignored routes.
-    ``reuse``: each VirtualService's bindings from earlier runs."""
+    ``claims``: each VirtualService's, by ``id``."""
     owners: dict[tuple[tuple, int], VirtualService] = {}
-    reuse = reuse or Reuse()
     for vs in index.virtual_services:  # in namespace/name order
-        claims = reuse.get(vs, index, _claims, index, vs)
         reported = set()
-        for i, gw, port in claims:
+        for i, gw, port in claims[id(vs)]:
             key = (gw.key, port)
             owner = owners.setdefault(key, vs)
             if owner.key != vs.key and key not in reported:  # same key: a duplicate
@@ -266,8 +267,8 @@ def _check_route_conflicts(
                 Reporter.for_resource(vs, problems).add(item("spec.tcp", i), message)
 
 
-def _claims(index: ConfigIndex, vs: VirtualService) -> list[tuple[int, Gateway, int]]:
-    """(route position, gateway, port) for each binding of each route."""
+def _claims(index: ConfigIndex, vs: VirtualService) -> list[Claim]:
+    """Each binding of each route."""
     return [
         (i, gw, port)
         for i, route in enumerate(vs.tcp)
@@ -425,8 +426,7 @@ class CheckMemory:
     10k-service config then checks one VirtualService, not 30k resources."""
 
     def __init__(self) -> None:
-        self._reuse: Reuse[list[Problem]] = Reuse()
-        self.claims: Reuse[list] = Reuse()  # each VirtualService's (gateway, port) claims
+        self._reuse: Reuse[tuple[list[Problem], list[Claim]]] = Reuse()
 
     @property
     def checked(self) -> int:
@@ -438,20 +438,23 @@ class CheckMemory:
 
     def start_run(self, resources: Sequence[Resource]) -> None:
         self._reuse.start_run(resources)
-        self.claims.start_run(resources)
 
-    def check(self, r: Resource, index: ConfigIndex, problems: list[Problem]) -> None:
-        problems += self._reuse.get(r, index, _check, r, index, keep=_clean)
+    def check(self, r: Resource, index: ConfigIndex, problems: list[Problem]) -> list[Claim]:
+        """Add ``r``'s problems; a VirtualService's claims are worked out (and kept) with
+        its checks, from the same look-ups."""
+        found, claims = self._reuse.get(r, index, _check, r, index, keep=_clean)
+        problems += found
+        return claims
 
 
-def _check(r: Resource, index: ConfigIndex) -> list[Problem]:
+def _check(r: Resource, index: ConfigIndex) -> tuple[list[Problem], list[Claim]]:
     found: list[Problem] = []
     CHECKS[type(r)](r, Reporter.for_resource(r, found), index)
-    return found
+    return found, _claims(index, r) if isinstance(r, VirtualService) else []
 
 
-def _clean(found: list[Problem]) -> bool:
-    return not found
+def _clean(result: tuple[list[Problem], list[Claim]]) -> bool:
+    return not result[0]
 
 
 # --- Public API ----------------------------------------------------------------------------
@@ -471,10 +474,9 @@ def validate(
     _check_duplicates(resources, problems)
     memory = memory if memory is not None else CheckMemory()
     memory.start_run(resources)
-    for r in resources:
-        memory.check(r, index, problems)
+    claims = {id(r): memory.check(r, index, problems) for r in resources}
     _check_gateway_ports(index, problems)
-    _check_route_conflicts(index, problems, memory.claims)
+    _check_route_conflicts(index, problems, claims)
     _check_shared_hosts(index, problems)
     return sort_problems(problems, [r.source.file for r in resources])
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 
-@dataclass(frozen=True)
-class LocalityGroup:
+class LocalityGroup(NamedTuple):
     """The endpoints of one destination; ``weight`` is its share of the route (None: no
     locality weighting)."""
 
