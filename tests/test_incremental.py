@@ -174,14 +174,16 @@ def test_memo_translation_equals_a_fresh_one(split, node):
         ), label
 
 
-def test_a_weight_change_rebuilds_one_cluster_and_reuses_the_rest():
+def test_a_weight_change_builds_one_assignment_and_keeps_the_rest():
+    """Translated again (new objects in, so nothing is reused whole), the route's cluster
+    and listener come out equal and are the earlier objects; the assignment is new."""
     memo = Memo()
     first = translate(load_text(STEPS[0][1]), TranslateOptions(), ANY_NODE, memo)
     second = translate(load_text(STEPS[1][1]), TranslateOptions(), ANY_NODE, memo)
-    assert (memo.built, memo.reused) == (1, 1)  # the route cluster; the listener
+    assert (memo.built, memo.kept) == (1, 2)
     [name] = first.clusters
-    assert second.clusters[name] is not first.clusters[name]
-    assert second.listeners == first.listeners
+    assert second.endpoints[name] is not first.endpoints[name]
+    assert second.clusters[name] is first.clusters[name]
     assert all(second.listeners[n] is first.listeners[n] for n in first.listeners)
 
 
@@ -201,6 +203,7 @@ def test_one_weight_among_many_services_repacks_one_resource():
     [(type_url, [name])] = [(t, n) for t, n in changed.items() if n]
     assert type_url.endswith("ClusterLoadAssignment") and name == "route|default/svc-00007|tcp[0]"
     assert cp.store.checks.checked == 1  # only the changed VirtualService was checked again
+    assert cp._memos[ANY_NODE].units.computed == 1  # and translated again
 
 
 def test_reuse_works_again_when_a_selected_workload_changes():
@@ -213,7 +216,7 @@ def test_reuse_works_again_when_a_selected_workload_changes():
     for _ in range(2):
         index = ConfigIndex(resources)
         reuse.start_run(resources)
-        first = reuse.get(se, index, index.selected, se)
+        first = reuse.get(se, index, ConfigIndex.selected, index, se)
     assert (reuse.computed, reuse.reused) == (0, 1)
     relabelled = load_text(config(services=SERVICES.replace("version: v2", V1)))
     changed = [r for r in resources if r.kind != "WorkloadEntry"] + [
@@ -221,6 +224,6 @@ def test_reuse_works_again_when_a_selected_workload_changes():
     ]
     index = ConfigIndex(changed)
     reuse.start_run(changed)
-    again = reuse.get(se, index, index.selected, se)
+    again = reuse.get(se, index, ConfigIndex.selected, index, se)
     assert reuse.computed == 1 and again != first
     assert [we.endpoint.labels["version"] for we in again] == ["v1", "v1"]

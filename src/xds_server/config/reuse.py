@@ -23,8 +23,8 @@ class Reuse(Generic[T]):
     def __init__(self) -> None:
         self._seen: dict[Key, Resource] = {}  # the last run's resources
         self._dirty: set[Dep] = set()  # deps that may answer differently in this run
-        self._last: dict[Key, tuple[Resource, list[Dep], T]] = {}
-        self._now: dict[Key, tuple[Resource, list[Dep], T]] = {}
+        self._last: dict[tuple, tuple[Resource, list[Dep], T]] = {}
+        self._now: dict[tuple, tuple[Resource, list[Dep], T]] = {}
         self.computed = self.reused = 0  # in the current run, for benchmarks and tests
 
     def start_run(self, resources: Iterable[Resource]) -> None:
@@ -54,10 +54,12 @@ class Reuse(Generic[T]):
     ) -> T:
         """``work(*args)`` for ``r`` (it reads ``r`` and looks things up in ``index``), or
         its result from an earlier run when still true. ``keep``: whether a new result may
-        be reused later."""
-        hit = self._last.get(r.key)
+        be reused later. Results are kept by resource and ``work``: one Reuse can hold
+        several kinds of result for one resource."""
+        key = (work, r.key)
+        hit = self._last.get(key)
         if hit is not None and hit[0] is r and self._dirty.isdisjoint(hit[1]):
-            self._now[r.key] = hit
+            self._now[key] = hit
             self.reused += 1
             return hit[2]
         self.computed += 1
@@ -67,5 +69,5 @@ class Reuse(Generic[T]):
         finally:
             complete = index.untrack()
         if complete and (keep is None or keep(result)):
-            self._now[r.key] = (r, deps, result)
+            self._now[key] = (r, deps, result)
         return result

@@ -17,7 +17,6 @@ from .model import (
     TCPRoute,
     VirtualService,
 )
-from .reuse import Reuse
 
 MESH = "mesh"  # Istio's reserved gateway name for sidecars: not served by a gateway proxy
 LONE_WEIGHT = 100
@@ -106,36 +105,24 @@ def route_bindings(
     return list(out.values())
 
 
-def bind_routes(
-    index: ConfigIndex, reuse: Reuse[list[BoundRoute]] | None = None
-) -> list[BoundRoute]:
-    """One route per gateway port: VirtualServices in namespace/name order, and inside one
-    the first matching route wins, as in Istio. ``reuse``: each VirtualService's routes
-    from earlier runs, kept while what they looked up is unchanged."""
-    bound: dict[int, BoundRoute] = {}
-    reuse = reuse or Reuse()
-    for vs in index.virtual_services:  # in namespace/name order
-        routes = reuse.get(vs, index, _routes_of, index, vs)
-        for br in routes:
-            bound.setdefault(br.port, br)
-    return [bound[p] for p in sorted(bound)]
-
-
-def _routes_of(index: ConfigIndex, vs: VirtualService) -> list[BoundRoute]:
-    """Every (route, gateway port) of one VirtualService, in order, whether it wins or not."""
-    out = []
+def vs_routes(index: ConfigIndex, vs: VirtualService) -> list[BoundRoute]:
+    """The gateway ports a VirtualService claims, each with the route that serves it: inside
+    one VirtualService the first matching route wins, as in Istio. Across VirtualServices,
+    the first in namespace/name order does (validation reports the others)."""
+    out: dict[int, BoundRoute] = {}
     for i, route in enumerate(vs.tcp):
-        ports = dict.fromkeys(port for _gw, port in route_bindings(index, vs, route))
+        ports = [port for _gw, port in route_bindings(index, vs, route) if port not in out]
         if ports:
             backends = tuple(resolve_backends(index, vs, route))
-            out += [BoundRoute(port, vs, i, backends) for port in ports]
-    return out
+            for port in ports:
+                out.setdefault(port, BoundRoute(port, vs, i, backends))
+    return list(out.values())
 
 
 __all__ = [
     "Backend",
     "BoundRoute",
-    "bind_routes",
+    "vs_routes",
     "effective_weights",
     "resolve_backends",
     "route_bindings",

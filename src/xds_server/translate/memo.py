@@ -1,44 +1,48 @@
 """Translation results kept from one run to the next, so that a change rebuilds (and the
-snapshot cache re-serializes) only the resources whose inputs changed.
+snapshot cache re-serializes) only what it touched.
 
-A result is found by what it builds (a resource name) and reused only when every input is
-the same object or equal to it (dataclass equality on the Istio model, which covers every
-field translation reads): the answer is the one a fresh translation would give, sooner.
-What a run did not use is dropped when the next run ends, so the memo holds one config.
+Two levels. What one resource translates to (a VirtualService's routes, clusters and
+listeners; a ServiceEntry's clusters) is kept with the deps of its look-ups
+(config/reuse.py) and reused whole while they are unchanged: a weight change in a
+10k-service config translates one VirtualService. A resource translated again keeps the
+earlier object of every output that came out equal, so the snapshot cache sees by identity
+that it is unchanged and does not serialize it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from ..config.index import same
+from google.protobuf.message import Message
+
+from ..config.model import Resource
 from ..config.reuse import Reuse
-from ..config.routing import BoundRoute
+from .options import TranslateOptions
+from .types import Resources
 
-T = TypeVar("T")
+M = TypeVar("M", bound=Message)
 
 
 class Memo:
     """One per kind of proxy (its translations differ); see ControlPlane._push."""
 
     def __init__(self) -> None:
-        self._last: dict[Hashable, tuple[tuple, Any]] = {}
-        self._now: dict[Hashable, tuple[tuple, Any]] = {}
-        self.built = self.reused = 0  # in the last run, for benchmarks and tests
-        self.routes: Reuse[list[BoundRoute]] = Reuse()  # each VirtualService's bound routes
+        self.units: Reuse = Reuse()
+        self.last = Resources()  # the previous run's output
+        self._options: TranslateOptions | None = None
+        self.built = self.kept = 0  # outputs of the resources translated again, last run
 
-    def get(self, key: Hashable, inputs: tuple, build: Callable[[], T]) -> T:
-        hit = self._last.get(key)
-        if hit is not None and same(hit[0], inputs):
-            self.reused += 1
-            result = hit[1]
-        else:
-            self.built += 1
-            result = build()
-        self._now[key] = (inputs, result)
-        return result
+    def start_run(self, resources: list[Resource], options: TranslateOptions) -> None:
+        if options != self._options:  # every result read the options: none still holds
+            self.units, self._options = Reuse(), options
+        self.units.start_run(resources)
+        self.built = self.kept = 0
 
-    def start_run(self) -> None:
-        self._last, self._now = self._now, {}
-        self.built = self.reused = 0
+    def settle(self, earlier: dict[str, Message], name: str, new: M) -> M:
+        """``new``, or the earlier output of that name if equal to it."""
+        old = earlier.get(name)
+        if old is not None and old == new:
+            self.kept += 1
+            return old  # type: ignore[return-value]
+        self.built += 1
+        return new
