@@ -26,6 +26,7 @@ from xds_server.translate import (
     translate,
 )
 from xds_server.translate.memo import Memo
+from xds_server.xds.cache import content_version
 
 SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
@@ -227,3 +228,23 @@ def test_reuse_works_again_when_a_selected_workload_changes():
     again = reuse.get(se, index, ConfigIndex.selected, index, se)
     assert reuse.computed == 1 and again != first
     assert [we.endpoint.labels["version"] for we in again] == ["v1", "v1"]
+
+
+@pytest.mark.parametrize("split", [LOCALITY, ISTIO])
+def test_snapshot_versions_follow_changes_as_a_fresh_control_plane_has_them(split):
+    """Each type's version is kept up to date change by change (not hashed again from all
+    resources): it is always the version a fresh control plane gives the same config, and
+    the content version of exactly what the snapshot holds. (Istio's shape adds and
+    removes clusters with a service port.)"""
+    options = TranslateOptions(split=split)
+    cp = ControlPlane(options=options)
+    for label, text in STEPS:
+        if "(invalid)" in label:
+            continue
+        cp.replace(load_text(text))
+        fresh = ControlPlane(options=options)
+        fresh.replace(load_text(text))
+        for t in PUSH_ORDER:
+            snapshot = cp.cache.snapshot(t)
+            assert snapshot.version == fresh.cache.snapshot(t).version, (label, t)
+            assert snapshot.version == content_version(snapshot.entries), (label, t)

@@ -244,9 +244,11 @@ class ConfigStore:
     ) -> list[Change]:
         revision = self.revision + 1
         now = _now()
-        state: dict[Key, ObjectState] = {}
+        # Keys not touched keep their object and state; deleted ones go.
+        state = {k: s for k, s in self._state.items() if k in proposed}
         actions: dict[Key, str] = {}
-        for key, r in proposed.items():
+        for key in touched:
+            r = proposed[key]
             old, old_state = self._resources.get(key), self._state.get(key)
             if saved and key in saved:
                 state[key], actions[key] = saved[key], CREATED if old is None else CONFIGURED
