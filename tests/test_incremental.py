@@ -216,7 +216,7 @@ def test_reuse_works_again_when_a_selected_workload_changes():
     reuse: Reuse[list] = Reuse()
     for _ in range(2):
         index = ConfigIndex(resources)
-        reuse.start_run(resources)
+        reuse.start_run(index.by_key)
         first = reuse.get(se, index, ConfigIndex.selected, index, se)
     assert (reuse.computed, reuse.reused) == (0, 1)
     relabelled = load_text(config(services=SERVICES.replace("version: v2", V1)))
@@ -224,7 +224,7 @@ def test_reuse_works_again_when_a_selected_workload_changes():
         r for r in relabelled if r.kind == "WorkloadEntry"
     ]
     index = ConfigIndex(changed)
-    reuse.start_run(changed)
+    reuse.start_run(index.by_key)
     again = reuse.get(se, index, ConfigIndex.selected, index, se)
     assert reuse.computed == 1 and again != first
     assert [we.endpoint.labels["version"] for we in again] == ["v1", "v1"]
@@ -248,3 +248,40 @@ def test_snapshot_versions_follow_changes_as_a_fresh_control_plane_has_them(spli
             snapshot = cp.cache.snapshot(t)
             assert snapshot.version == fresh.cache.snapshot(t).version, (label, t)
             assert snapshot.version == content_version(snapshot.entries), (label, t)
+
+
+def _what(problems) -> list[tuple]:
+    return sorted((p.kind, p.name, p.field, p.message) for p in problems)
+
+
+@pytest.mark.parametrize("split", [LOCALITY, ISTIO])
+def test_steps_as_applies_and_deletes_give_what_a_fresh_run_gives(split):
+    """The steps as a user would take them: apply what changed, delete what went. Each
+    commit tells the memories which keys changed (a rejected one too), so they compare only
+    those: what is rejected, and what each proxy is sent, must still be a fresh run's."""
+    options = TranslateOptions(split=split)
+    cp = ControlPlane(options=options)
+    committed: dict = {}
+    for label, text in STEPS:
+        target = {r.key: r for r in load_text(text)}
+        batch = [r for k, r in target.items() if k not in committed or committed[k].raw != r.raw]
+        gone = [k for k in committed if k not in target]
+        assert not (batch and gone), label  # one commit per step
+        try:
+            if batch:
+                cp.apply(batch)
+            if gone:
+                cp.delete_keys(gone)
+        except ConfigError as e:
+            assert "(invalid)" in label
+            assert _what(e.problems) == _what(validate(list(target.values()))), label
+            continue
+        assert "(invalid)" not in label
+        committed = target
+        fresh = ControlPlane(options=options)
+        fresh.replace(list(target.values()))
+        for t in PUSH_ORDER:
+            ours, theirs = cp.cache.snapshot(t).entries, fresh.cache.snapshot(t).entries
+            assert {n: e.any.value for n, e in ours.items()} == {
+                n: e.any.value for n, e in theirs.items()
+            }, (label, t)

@@ -114,6 +114,7 @@ class ControlPlane:
         self._servers: list[grpc.aio.Server] = []
         # The last translation per kind of proxy connected, reused where unchanged.
         self._memos: dict[NodeProfile, Memo] = {}
+        self._pushed = 0  # the store revision translated last
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -288,9 +289,17 @@ class ControlPlane:
         resources, options = self.store.index, self.options  # the set validation indexed
         # Memos of the kinds of proxy still connected (a later kind gets its own).
         memos = self._memos = {p: self._memos.get(p, Memo()) for p in self.cache.groups}
+        # The keys changed since the last push, if the store can tell (else memos compare
+        # every resource).
+        last, self._pushed = self._pushed, self.store.revision
+        hint: set | None = None
+        if last == self.store.revision:  # the same config (new options)
+            hint = set()
+        elif last == self.store.revision - 1:  # one commit
+            hint = self.store.changed
 
         def build(node: NodeProfile) -> Resources:
-            return translate(resources, options, node, memos.setdefault(node, Memo()))
+            return translate(resources, options, node, memos.setdefault(node, Memo()), hint)
 
         changed = self.cache.update(build)
         if changed:

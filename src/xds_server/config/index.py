@@ -90,6 +90,7 @@ class ConfigIndex:
         self.deps: list[Dep] | None = None  # notes while tracking
         self._whole = False  # a whole table was read while tracking
         self.resources = list(resources)
+        self.by_key = {r.key: r for r in self.resources}
         self._gateways: dict[tuple[str, str], Gateway] = {}
         self.virtual_services: list[VirtualService] = []
         self.destination_rules: dict[str, DestinationRule] = {}

@@ -1,15 +1,17 @@
 """Results worked out from one resource and look-ups in the index, kept from one run to the
-next: a resource's checks, a VirtualService's bound routes.
+next: a resource's checks, what a VirtualService or ServiceEntry translates to.
 
-A result is reused while its resource is the same object and no resource that could answer
-one of its look-ups (config/index.py: ``provides``) was added, removed or changed since the
-last run. Telling that costs a set test per result instead of repeating the look-ups, so a
-weight change in a 10k-service config works out one VirtualService again, not 30k results.
+A result is kept with the deps of its look-ups (config/index.py). When a run starts, the
+resources added, removed or changed since the last run mark dirty the deps they can answer
+(``provides``), and the results that read a dirty dep are dropped, found through an index
+from dep to results; a result is also dropped with its resource. What is left is true for
+the new run: a weight change in a 10k-service config drops one VirtualService's results,
+and the work of a run is proportional to what changed, not to the config.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from .index import ConfigIndex, Dep, provides
@@ -17,32 +19,64 @@ from .model import Resource
 
 T = TypeVar("T")
 Key = tuple[str, str, str]
+Unit = tuple[Callable[..., Any], Key]  # (work, resource key): one result
 
 
 class Reuse(Generic[T]):
     def __init__(self) -> None:
-        self._seen: dict[Key, Resource] = {}  # the last run's resources
-        self._dirty: set[Dep] = set()  # deps that may answer differently in this run
-        self._last: dict[tuple, tuple[Resource, list[Dep], T]] = {}
-        self._now: dict[tuple, tuple[Resource, list[Dep], T]] = {}
+        self._seen: Mapping[Key, Resource] = {}  # the last run's resources
+        self._hint: set[Key] | None = None  # the keys the last run was told of
+        self._kept: dict[Unit, tuple[Resource, set[Dep], T]] = {}
+        self._readers: dict[Dep, set[Unit]] = {}  # dep -> the kept results that read it
+        self._works: set[Callable[..., Any]] = set()  # the kinds of result kept
         self.computed = self.reused = 0  # in the current run, for benchmarks and tests
 
-    def start_run(self, resources: Iterable[Resource]) -> None:
-        """A new run over ``resources`` (every resource the index of this run holds)."""
-        seen = {r.key: r for r in resources}
+    def start_run(self, resources: Mapping[Key, Resource], hint: set[Key] | None = None) -> None:
+        """A new run over ``resources`` (every resource of this run's index, by key).
+        ``hint``: the keys in which ``resources`` may differ from the last state the caller
+        committed (the store knows them); without it, every key is compared."""
+        if not self._kept:  # nothing to drop
+            keys: Any = ()
+        elif hint is None or self._hint is None:
+            keys = self._seen.keys() | resources.keys()
+        else:  # the last run may have been a rejected proposal: its keys may differ too
+            keys = hint | self._hint
         dirty: set[Dep] = set()
-        for key, r in seen.items() if self._now else ():  # nothing kept: nothing to test
-            old = self._seen.get(key)
-            if old is not r:  # new or changed: an equal copy counts as changed
-                dirty.update(provides(r))
+        for key in keys:
+            old, new = self._seen.get(key), resources.get(key)
+            if old is not new:  # an equal copy counts as changed
+                for work in self._works:
+                    if (work, key) in self._kept:
+                        self._drop((work, key))
                 if old is not None:
                     dirty.update(provides(old))
-        for key, old in self._seen.items():
-            if key not in seen:
-                dirty.update(provides(old))
-        self._seen, self._dirty = seen, dirty
-        self._last, self._now = self._now, {}
+                if new is not None:
+                    dirty.update(provides(new))
+        for dep in dirty:
+            for unit in list(self._readers.get(dep, ())):
+                self._drop(unit)
+        self._seen, self._hint = resources, hint
         self.computed = self.reused = 0
+
+    def _drop(self, unit: Unit) -> None:
+        _r, deps, _result = self._kept.pop(unit)
+        for dep in deps:
+            readers = self._readers[dep]
+            readers.discard(unit)
+            if not readers:
+                del self._readers[dep]
+
+    def kept(self, r: Resource, work: Callable[..., T]) -> T | None:
+        """The kept result of ``work`` for ``r`` (None if there is none)."""
+        hit = self._kept.get((work, r.key))
+        return hit[2] if hit is not None and hit[0] is r else None
+
+    def missing(self, resources: list[Resource], work: Callable[..., T]) -> list[Resource]:
+        """The resources with no kept result of ``work``: what a run must work out."""
+        kept = self._kept
+        out = [r for r in resources if (h := kept.get((work, r.key))) is None or h[0] is not r]
+        self.reused += len(resources) - len(out)
+        return out
 
     def get(
         self,
@@ -53,13 +87,11 @@ class Reuse(Generic[T]):
         keep: Callable[[T], bool] | None = None,
     ) -> T:
         """``work(*args)`` for ``r`` (it reads ``r`` and looks things up in ``index``), or
-        its result from an earlier run when still true. ``keep``: whether a new result may
-        be reused later. Results are kept by resource and ``work``: one Reuse can hold
-        several kinds of result for one resource."""
-        key = (work, r.key)
-        hit = self._last.get(key)
-        if hit is not None and hit[0] is r and self._dirty.isdisjoint(hit[1]):
-            self._now[key] = hit
+        its kept result. ``keep``: whether a new result may be kept. Results are kept by
+        resource and ``work``: one Reuse can hold several kinds for one resource."""
+        unit = (work, r.key)
+        hit = self._kept.get(unit)
+        if hit is not None and hit[0] is r:
             self.reused += 1
             return hit[2]
         self.computed += 1
@@ -68,6 +100,16 @@ class Reuse(Generic[T]):
             result = work(*args)
         finally:
             complete = index.untrack()
+        if hit is not None:
+            self._drop(unit)
         if complete and (keep is None or keep(result)):
-            self._now[key] = (r, deps, result)
+            unique = set(deps)
+            self._kept[unit] = (r, unique, result)
+            readers = self._readers
+            for dep in unique:
+                if dep in readers:
+                    readers[dep].add(unit)
+                else:
+                    readers[dep] = {unit}
+            self._works.add(work)
         return result

@@ -127,6 +127,7 @@ class ConfigStore:
         self.persist = persist
         self.checks = CheckMemory()  # clean per-resource checks, reused while unchanged
         self.index = ConfigIndex([])  # look-ups over the current set, for translation too
+        self.changed: set[Key] | None = None  # the keys the last commit changed (None: any)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -168,7 +169,8 @@ class ConfigStore:
             proposed[r.key] = clean
         if conflicts:
             raise ConflictError(conflicts)
-        return self._commit(proposed, [r.key for r in batch], dry_run=dry_run)
+        touched = [r.key for r in batch]
+        return self._commit(proposed, touched, dry_run=dry_run, hint=set(touched))
 
     def replace(self, resources: Iterable[Resource]) -> list[Change]:
         """Make the store hold exactly ``resources`` (a config directory reloaded)."""
@@ -211,7 +213,7 @@ class ConfigStore:
                 )
             changes.append(Change(*key, DELETED))
         if changes:
-            self._commit(proposed, [])
+            self._commit(proposed, [], hint={(c.kind, c.namespace, c.name) for c in changes})
         return changes
 
     @staticmethod
@@ -241,7 +243,10 @@ class ConfigStore:
         *,
         dry_run: bool = False,
         saved: dict[Key, ObjectState] | None = None,
+        hint: set[Key] | None = None,
     ) -> list[Change]:
+        """``hint``: every key in which ``proposed`` may differ from the current state
+        (None: any), so that the memories compare only those (config/reuse.py)."""
         revision = self.revision + 1
         now = _now()
         # Keys not touched keep their object and state; deleted ones go.
@@ -267,7 +272,7 @@ class ConfigStore:
                     proposed[key] = old
         resources = list(proposed.values())  # unchanged ones as the objects already held
         index = ConfigIndex(resources)
-        problems = validate(resources, self.checks, index)
+        problems = validate(resources, self.checks, index, hint)
         if problems:
             raise ConfigError(problems)
         changes = [Change(*k, DELETED) for k in self._resources if k not in proposed] + [
@@ -279,5 +284,5 @@ class ConfigStore:
         if self.persist is not None:
             self.persist([Stored(proposed[k], state[k]) for k in sorted(proposed)])
         self._resources, self._state, self.revision = proposed, state, revision
-        self.index = index
+        self.index, self.changed = index, hint
         return changes

@@ -38,7 +38,7 @@ from .model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
-from .reuse import Reuse
+from .reuse import Key, Reuse
 from .routing import MESH, route_bindings
 
 MAX_PORT = 65535
@@ -436,14 +436,23 @@ class CheckMemory:
     def reused(self) -> int:
         return self._reuse.reused
 
-    def start_run(self, resources: Sequence[Resource]) -> None:
-        self._reuse.start_run(resources)
-
-    def check(self, r: Resource, index: ConfigIndex, problems: list[Problem]) -> list[Claim]:
-        """Add ``r``'s problems; a VirtualService's claims are worked out (and kept) with
-        its checks, from the same look-ups."""
-        found, claims = self._reuse.get(r, index, _check, r, index, keep=_clean)
-        problems += found
+    def run(
+        self,
+        resources: Sequence[Resource],
+        index: ConfigIndex,
+        problems: list[Problem],
+        hint: set[Key] | None = None,
+    ) -> dict[int, list[Claim]]:
+        """Check what has no clean result kept (``hint``: see Reuse.start_run); returns
+        each VirtualService's claims by ``id``, worked out with its checks."""
+        self._reuse.start_run(index.by_key, hint)
+        claims = {}
+        for r in self._reuse.missing(list(resources), _check):
+            found, claims[id(r)] = self._reuse.get(r, index, _check, r, index, keep=_clean)
+            problems += found
+        for vs in index.virtual_services:
+            if id(vs) not in claims:
+                claims[id(vs)] = self._reuse.kept(vs, _check)[1]  # type: ignore[index]
         return claims
 
 
@@ -464,21 +473,22 @@ def validate(
     resources: Sequence[Resource],
     memory: CheckMemory | None = None,
     index: ConfigIndex | None = None,
+    hint: set[Key] | None = None,
 ) -> list[Problem]:
     """Every problem in one consistent set of resources, in reading order. ``memory``: the
     clean results of an earlier run, reused for resources whose look-ups give the same
     answers (the problems found are the same either way). ``index``: the look-ups over
-    ``resources``, if the caller has built them already."""
+    ``resources``, if the caller has built them already. ``hint``: the keys in which
+    ``resources`` may differ from the last set the caller committed (config/reuse.py)."""
     problems: list[Problem] = []
     index = index if index is not None else ConfigIndex(resources)
     _check_duplicates(resources, problems)
     memory = memory if memory is not None else CheckMemory()
-    memory.start_run(resources)
-    claims = {id(r): memory.check(r, index, problems) for r in resources}
+    claims = memory.run(resources, index, problems, hint)
     _check_gateway_ports(index, problems)
     _check_route_conflicts(index, problems, claims)
     _check_shared_hosts(index, problems)
-    return sort_problems(problems, [r.source.file for r in resources])
+    return sort_problems(problems, [r.source.file for r in resources]) if problems else []
 
 
 def check(resources: Sequence[Resource]) -> None:

@@ -11,12 +11,13 @@ that it is unchanged and does not serialize it again.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TypeVar
 
 from google.protobuf.message import Message
 
 from ..config.model import Resource
-from ..config.reuse import Reuse
+from ..config.reuse import Key, Reuse
 from .options import TranslateOptions
 from .types import Resources
 
@@ -32,10 +33,15 @@ class Memo:
         self._options: TranslateOptions | None = None
         self.built = self.kept = 0  # outputs of the resources translated again, last run
 
-    def start_run(self, resources: list[Resource], options: TranslateOptions) -> None:
+    def start_run(
+        self,
+        resources: Mapping[Key, Resource],
+        options: TranslateOptions,
+        hint: set[Key] | None = None,
+    ) -> None:
         if options != self._options:  # every result read the options: none still holds
             self.units, self._options = Reuse(), options
-        self.units.start_run(resources)
+        self.units.start_run(resources, hint)
         self.built = self.kept = 0
 
     def settle(self, earlier: dict[str, Message], name: str, new: M) -> M:

@@ -36,12 +36,14 @@ def translate(
     options: TranslateOptions,
     node: NodeProfile = ANY_NODE,
     memo: Memo | None = None,
+    hint: set[tuple[str, str, str]] | None = None,
 ) -> Resources:
     """Translate a validated config for one kind of proxy (``node``: see translate/node.py;
     the default is a proxy without labels, served every Gateway). Invalid references are
     skipped, not reported: validation runs first and owns the messages. ``memo``: the
     previous runs' results for this kind of proxy, reused where still true (the output is
-    the same either way; unchanged resources are the same objects)."""
+    the same either way; unchanged resources are the same objects). ``hint``: the keys in
+    which the config may differ from the one of the memo's last run (None: any)."""
     memo = memo or Memo()
     index = config if isinstance(config, ConfigIndex) else ConfigIndex(config)
     if node.labels is not None:  # only the Gateways whose selector matches the proxy
@@ -50,7 +52,7 @@ def translate(
         )
     if node.transport != ADS:
         options = replace(options, eds_api_type=node.transport)
-    memo.start_run(index.resources, options)
+    memo.start_run(index.by_key, options, hint)
     out = Resources()
     if options.split == ISTIO:
         _istio_shape(index, options, out, memo)
