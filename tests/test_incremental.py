@@ -285,3 +285,30 @@ def test_steps_as_applies_and_deletes_give_what_a_fresh_run_gives(split):
             assert {n: e.any.value for n, e in ours.items()} == {
                 n: e.any.value for n, e in theirs.items()
             }, (label, t)
+
+
+def test_an_index_updated_for_virtual_services_is_the_index_built_afresh():
+    """A traffic shift re-indexes only VirtualServices: added, changed and removed ones land
+    where a fresh index puts them (namespace/name order), and the other tables are shared."""
+    resources = load_text(config_yaml(6))
+    index = ConfigIndex(resources)
+    by_key = dict(index.by_key)
+    routes = [r for r in resources if r.kind == "VirtualService"]
+    del by_key[routes[2].key]  # removed
+    [changed] = load_text(route_yaml(4, 50))
+    by_key[changed.key] = changed
+    [added] = load_text(route_yaml(4, 50).replace("svc-00004", "svc-00003a"))
+    by_key[added.key] = added
+    keys = {routes[2].key, changed.key, added.key}
+    updated = index.updated(by_key, keys)
+    fresh = ConfigIndex(by_key.values())
+    assert [v.key for v in updated.virtual_services] == [v.key for v in fresh.virtual_services]
+    assert updated.virtual_services[3] is added and updated.virtual_services[4] is changed
+    assert updated.by_key is by_key and updated.resources == list(by_key.values())
+    assert updated.destination_rules is index.destination_rules
+    # Anything else changed: indexed afresh.
+    rule = next(r for r in resources if r.kind == "DestinationRule")
+    without_rule = {k: r for k, r in index.by_key.items() if k != rule.key}
+    rebuilt = index.updated(without_rule, [rule.key])
+    assert rebuilt.destination_rules is not index.destination_rules
+    assert len(rebuilt.destination_rules) == len(index.destination_rules) - 1

@@ -270,8 +270,11 @@ class ConfigStore:
                     # The very object held: memories reuse by identity. Written elsewhere
                     # (moved in its file), it is a new one, so messages point at it.
                     proposed[key] = old
-        resources = list(proposed.values())  # unchanged ones as the objects already held
-        index = ConfigIndex(resources)
+        if hint is None:
+            index = ConfigIndex(proposed.values())
+        else:
+            index = self.index.updated(proposed, hint)
+        resources = index.resources  # unchanged ones as the objects already held
         problems = validate(resources, self.checks, index, hint)
         if problems:
             raise ConfigError(problems)

@@ -9,7 +9,7 @@ from dataclasses import replace
 from google.protobuf.message import Message
 
 from ..config.index import ConfigIndex
-from ..config.model import Gateway, Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
+from ..config.model import Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
 from ..config.routing import Backend, vs_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
@@ -47,9 +47,7 @@ def translate(
     memo = memo or Memo()
     index = config if isinstance(config, ConfigIndex) else ConfigIndex(config)
     if node.labels is not None:  # only the Gateways whose selector matches the proxy
-        index = ConfigIndex(
-            r for r in index.resources if not isinstance(r, Gateway) or node.selects(r.selector)
-        )
+        index = index.for_gateways(lambda gw: node.selects(gw.selector))
     if node.transport != ADS:
         options = replace(options, eds_api_type=node.transport)
     memo.start_run(index.by_key, options, hint)
