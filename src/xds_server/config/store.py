@@ -250,7 +250,9 @@ class ConfigStore:
         revision = self.revision + 1
         now = _now()
         # Keys not touched keep their object and state; deleted ones go.
-        state = {k: s for k, s in self._state.items() if k in proposed}
+        state = dict(self._state)
+        for key in self._state.keys() - proposed.keys():
+            del state[key]
         actions: dict[Key, str] = {}
         for key in touched:
             r = proposed[key]

@@ -482,7 +482,8 @@ def validate(
     ``resources`` may differ from the last set the caller committed (config/reuse.py)."""
     problems: list[Problem] = []
     index = index if index is not None else ConfigIndex(resources)
-    _check_duplicates(resources, problems)
+    if len(index.by_key) != len(resources):  # some key twice
+        _check_duplicates(resources, problems)
     memory = memory if memory is not None else CheckMemory()
     claims = memory.run(resources, index, problems, hint)
     _check_gateway_ports(index, problems)
