@@ -146,6 +146,8 @@ class ConfigIndex:
         """The index of ``by_key``, which differs from this index's resources at most in
         ``keys``. When only VirtualServices differ (a traffic shift), it shares every
         other table with this one instead of indexing 30k resources again."""
+        if not self.by_key:  # the first config: nothing to share
+            return ConfigIndex(by_key.values())
         changed = [k for k in keys if self.by_key.get(k) is not by_key.get(k)]
         if any(k[0] != VirtualService.kind for k in changed):
             return ConfigIndex(by_key.values())

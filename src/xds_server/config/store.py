@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from .errors import ConfigError, Problem
 from .index import ConfigIndex
@@ -28,8 +29,7 @@ CREATED, CONFIGURED, UNCHANGED, DELETED = "created", "configured", "unchanged", 
 SERVER_FIELDS = ("resourceVersion", "generation", "creationTimestamp", "uid")
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(NamedTuple):  # a named tuple: an apply of 30k resources makes 30k of them
     """One line of kubectl's answer: ``virtualservice.networking.istio.io/tcp-echo configured``."""
 
     kind: str
