@@ -21,6 +21,8 @@ EXPECTED = [
     "server_rss_per_stream_kib",
     "translate_serialize_ms",
     "envoy_ack_10k_s",
+    "one_weight_envoy_ack_ms",
+    "one_weight_change_ms",
     "one_weight_repacked",
     "one_weight_delta_bytes",
     "one_weight_sotw_bytes",
