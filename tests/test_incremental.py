@@ -204,7 +204,8 @@ def test_one_weight_among_many_services_repacks_one_resource():
     [(type_url, [name])] = [(t, n) for t, n in changed.items() if n]
     assert type_url.endswith("ClusterLoadAssignment") and name == "route|default/svc-00007|tcp[0]"
     assert cp.store.checks.checked == 1  # only the changed VirtualService was checked again
-    assert cp._memos[ANY_NODE].units.computed == 1  # and translated again
+    [memo] = cp._memos.values()
+    assert memo.units.computed == 1  # and translated again
 
 
 def test_reuse_works_again_when_a_selected_workload_changes():
@@ -312,3 +313,20 @@ def test_an_index_updated_for_virtual_services_is_the_index_built_afresh():
     rebuilt = index.updated(without_rule, [rule.key])
     assert rebuilt.destination_rules is not index.destination_rules
     assert len(rebuilt.destination_rules) == len(index.destination_rules) - 1
+
+
+def test_kinds_of_proxy_served_the_same_share_one_translation_and_its_snapshots():
+    """An Envoy labelled for the only Gateway gets what a proxy without labels gets: one
+    translation and the same packed snapshots serve both; a proxy no Gateway selects gets
+    its own (empty) one."""
+    cp = ControlPlane()
+    cp.apply(load_text(config()))
+    ingress = cp.cache.acquire(NodeProfile.of({"istio": "ingressgateway"}))
+    nobody = cp.cache.acquire(NodeProfile.of({"istio": "nobody"}))
+    default = cp.cache.groups[ANY_NODE]
+    for _ in range(2):  # as acquired, then after a change
+        assert all(ingress.types[t] is default.types[t] for t in PUSH_ORDER)
+        assert ingress.snapshot(PUSH_ORDER[0]).entries  # not empty: the task's cluster
+        assert not any(nobody.snapshot(t).entries for t in PUSH_ORDER)
+        cp.apply(load_text(V2_20.replace("weight: 80", "weight: 50")))
+    assert len(cp._memos) == 2

@@ -14,7 +14,7 @@ import gc
 import logging
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Hashable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from .config.model import Resource
 from .config.persist import StateDir
 from .config.store import Change, ConfigStore
 from .ports import port_is_free
-from .translate import NodeProfile, Resources, TranslateOptions, translate
+from .translate import NodeProfile, Resources, TranslateOptions, translate, translation_key
 from .translate.memo import Memo
 from .xds import ProxyStatus, SnapshotCache, StatusBoard, add_xds_services
 from .xds.metrics import XdsMetrics
@@ -113,7 +113,7 @@ class ControlPlane:
         self.read_only = read_only
         self._servers: list[grpc.aio.Server] = []
         # The last translation per kind of proxy connected, reused where unchanged.
-        self._memos: dict[NodeProfile, Memo] = {}
+        self._memos: dict[Hashable, Memo] = {}  # by translation_key
         self._pushed = 0  # the store revision translated last
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -284,11 +284,14 @@ class ControlPlane:
         self._push()
 
     def _push(self) -> set[str]:
-        # Translated once per kind of proxy connected (node labels, gRPC or Envoy): see
-        # xds/cache.py. The builder is kept for kinds that connect later.
+        # Translated once per kind of proxy connected (node labels, gRPC or Envoy: see
+        # xds/cache.py), and once for kinds that would get the same (translation_key). The
+        # builder is kept for kinds that connect later.
         resources, options = self.store.index, self.options  # the set validation indexed
-        # Memos of the kinds of proxy still connected (a later kind gets its own).
-        memos = self._memos = {p: self._memos.get(p, Memo()) for p in self.cache.groups}
+        keys = {p: translation_key(resources, p) for p in self.cache.groups}
+        # Memos of the translations still in use (a later one gets its own).
+        memos = self._memos = {k: self._memos.get(k, Memo()) for k in keys.values()}
+        done: dict[Hashable, Resources] = {}
         # The keys changed since the last push, if the store can tell (else memos compare
         # every resource).
         last, self._pushed = self._pushed, self.store.revision
@@ -299,7 +302,11 @@ class ControlPlane:
             hint = self.store.changed
 
         def build(node: NodeProfile) -> Resources:
-            return translate(resources, options, node, memos.setdefault(node, Memo()), hint)
+            key = keys.get(node) or translation_key(resources, node)
+            if key not in done:
+                memo = memos.setdefault(key, Memo())
+                done[key] = translate(resources, options, node, memo, hint)
+            return done[key]
 
         changed = self.cache.update(build)
         if changed:

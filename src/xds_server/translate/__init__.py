@@ -3,7 +3,7 @@
 from .node import ANY_NODE, NodeProfile
 from .options import ISTIO, LOCALITY, TranslateOptions
 from .refs import REFERS_TO, references
-from .translator import route_cluster_name, subset_cluster_name, translate
+from .translator import route_cluster_name, subset_cluster_name, translate, translation_key
 from .types import (
     CLUSTER,
     ENDPOINT,
@@ -32,4 +32,5 @@ __all__ = [
     "route_cluster_name",
     "subset_cluster_name",
     "translate",
+    "translation_key",
 ]

@@ -3,7 +3,7 @@ protos, so the output can be golden-tested and diffed to find what changed."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import replace
 
 from google.protobuf.message import Message
@@ -60,6 +60,15 @@ def translate(
         _proxyless(index, options, out, memo)
     memo.last = out
     return out
+
+
+def translation_key(index: ConfigIndex, node: NodeProfile) -> Hashable:
+    """What ``translate`` reads of ``node`` over ``index``: proxies whose keys are equal get
+    the same resources, so they can share one translation (an Envoy labelled for the only
+    Gateway gets what a proxy without labels gets)."""
+    gateways = index.gateways
+    served = frozenset(k for k, gw in gateways.items() if node.selects(gw.selector))
+    return (None if len(served) == len(gateways) else served, node.proxyless, node.transport)
 
 
 # Each shape is assembled from what single resources translate to (kept in memo.units,

@@ -114,6 +114,7 @@ class Group:
         self.profile = profile
         self.types: dict[str, TypeSnapshot] = {t: _EMPTY for t in PUSH_ORDER}
         self.users = 0
+        self.resources: Resources | None = None  # the translation last taken
 
     def snapshot(self, type_url: str) -> TypeSnapshot:
         return self.types.get(type_url, _EMPTY)
@@ -133,6 +134,14 @@ class Group:
             if new.version != self.version(type_url):
                 self.types[type_url] = new
                 changed.add(type_url)
+        self.resources = resources
+        return changed
+
+    def share(self, twin: Group) -> set[str]:
+        """Take what ``twin`` packed from the very same translation (kinds of proxy that
+        get the same resources share the snapshots, not just the translation)."""
+        changed = {t for t, s in twin.types.items() if s.version != self.version(t)}
+        self.types, self.resources = dict(twin.types), twin.resources
         return changed
 
 
@@ -189,9 +198,14 @@ class SnapshotCache:
         group = self.groups.get(profile)
         if group is None:
             group = self.groups[profile] = Group(profile)
-            group.update(self._build(profile))
+            self._take(group, self._build(profile), list(self.groups.values()))
         group.users += 1
         return group
+
+    @staticmethod
+    def _take(group: Group, resources: Resources, others: Iterable[Group]) -> set[str]:
+        twin = next((g for g in others if g is not group and g.resources is resources), None)
+        return group.share(twin) if twin is not None else group.update(resources)
 
     def release(self, group: Group) -> None:
         group.users -= 1
@@ -205,8 +219,10 @@ class SnapshotCache:
         appear later). Returns the type URLs that changed in any group."""
         self._build = build
         changed: set[str] = set()
+        done: list[Group] = []
         for group in list(self.groups.values()):
-            changed |= group.update(build(group.profile))
+            changed |= self._take(group, build(group.profile), done)
+            done.append(group)
         if changed:
             for notify in list(self._watchers):
                 notify(changed)
