@@ -13,16 +13,18 @@ PyYAML has it) and the file is the texts joined: an apply that changes one weigh
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
 
 from .load import load_paths
 from .model import Resource
-from .store import Key, ObjectState, Stored
+from .store import Key, ObjectState, Proposal
 
 STATE_FILE = "config.yaml"
 TMP_PREFIX, TMP_SUFFIX = ".config.", ".tmp"
@@ -49,7 +51,9 @@ class StateDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.file = self.path / STATE_FILE
-        self._texts: dict[Key, tuple[Resource, ObjectState, str]] = {}
+        self._texts: dict[Key, str] = {}  # each resource's document as written
+        self._made: dict[Key, tuple[Resource, ObjectState]] = {}  # what it was rendered from
+        self._order: list[Key] = []  # the keys of _texts, sorted: the file's order
         self._written: bytes | None = None  # the digest of what we last wrote
 
     def load(self) -> list[Resource]:
@@ -66,16 +70,31 @@ class StateDir:
         replaced or removed it), so that a watcher can skip the events of our own writes."""
         return self._written is None or _digest(self.file) != self._written
 
-    def save(self, stored: list[Stored]) -> None:
-        """Replace the state file atomically."""
-        texts = {}
-        for s in stored:
-            hit = self._texts.get(s.key)
+    def save(self, proposal: Proposal) -> None:
+        """Replace the state file atomically. Only the resources the proposal may have
+        changed are looked at (all of them on the first save), and only those that did
+        change are rendered again; the file is the texts joined in key order."""
+        texts, made = dict(self._texts), dict(self._made)
+        whole = proposal.changed is None or not self._order
+        if whole:
+            keys: Iterable[Key] = texts.keys() | proposal.resources.keys()
+            order = sorted(proposal.resources)
+        else:
+            keys, order = proposal.changed, list(self._order)
+        for key in keys:
+            if key not in proposal.resources:
+                if texts.pop(key, None) is not None and not whole:
+                    del order[bisect.bisect_left(order, key)]
+                made.pop(key, None)
+                continue
+            s = proposal.stored(key)
+            hit = made.get(key)
+            if hit is None and not whole:
+                bisect.insort(order, key)
             if hit is None or hit[0] is not s.resource or hit[1] != s.state:
-                hit = (s.resource, s.state, render(s.document()))
-            texts[s.key] = hit
-        self._write(HEADER + "".join(t for _r, _s, t in texts.values()))
-        self._texts = texts
+                texts[key], made[key] = render(s.document()), (s.resource, s.state)
+        self._write(HEADER + "".join(map(texts.__getitem__, order)))
+        self._texts, self._made, self._order = texts, made, order
 
     def _write(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)

@@ -13,7 +13,7 @@ a stale one is a conflict, never silently merged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -76,6 +76,20 @@ class Stored:
         return {"apiVersion": r.api_version, "kind": r.kind, "metadata": meta, **rest}
 
 
+@dataclass(frozen=True)
+class Proposal:
+    """A state about to become current, for the ``persist`` hook. ``changed``: the keys in
+    which it may differ from the current state (None: any), so that a hook can redo only
+    those."""
+
+    resources: Mapping[Key, Resource]
+    state: Mapping[Key, ObjectState]
+    changed: set[Key] | None = None
+
+    def stored(self, key: Key) -> Stored:
+        return Stored(self.resources[key], self.state[key])
+
+
 class ConflictError(Exception):
     """An apply carried a resourceVersion that is no longer current."""
 
@@ -108,16 +122,16 @@ def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
     return clean, given
 
 
-Persist = Callable[[list[Stored]], None]
+Persist = Callable[[Proposal], None]
 
 
 class ConfigStore:
     """The current, always-valid set of resources, and a revision that counts commits.
 
-    ``persist``, if given, receives every resource of a proposed state, in key order, before
-    that state becomes current; if it raises, nothing changes. An unchanged resource keeps
-    its object across commits, so a persist hook (or a translation cache) can tell what
-    changed by identity.
+    ``persist``, if given, receives each proposed state (a Proposal) before it becomes
+    current; if it raises, nothing changes. An unchanged resource keeps its object across
+    commits, so a persist hook (or a translation cache) can tell what changed by identity,
+    and the Proposal says which keys to look at.
     """
 
     def __init__(self, persist: Persist | None = None) -> None:
@@ -287,7 +301,7 @@ class ConfigStore:
         if dry_run or not changed:
             return changes
         if self.persist is not None:
-            self.persist([Stored(proposed[k], state[k]) for k in sorted(proposed)])
+            self.persist(Proposal(proposed, state, hint))
         self._resources, self._state, self.revision = proposed, state, revision
         self.index, self.changed = index, hint
         return changes
