@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from ..translate import ANY_NODE, PUSH_ORDER, REFERS_TO, NodeProfile, Resources, references
+from ..translate import ANY_NODE, PUSH_ORDER, NodeProfile, Resources, references
 
 Build = Callable[[NodeProfile], Resources]
 
@@ -30,14 +30,18 @@ Build = Callable[[NodeProfile], Resources]
 class Entry:
     """One resource as sent. ``any`` is None for a resource a Delta client reported having
     (``initial_resource_versions``) in a version we no longer hold: we know its name and
-    version, not its content. ``refs``: the names it needs (see translate/refs.py)."""
+    version, not its content."""
 
     name: str
     version: str  # hash of this resource's bytes
     any: any_pb2.Any | None
-    refs: frozenset[str] = frozenset()
     source: Message | None = field(default=None, compare=False, repr=False)
     """The message it was packed from: the same object next time means the same bytes."""
+
+    @functools.cached_property
+    def refs(self) -> frozenset[str]:
+        """The names it needs (see translate/refs.py): worked out when a removal asks."""
+        return references(self.source) if self.source is not None else frozenset()
 
 
 @dataclass(frozen=True)
@@ -130,7 +134,7 @@ class Group:
         resources keep their packed bytes."""
         changed: set[str] = set()
         for type_url, by_name in resources.by_type().items():
-            new = _pack(self.types.get(type_url), by_name.items(), type_url in REFERS_TO)
+            new = _pack(self.types.get(type_url), by_name.items())
             if new.version != self.version(type_url):
                 self.types[type_url] = new
                 changed.add(type_url)
@@ -145,9 +149,7 @@ class Group:
         return changed
 
 
-def _pack(
-    old: TypeSnapshot | None, items: Iterable[tuple[str, Message]], refers: bool
-) -> TypeSnapshot:
+def _pack(old: TypeSnapshot | None, items: Iterable[tuple[str, Message]]) -> TypeSnapshot:
     old = old or _EMPTY
     entries: dict[str, Entry] = {}
     total = old.total
@@ -162,8 +164,7 @@ def _pack(
             entries[name] = replace(prev, source=msg)
             continue
         packed = any_pb2.Any(type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name, value=data)
-        refs = references(msg) if refers else frozenset()
-        entries[name] = Entry(name, version, packed, refs, msg)
+        entries[name] = Entry(name, version, packed, msg)
         total += _mark(name, version) - (_mark(name, prev.version) if prev is not None else 0)
     for name in old.entries.keys() - entries.keys():  # removed
         total -= _mark(name, old.entries[name].version)
