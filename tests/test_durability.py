@@ -166,6 +166,32 @@ def test_state_file_is_every_resource_rendered_once_per_change(tmp_path):
     assert cp.state.edited()
 
 
+def test_restart_reuses_the_saved_texts(tmp_path):
+    """Restoring the state at start-up saves it again without rendering a document (the
+    texts in the file are reused), and the file comes out as it was."""
+    cp = ControlPlane(state_dir=tmp_path)
+    cp.apply_yaml(SERVICE_ENTRY)
+    cp.apply_yaml(ALL_V1)
+    cp.apply_yaml(V2_20)
+    before = (tmp_path / "config.yaml").read_text()
+    again = ControlPlane(state_dir=tmp_path)
+    rendered = []
+    real = persist.render
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(persist, "render", lambda doc: rendered.append(doc["kind"]) or real(doc))
+        again.restore(again.state.load())
+        assert rendered == []
+        # A document edited by hand is rendered again, the others are not.
+        edited = before.replace("weight: 20", "weight: 30").replace("weight: 80", "weight: 70")
+        (tmp_path / "config.yaml").write_text(edited)
+        again.replace(again.state.load())
+    assert rendered == ["VirtualService"]
+    assert (tmp_path / "config.yaml").read_text().count("weight: 30") == 1
+    assert sorted(r.key for r in again.store.resources()) == sorted(
+        r.key for r in cp.store.resources()
+    )
+
+
 def test_hand_edit_of_state_file_is_applied(tmp_path):
     args = ("--state-dir", str(tmp_path), "--xds-port", "0", "--admin-port", "0")
     server = ServerProcess(*args)

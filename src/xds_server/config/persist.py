@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +34,7 @@ HEADER = (
     "# (atomically); you may edit it by hand, the server applies the edit when it is valid.\n"
 )
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_DOCUMENT = re.compile(r"^(?=---)", re.M)  # where a document of the file starts
 
 
 def render(document: dict) -> str:
@@ -55,6 +57,7 @@ class StateDir:
         self._made: dict[Key, tuple[Resource, ObjectState]] = {}  # what it was rendered from
         self._order: list[Key] = []  # the keys of _texts, sorted: the file's order
         self._written: bytes | None = None  # the digest of what we last wrote
+        self._loaded: dict[Key, tuple[dict, str]] = {}  # see _documents
 
     def load(self) -> list[Resource]:
         """The saved resources ([] on first start). Raises ConfigError if the file is bad."""
@@ -63,7 +66,23 @@ class StateDir:
             tmp.unlink(missing_ok=True)  # a write cut short (kill -9): never the state
         if not self.file.exists():
             return []
-        return load_paths([self.file])
+        resources = load_paths([self.file])
+        self._loaded = self._documents(resources)
+        return resources
+
+    def _documents(self, resources: list[Resource]) -> dict[Key, tuple[dict, str]]:
+        """Each loaded resource's document and its text in the file, so that saving the
+        same state again (the restore at start-up, a reload after a hand edit) reuses the
+        text instead of rendering 30k documents. Empty if the file is not one text per
+        document, each starting with ``---``."""
+        try:
+            text = self.file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return {}
+        chunks = _DOCUMENT.split(text)[1:]
+        if len(chunks) != len(resources):
+            return {}
+        return {r.key: (r.raw, chunk) for r, chunk in zip(resources, chunks, strict=True)}
 
     def edited(self) -> bool:
         """Whether the file is no longer the one this object last wrote (someone edited,
@@ -92,9 +111,12 @@ class StateDir:
             if hit is None and not whole:
                 bisect.insort(order, key)
             if hit is None or hit[0] is not s.resource or hit[1] != s.state:
-                texts[key], made[key] = render(s.document()), (s.resource, s.state)
+                doc, loaded = s.document(), self._loaded.get(key)
+                text = loaded[1] if loaded is not None and loaded[0] == doc else render(doc)
+                texts[key], made[key] = text, (s.resource, s.state)
         self._write(HEADER + "".join(map(texts.__getitem__, order)))
         self._texts, self._made, self._order = texts, made, order
+        self._loaded = {}
 
     def _write(self, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
