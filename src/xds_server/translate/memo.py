@@ -25,7 +25,8 @@ M = TypeVar("M", bound=Message)
 
 
 class Memo:
-    """One per kind of proxy (its translations differ); see ControlPlane._push."""
+    """One per translation in use (kinds of proxy served the same share one: see
+    translation_key and ControlPlane._push)."""
 
     def __init__(self) -> None:
         self.units: Reuse = Reuse()
