@@ -330,3 +330,53 @@ def test_kinds_of_proxy_served_the_same_share_one_translation_and_its_snapshots(
         assert not any(nobody.snapshot(t).entries for t in PUSH_ORDER)
         cp.apply(load_text(V2_20.replace("weight: 80", "weight: 50")))
     assert len(cp._memos) == 2
+
+
+ROUTE_EVERY_PORT = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
+"""
+SECOND_ROUTE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tcp-echo-second}
+spec:
+  hosts: ["*"]
+  gateways: [tcp-echo-gateway]
+  tcp:
+  - match: [{port: 31400}]
+    route:
+    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
+"""
+BAD_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: broken}
+spec:
+  host: tcp-echo
+  subsets: [{name: v1}, {name: v1}]
+"""
+
+
+def test_what_a_rejected_proposal_was_checked_against_is_not_reused():
+    """A rejected apply was still checked: a result worked out against it (a VirtualService
+    on every Gateway port claiming the port the rejected Gateway had instead of 31400)
+    must not outlive it. The next apply sees the committed Gateway: the second route on
+    31400 conflicts with the first."""
+    cp = ControlPlane()
+    cp.apply(load_text(config(route=ROUTE_EVERY_PORT)))
+    gateway = next(d for d in ALL_V1.split("---\n") if "kind: Gateway" in d)
+    with pytest.raises(ConfigError):  # the rule is bad; the VirtualService checks clean
+        cp.apply(load_text(gateway.replace(PORT, "number: 31402") + "---\n" + BAD_RULE))
+    with pytest.raises(ConfigError) as e:
+        cp.apply(load_text(SECOND_ROUTE))
+    committed = [r for r in cp.store.resources()] + load_text(SECOND_ROUTE)
+    assert _what(e.value.problems) == _what(validate(committed))
+    assert any("already routed by" in p.message for p in e.value.problems)
