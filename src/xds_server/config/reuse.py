@@ -39,7 +39,7 @@ class Reuse(Generic[T]):
             keys: Any = ()
         elif hint is None or self._hint is None:
             keys = self._seen.keys() | resources.keys()
-        else:  # the last run may have been a rejected proposal: its keys may differ too
+        else:  # unless committed, the last run was a proposal: its keys may differ too
             keys = hint | self._hint
         dirty: set[Dep] = set()
         for key in keys:
@@ -57,6 +57,12 @@ class Reuse(Generic[T]):
                 self._drop(unit)
         self._seen, self._hint = resources, hint
         self.computed = self.reused = 0
+
+    def committed(self) -> None:
+        """The last run's resources are now the caller's state: the next run's hint is
+        relative to them, with nothing else to compare (after a run that was not
+        committed, a rejected proposal, its keys are compared too)."""
+        self._hint = set()
 
     def _drop(self, unit: Unit) -> None:
         _r, deps, _result = self._kept.pop(unit)

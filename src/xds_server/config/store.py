@@ -304,4 +304,5 @@ class ConfigStore:
             self.persist(Proposal(proposed, state, hint))
         self._resources, self._state, self.revision = proposed, state, revision
         self.index, self.changed = index, hint
+        self.checks.committed()
         return changes

@@ -436,6 +436,10 @@ class CheckMemory:
     def reused(self) -> int:
         return self._reuse.reused
 
+    def committed(self) -> None:
+        """The last run's resources became the store's state (see Reuse.committed)."""
+        self._reuse.committed()
+
     def run(
         self,
         resources: Sequence[Resource],

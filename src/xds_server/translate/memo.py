@@ -43,6 +43,7 @@ class Memo:
         if options != self._options:  # every result read the options: none still holds
             self.units, self._options = Reuse(), options
         self.units.start_run(resources, hint)
+        self.units.committed()  # translation runs on committed configs only
         self.built = self.kept = 0
 
     def settle(self, earlier: dict[str, Message], name: str, new: M) -> M:
