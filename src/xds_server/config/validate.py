@@ -146,13 +146,15 @@ def _gateway_refs(
 def _check_match(
     rep: Reporter, mpath: str, match: L4Match, vs: VirtualService, index: ConfigIndex
 ) -> None:
-    gateways = _gateway_refs(rep, join(mpath, "gateways"), match.gateways, vs, index)
     ns = vs.meta.namespace
-    declared = {split_ref(g, ns) for g in vs.gateways or [MESH]}
-    for k, ref in enumerate(match.gateways):
-        if split_ref(ref, ns) not in declared:
-            message = f'gateway "{ref}" is not listed in spec.gateways'
-            rep.add(item(join(mpath, "gateways"), k), message, "add it to spec.gateways")
+    gateways = []
+    if match.gateways:
+        gateways = _gateway_refs(rep, join(mpath, "gateways"), match.gateways, vs, index)
+        declared = {split_ref(g, ns) for g in vs.gateways or [MESH]}
+        for k, ref in enumerate(match.gateways):
+            if split_ref(ref, ns) not in declared:
+                message = f'gateway "{ref}" is not listed in spec.gateways'
+                rep.add(item(join(mpath, "gateways"), k), message, "add it to spec.gateways")
     if match.port is None:
         return
     _port_number(rep, join(mpath, "port"), match.port)
