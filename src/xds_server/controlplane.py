@@ -229,7 +229,7 @@ class ControlPlane:
 
         if self.state is not None:
             state = self.state
-            watched, load = [state.path], state.load
+            watched, load = [state.path], state.read
             only = str(state.file)
         else:
             watched = [Path(p) for p in paths]
@@ -247,8 +247,13 @@ class ControlPlane:
         ):
             if self.state is not None and not self.state.edited():
                 continue  # our own write: reloading it would only stall the loop
+            writes = self.state.writes if self.state is not None else 0
             try:
-                applied = self.replace(load())
+                # Read off the loop: a big config takes seconds to parse, and streams go on.
+                resources = await asyncio.to_thread(load)
+                if self.state is not None and self.state.writes != writes:
+                    continue  # an apply wrote the file meanwhile: what was read is older
+                applied = self.replace(resources)
             except ConfigError as e:
                 log.error(
                     "rejected config change, still serving revision %d:\n%s",

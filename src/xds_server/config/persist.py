@@ -57,13 +57,20 @@ class StateDir:
         self._made: dict[Key, tuple[Resource, ObjectState]] = {}  # what it was rendered from
         self._order: list[Key] = []  # the keys of _texts, sorted: the file's order
         self._written: bytes | None = None  # the digest of what we last wrote
+        self.writes = 0  # how many times we wrote the file
         self._loaded: dict[Key, tuple[dict, str]] = {}  # see _documents
 
     def load(self) -> list[Resource]:
-        """The saved resources ([] on first start). Raises ConfigError if the file is bad."""
+        """The saved resources at start-up ([] on first start). Raises ConfigError if the
+        file is bad."""
         self.path.mkdir(parents=True, exist_ok=True)
         for tmp in self.path.glob(f"{TMP_PREFIX}*{TMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)  # a write cut short (kill -9): never the state
+        return self.read()
+
+    def read(self) -> list[Resource]:
+        """The resources in the file now (after a hand edit). Safe beside a write: it
+        touches no temp file."""
         if not self.file.exists():
             return []
         resources = load_paths([self.file])
@@ -128,6 +135,7 @@ class StateDir:
                 os.fsync(f.fileno())
             os.replace(tmp, self.file)
             self._written = hashlib.sha256(data).digest()
+            self.writes += 1
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
