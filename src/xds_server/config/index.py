@@ -15,6 +15,7 @@ from collections.abc import Callable, Hashable, Iterable
 from .model import (
     DestinationRule,
     Gateway,
+    Key,
     Port,
     Resource,
     ServiceEntry,
@@ -25,7 +26,6 @@ from .model import (
 )
 
 CLUSTER_DOMAIN = "svc.cluster.local"
-Key = tuple[str, str, str]  # kind, namespace, name
 
 Dep = Hashable
 """What a look-up's answer depends on: ("gateway", (ns, name)), ("host", host),

@@ -15,6 +15,7 @@ from .errors import Source
 GROUP = "networking.istio.io"
 API_VERSIONS = (f"{GROUP}/v1", f"{GROUP}/v1beta1", f"{GROUP}/v1alpha3")
 DEFAULT_NAMESPACE = "default"
+Key = tuple[str, str, str]  # kind, namespace, name: a resource's identity (Resource.key)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class Resource:
     """Field path (``spec.tcp[0].route``) -> 1-based line, so problems point at the field."""
 
     @functools.cached_property
-    def key(self) -> tuple[str, str, str]:
+    def key(self) -> Key:
         """kind, namespace, name (kept: it is looked up a few times per resource and apply)."""
         return (self.kind, self.meta.namespace, self.meta.name)
 

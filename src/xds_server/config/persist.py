@@ -24,8 +24,8 @@ from pathlib import Path
 import yaml
 
 from .load import load_paths
-from .model import Resource
-from .store import Key, ObjectState, Proposal
+from .model import Key, Resource
+from .store import ObjectState, Proposal
 
 STATE_FILE = "config.yaml"
 TMP_PREFIX, TMP_SUFFIX = ".config.", ".tmp"

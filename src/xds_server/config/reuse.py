@@ -15,10 +15,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from .index import ConfigIndex, Dep, provides
-from .model import Resource
+from .model import Key, Resource
 
 T = TypeVar("T")
-Key = tuple[str, str, str]
 Unit = tuple[Callable[..., Any], Key]  # (work, resource key): one result
 
 

@@ -20,10 +20,8 @@ from typing import NamedTuple
 
 from .errors import ConfigError, Problem
 from .index import ConfigIndex
-from .model import Resource, resource_type
+from .model import Key, Resource, resource_type
 from .validate import CheckMemory, duplicates, validate
-
-Key = tuple[str, str, str]  # kind, namespace, name
 
 CREATED, CONFIGURED, UNCHANGED, DELETED = "created", "configured", "unchanged", "deleted"
 SERVER_FIELDS = ("resourceVersion", "generation", "creationTimestamp", "uid")

@@ -27,6 +27,7 @@ from .load import (
 from .model import (
     DestinationRule,
     Gateway,
+    Key,
     L4Match,
     Port,
     Resource,
@@ -38,7 +39,7 @@ from .model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
-from .reuse import Key, Reuse
+from .reuse import Reuse
 from .routing import MESH, route_bindings
 
 MAX_PORT = 65535

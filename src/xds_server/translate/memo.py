@@ -16,8 +16,8 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from ..config.model import Resource
-from ..config.reuse import Key, Reuse
+from ..config.model import Key, Resource
+from ..config.reuse import Reuse
 from .options import TranslateOptions
 from .types import Resources
 

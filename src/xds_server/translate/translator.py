@@ -187,11 +187,7 @@ def _grpc_targets(
 
 def _services(index: ConfigIndex) -> list[ServiceEntry]:
     """The ServiceEntries that own a host, each once, in namespace/name order."""
-    return sorted({se.key: se for se in index.services.values()}.values(), key=_key)
-
-
-def _key(r: Resource) -> tuple[str, str, str]:
-    return r.key
+    return sorted({se.key: se for se in index.services.values()}.values(), key=lambda r: r.key)
 
 
 def _group(index: ConfigIndex, b: Backend, weight: int | None) -> LocalityGroup:
