@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from .load import load_paths
+from .load import load_paths, load_text
 from .model import Key, Resource
 from .store import ObjectState, Proposal
 
@@ -40,6 +40,17 @@ _DOCUMENT = re.compile(r"^(?=---)", re.M)  # where a document of the file starts
 def render(document: dict) -> str:
     """One YAML document, ``---`` first, keys in the order written."""
     return yaml.dump(document, Dumper=_Dumper, sort_keys=False, explicit_start=True)
+
+
+def _documents(resources: list[Resource], text: str) -> dict[Key, tuple[dict, str]]:
+    """Each loaded resource's document and its text in the file, so that saving the same
+    state again (the restore at start-up, a reload after a hand edit) reuses the text
+    instead of rendering 30k documents. Empty if the file is not one text per document,
+    each starting with ``---``."""
+    chunks = _DOCUMENT.split(text)[1:]
+    if len(chunks) != len(resources):
+        return {}
+    return {r.key: (r.raw, chunk) for r, chunk in zip(resources, chunks, strict=True)}
 
 
 def _digest(path: Path) -> bytes | None:
@@ -73,23 +84,13 @@ class StateDir:
         touches no temp file."""
         if not self.file.exists():
             return []
-        resources = load_paths([self.file])
-        self._loaded = self._documents(resources)
-        return resources
-
-    def _documents(self, resources: list[Resource]) -> dict[Key, tuple[dict, str]]:
-        """Each loaded resource's document and its text in the file, so that saving the
-        same state again (the restore at start-up, a reload after a hand edit) reuses the
-        text instead of rendering 30k documents. Empty if the file is not one text per
-        document, each starting with ``---``."""
         try:
             text = self.file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            return {}
-        chunks = _DOCUMENT.split(text)[1:]
-        if len(chunks) != len(resources):
-            return {}
-        return {r.key: (r.raw, chunk) for r, chunk in zip(resources, chunks, strict=True)}
+            return load_paths([self.file])  # which reports it as every reader does
+        resources = load_text(text, str(self.file))
+        self._loaded = _documents(resources, text)
+        return resources
 
     def edited(self) -> bool:
         """Whether the file is no longer the one this object last wrote (someone edited,
