@@ -9,7 +9,7 @@ from dataclasses import replace
 from google.protobuf.message import Message
 
 from ..config.index import ConfigIndex
-from ..config.model import Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
+from ..config.model import Key, Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
 from ..config.routing import Backend, vs_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
@@ -36,7 +36,7 @@ def translate(
     options: TranslateOptions,
     node: NodeProfile = ANY_NODE,
     memo: Memo | None = None,
-    hint: set[tuple[str, str, str]] | None = None,
+    hint: set[Key] | None = None,
 ) -> Resources:
     """Translate a validated config for one kind of proxy (``node``: see translate/node.py;
     the default is a proxy without labels, served every Gateway). Invalid references are
