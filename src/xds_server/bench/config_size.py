@@ -3,10 +3,12 @@ DestinationRule and a VirtualService each, one Gateway), timed from parsed resou
 serialized snapshot: validate + translate + snapshot + serialize (``ControlPlane.apply`` on
 a fresh control plane, no proxy connected). Then, on the largest config: what one weight
 change costs, re-serializes and sends, how long a real Envoy takes to ACK the whole config,
-and how long it then takes to ACK one weight changed."""
+and how long it then takes to ACK one weight changed; and the same apply, change and a
+restart with a state directory."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 
 from envoy.config.core.v3 import base_pb2
@@ -46,6 +48,12 @@ def run(sizes: list[int], trials: int, say=print) -> dict:
         if size == largest:
             out.update(_one_weight(cp, size, max(3, trials)))
             out.update(_envoy_ack(resources, size, trials))
+            out.update(_state_dir(resources, size, max(3, trials)))
+            say(
+                f"config size S={size}: with a state dir, first apply "
+                f"{out['state_first_apply_s']:.1f} s, one weight "
+                f"{out['one_weight_state_dir_ms']:.0f} ms, restart {out['state_restart_s']:.1f} s"
+            )
             out["envoy_ack_services"] = size
             say(f"config size S={size}: Envoy ACKed all in {out['envoy_ack_10k_s']:.2f} s")
             ms = out["one_weight_envoy_ack_ms"]
@@ -81,6 +89,32 @@ def _one_weight(cp: ControlPlane, size: int, trials: int) -> dict:
         "one_weight_repacked": repacked,  # resources serialized and packed again
         "one_weight_delta_bytes": delta,  # the responses' bytes, envelopes included
         "one_weight_sotw_bytes": sotw,
+    }
+
+
+def _state_dir(resources, size: int, trials: int) -> dict:
+    """The same with a state directory (``xds-server serve --state-dir``): the first apply
+    (every document rendered and written), one weight changed (the file rewritten and
+    fsynced before the push), and a restart (the file read, the state restored)."""
+    with tempfile.TemporaryDirectory() as path:
+        cp = ControlPlane(options=_options(size), state_dir=path)
+        started = time.perf_counter()
+        cp.apply(resources)
+        first = time.perf_counter() - started
+        samples = []
+        for i in range(trials):
+            change = load_text(route_yaml(0, 30 + i), "<bench>")
+            started = time.perf_counter()
+            cp.apply(change)
+            samples.append(time.perf_counter() - started)
+        again = ControlPlane(options=_options(size), state_dir=path)
+        started = time.perf_counter()
+        again.restore(again.state.load())  # what start() does
+        restart = time.perf_counter() - started
+    return {
+        "state_first_apply_s": first,
+        "one_weight_state_dir_ms": median(samples) * 1000,
+        "state_restart_s": restart,
     }
 
 
