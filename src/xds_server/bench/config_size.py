@@ -48,16 +48,16 @@ def run(sizes: list[int], trials: int, say=print) -> dict:
         if size == largest:
             out.update(_one_weight(cp, size, max(3, trials)))
             out.update(_envoy_ack(resources, size, trials))
+            out["envoy_ack_services"] = size
+            say(f"config size S={size}: Envoy ACKed all in {out['envoy_ack_10k_s']:.2f} s")
+            ms = out["one_weight_envoy_ack_ms"]
+            say(f"config size S={size}: one weight changed, Envoy ACKed it in {ms:.1f} ms")
             out.update(_state_dir(resources, size, max(3, trials)))
             say(
                 f"config size S={size}: with a state dir, first apply "
                 f"{out['state_first_apply_s']:.1f} s, one weight "
                 f"{out['one_weight_state_dir_ms']:.0f} ms, restart {out['state_restart_s']:.1f} s"
             )
-            out["envoy_ack_services"] = size
-            say(f"config size S={size}: Envoy ACKed all in {out['envoy_ack_10k_s']:.2f} s")
-            ms = out["one_weight_envoy_ack_ms"]
-            say(f"config size S={size}: one weight changed, Envoy ACKed it in {ms:.1f} ms")
     return out
 
 
