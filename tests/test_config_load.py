@@ -500,3 +500,54 @@ def test_empty_directory_is_a_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_paths([tmp_path])
     assert str(info.value) == f"{tmp_path}: document 1: no *.yaml or *.yml files in directory"
+
+
+# Documents the one-pass reader must build as PyYAML's SafeLoader does (or hand to it).
+YAML_CASES = [
+    "a: 1\nb: -2\nc: 0x1f\nd: 1_000\ne: 1.5\nf: .inf\ng: 1e3\n",
+    "t: true\nf: false\ny: yes\nn: no\no: on\nnull1: null\nnull2: ~\nempty:\n",
+    "q1: '1'\nq2: \"true\"\nplain: hello world\nts: 2026-11-25T08:00:00Z\nd: 2026-11-25\n",
+    "nested: {a: [1, 2, {b: c}], d: []}\nlist:\n- x\n- - y\n  - z\n- {}\n",
+    "base: &b {x: 1, y: [1, 2]}\nuse: *b\nagain: *b\n",
+    "base: &b {x: 1}\nmerged:\n  <<: *b\n  y: 2\n",  # a merge key: left to PyYAML
+    "1: int key\n? [a, b]\n: list key\n",  # keys that are not strings: left to PyYAML
+    "s: !!set {a, b}\no: !!omap [{a: 1}, {b: 2}]\nbin: !!binary aGVsbG8=\n",
+    "r: &r [1, *r]\n",  # an alias inside itself: left to PyYAML
+    "dup: 1\ndup: 2\nok: 3\n",
+    "multi: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
+]
+
+
+@pytest.mark.parametrize("text", YAML_CASES)
+def test_one_pass_reader_builds_what_pyyaml_builds(text):
+    """Data as PyYAML's SafeLoader builds it (an error where it errs), and the lines and
+    repeated keys of the walk that builds nothing."""
+    from xds_server.config import load
+
+    problems: list[Problem] = []
+    docs = list(load._documents(text, "<t>", problems))
+    try:
+        expected = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        assert problems and not docs
+        return
+    [(data, node, _doc, lines, dups)] = docs
+    assert repr(data) == repr(expected) if "*r" in text else data == expected
+    only_lines: dict[str, int] = {}
+    only_dups: list[str] = []
+    load._walk(node, "", only_lines, only_dups)
+    assert (lines, dups) == (only_lines, only_dups)
+    if text.startswith("dup:"):
+        assert dups == ["dup"] and lines["ok"] == 3
+
+
+def test_an_alias_inside_itself_is_a_clear_problem_not_a_crash():
+    """YAML allows a node to contain an alias of itself; reading lines used to recurse
+    until Python gave up."""
+    text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n"
+    with pytest.raises(ConfigError) as e:
+        load_text(text + "spec: &s\n  servers: [*s]\n")
+    assert [p.field for p in e.value.problems] == [
+        "spec.servers[0].servers",
+        "spec.servers[0].port",
+    ]
