@@ -271,3 +271,29 @@ def test_parallel_applies_end_consistent_and_envoy_sees_every_push_in_order():
         pushes, answers = lab.cp.call(server_eds)
         assert 1 <= pushes - pushes_before <= n
         assert eds_updates() - start == pushes - pushes_before == answers - answers_before
+
+
+TRICKY = {
+    "words": ["true", "123", "", "null", "~", "0x1F", "2026-11-25", "x: y", "- a", "a #b"],
+    "text": {"multi": "line one\nline two", "quote": "'q'", "unicode": "日本語 é", "tab": "a\tb"},
+    "numbers": [0, -5, 10**30],
+    "flags": [True, False, None],
+    "empty": [[], {}],
+    "nested": [{"a": [1, {"b": None}], "long": "x" * 200}],
+}
+
+
+@pytest.mark.parametrize("document", [TRICKY, {"float": 1.5}, {"tuple": (1, 2)}])
+def test_state_file_documents_are_what_yaml_dump_writes(document):
+    """The state file's renderer builds PyYAML's nodes itself for plain data: the text must
+    be yaml.dump's, to the byte (other types are left to yaml.dump)."""
+    expected = yaml.dump(document, Dumper=persist._Dumper, sort_keys=False, explicit_start=True)
+    assert persist.render(document) == expected
+    cp = ControlPlane()
+    cp.apply_yaml(SERVICE_ENTRY)
+    cp.apply_yaml(ALL_V1)
+    for r in cp.store.resources():
+        doc = cp.store.document(r.key)
+        assert persist.render(doc) == yaml.dump(
+            doc, Dumper=persist._Dumper, sort_keys=False, explicit_start=True
+        )
