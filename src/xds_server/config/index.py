@@ -9,7 +9,6 @@ look-ups made, so that config/reuse.py can keep a result until one of them chang
 from __future__ import annotations
 
 import bisect
-import operator
 from collections.abc import Callable, Hashable, Iterable
 
 from .model import (
@@ -43,20 +42,6 @@ def split_ref(ref: str, namespace: str) -> tuple[str, str]:
         ns, name = ref.split("/", 1)
         return ns, name
     return namespace, ref
-
-
-def same(a: object, b: object) -> bool:
-    """The same object or an equal one; lists and tuples element by element. Identity is
-    tried first: reused results (validation's and translation's memories) hold the very
-    objects the store keeps, so the deep comparison rarely runs."""
-    if a is b:
-        return True
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and (
-            all(map(operator.is_, a, b))  # the usual answer, found in C
-            or all(x is y or x == y for x, y in zip(a, b, strict=True))
-        )
-    return a == b
 
 
 def selects(labels: dict[str, str], selector: dict[str, str]) -> bool:

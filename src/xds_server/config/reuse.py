@@ -11,7 +11,7 @@ and the work of a run is proportional to what changed, not to the config.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Generic, TypeVar
 
 from .index import ConfigIndex, Dep, provides
@@ -76,7 +76,7 @@ class Reuse(Generic[T]):
         hit = self._kept.get((work, r.key))
         return hit[2] if hit is not None and hit[0] is r else None
 
-    def missing(self, resources: list[Resource], work: Callable[..., T]) -> list[Resource]:
+    def missing(self, resources: Sequence[Resource], work: Callable[..., T]) -> list[Resource]:
         """The resources with no kept result of ``work``: what a run must work out."""
         kept = self._kept
         out = [r for r in resources if (h := kept.get((work, r.key))) is None or h[0] is not r]

@@ -454,7 +454,7 @@ class CheckMemory:
         each VirtualService's claims by ``id``, worked out with its checks."""
         self._reuse.start_run(index.by_key, hint)
         claims = {}
-        for r in self._reuse.missing(list(resources), _check):
+        for r in self._reuse.missing(resources, _check):
             found, claims[id(r)] = self._reuse.get(r, index, _check, r, index, keep=_clean)
             problems += found
         for vs in index.virtual_services:
