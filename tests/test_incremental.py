@@ -45,8 +45,14 @@ def config(services: str = SERVICES, all_v1: str = ALL_V1, route: str = V2_20) -
     return "---\n".join([services, *docs, route])
 
 
-def without(kind: str) -> str:
-    return "---\n".join(d for d in config().split("---\n") if f"kind: {kind}\n" not in d)
+def without(kind: str, text: str | None = None) -> str:
+    docs = (text or config()).split("---\n")
+    return "---\n".join(d for d in docs if f"kind: {kind}\n" not in d)
+
+
+def route_named(name: str, port: int = 31400) -> str:
+    """The task's 80/20 VirtualService under another name, on ``port``."""
+    return V2_20.replace("name: tcp-echo\n", f"name: {name}\n").replace("31400", str(port))
 
 
 V2 = "      version: v2\n"
@@ -58,6 +64,26 @@ HOSTS, RENAMED = "  hosts:\n  - tcp-echo\n", "  hosts:\n  - tcp-echo-renamed\n"
 OTHER, SECOND = "name: tcp-other", "name: tcp-second"
 SELECTOR = "  workloadSelector:\n    labels:\n      app: tcp-echo\n"
 PICKS_NOTHING = SELECTOR.replace("tcp-echo", "nothing")
+MORE_SERVER = """\
+  - port:
+      number: 31401
+      name: tcp-more
+      protocol: TCP
+    hosts:
+    - "*"
+"""
+EVERY_PORT = route_named("z-all").replace("  - match:\n    - port: 31400\n    route:", "  - route:")
+
+
+def docs(*texts: str) -> str:
+    return "---\n".join(texts)
+
+
+GATEWAY_HOSTS = '    hosts:\n    - "*"\n'
+TWO_PORTS = ALL_V1.replace(GATEWAY_HOSTS, GATEWAY_HOSTS + MORE_SERVER, 1)
+TWO = config(all_v1=TWO_PORTS)  # the task, and a second port on its gateway
+TWO_BARE = without("VirtualService", TWO)
+ONE_PORT_TWICE = config(all_v1=TWO_PORTS.replace("31401", "31400"))
 SECOND_ENTRY = """\
 ---
 apiVersion: networking.istio.io/v1
@@ -97,6 +123,25 @@ STEPS = [
     ("the task, selected again", config()),
     ("no workload entries", without("WorkloadEntry")),
     ("the task once more", config()),
+    # Two VirtualServices for one gateway port: the first in namespace/name order serves
+    # it and the other is reported, also when the other is the unchanged one.
+    ("a route for the port, sorted first (invalid)", docs(config(), route_named("a-first"))),
+    ("a route for the port, sorted last (invalid)", docs(config(), route_named("z-last"))),
+    ("a gateway port more, routed by another", docs(TWO, route_named("z-last", 31401))),
+    ("the other moves onto the task's port (invalid)", docs(TWO, route_named("z-last"))),
+    ("the port more removed under it (invalid)", docs(config(), route_named("z-last", 31401))),
+    ("the task's route deleted", docs(TWO_BARE, route_named("z-last", 31401))),
+    ("the other takes the task's port", docs(TWO_BARE, route_named("z-last"))),
+    ("the task's route back, sorted first (invalid)", docs(TWO, route_named("z-last"))),
+    ("the other deleted", TWO_BARE),
+    # A route without a port match claims every port of its gateway: a gateway change
+    # alone changes what it claims, and the next claim must be compared with that.
+    ("a route for every port", docs(without("VirtualService"), EVERY_PORT)),
+    ("a gateway port more under it", docs(TWO_BARE, EVERY_PORT)),
+    ("a route for it, sorted first (invalid)", docs(TWO_BARE, EVERY_PORT, route_named("a", 31401))),
+    ("the every-port route deleted", TWO_BARE),
+    ("a second server on one port (invalid)", without("VirtualService", ONE_PORT_TWICE)),
+    ("the task at last", config()),
 ]  # fmt: skip
 
 
@@ -141,7 +186,7 @@ def test_check_memory_finds_what_a_fresh_validation_finds():
         checked[label] = store.checks.checked
     invalid = [label for label, text in STEPS if validate(load_text(text))]
     assert invalid == [label for label, _ in STEPS if "(invalid)" in label]
-    assert len(invalid) == 6
+    assert len(invalid) == 13
     # Not fresh runs in disguise: a weight change checks its VirtualService only.
     assert checked["a weight change"] == 1
 

@@ -28,14 +28,20 @@ class Reuse(Generic[T]):
         self._kept: dict[Unit, tuple[Resource, set[Dep], T]] = {}
         self._readers: dict[Dep, set[Unit]] = {}  # dep -> the kept results that read it
         self._works: set[Callable[..., Any]] = set()  # the kinds of result kept
+        # The keys of this run that may have no kept result (None: any): those changed or
+        # whose results were dropped, and those worked out last run but not kept.
+        self._pending: set[Key] | None = None
+        self._unkept: set[Unit] = set()  # worked out in this run and not kept
         self.computed = self.reused = 0  # in the current run, for benchmarks and tests
 
     def start_run(self, resources: Mapping[Key, Resource], hint: set[Key] | None = None) -> None:
         """A new run over ``resources`` (every resource of this run's index, by key).
         ``hint``: the keys in which ``resources`` may differ from the last state the caller
         committed (the store knows them); without it, every key is compared."""
+        pending: set[Key] | None = {key for _work, key in self._unkept}
         if not self._kept:  # nothing to drop
             keys: Any = ()
+            pending = None
         elif hint is None or self._hint is None:
             keys = self._seen.keys() | resources.keys()
         else:  # unless committed, the last run was a proposal: its keys may differ too
@@ -51,10 +57,15 @@ class Reuse(Generic[T]):
                     dirty.update(provides(old))
                 if new is not None:
                     dirty.update(provides(new))
+                    if pending is not None:
+                        pending.add(key)
         for dep in dirty:
             for unit in list(self._readers.get(dep, ())):
                 self._drop(unit)
-        self._seen, self._hint = resources, hint
+                if pending is not None:
+                    pending.add(unit[1])
+        self._seen, self._hint, self._pending = resources, hint, pending
+        self._unkept = set()
         self.computed = self.reused = 0
 
     def committed(self) -> None:
@@ -76,11 +87,23 @@ class Reuse(Generic[T]):
         hit = self._kept.get((work, r.key))
         return hit[2] if hit is not None and hit[0] is r else None
 
-    def missing(self, resources: Sequence[Resource], work: Callable[..., T]) -> list[Resource]:
-        """The resources with no kept result of ``work``: what a run must work out."""
-        kept = self._kept
-        out = [r for r in resources if (h := kept.get((work, r.key))) is None or h[0] is not r]
-        self.reused += len(resources) - len(out)
+    def missing(
+        self, work: Callable[..., T], resources: Sequence[Resource] | None = None
+    ) -> list[Resource]:
+        """The resources of this run with no kept result of ``work``: what a run must work
+        out, for a caller that works out every resource in every run (so that only the keys
+        a run changed, or whose results it dropped, need a look). ``resources``: the run's
+        list instead, if it may hold a key twice (the mapping of start_run holds one)."""
+        kept, seen = self._kept, self._seen
+        if resources is None and self._pending is not None:
+            pool: Sequence[Resource] = [seen[k] for k in sorted(self._pending) if k in seen]
+            total = len(seen)
+        else:
+            pool = resources if resources is not None else list(seen.values())
+            total = len(pool)
+        out = [r for r in pool if (h := kept.get((work, r.key))) is None or h[0] is not r]
+        self.reused += total - len(out)
+        self._unkept.update((work, r.key) for r in out)  # until kept, even if a run stops
         return out
 
     def get(
@@ -100,6 +123,7 @@ class Reuse(Generic[T]):
             self.reused += 1
             return hit[2]
         self.computed += 1
+        self._unkept.add(unit)  # until kept (the work may raise)
         deps = index.track()
         try:
             result = work(*args)
@@ -117,4 +141,5 @@ class Reuse(Generic[T]):
                 else:
                     readers[dep] = {unit}
             self._works.add(work)
+            self._unkept.discard(unit)
         return result

@@ -262,8 +262,10 @@ class ConfigStore:
         revision = self.revision + 1
         now = _now()
         # Keys not touched keep their object and state; deleted ones go.
+        maybe = self._resources if hint is None else sorted(hint)
+        gone = [k for k in maybe if k in self._resources and k not in proposed]
         state = dict(self._state)
-        for key in self._state.keys() - proposed.keys():
+        for key in gone:
             del state[key]
         actions: dict[Key, str] = {}
         for key in touched:
@@ -292,7 +294,7 @@ class ConfigStore:
         problems = validate(resources, self.checks, index, hint)
         if problems:
             raise ConfigError(problems)
-        changes = [Change(*k, DELETED) for k in self._resources if k not in proposed] + [
+        changes = [Change(*k, DELETED) for k in gone] + [
             Change(*k, actions[k], state[k].resource_version) for k in touched
         ]
         changed = any(c.action != UNCHANGED for c in changes)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .errors import ConfigError, Problem
 from .index import ConfigIndex, canonical_host, split_ref
@@ -250,24 +250,31 @@ def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex
 
 
 Claim = tuple[int, Gateway, int]  # (position in spec.tcp, gateway, server port)
+ClaimKey = tuple[Key, int]  # (gateway key, server port)
+Claimed = dict[Key, list[ClaimKey]]  # VirtualService key -> what it claims
 
 
-def _check_route_conflicts(
-    index: ConfigIndex, problems: list[Problem], claims: dict[int, list[Claim]]
-) -> None:
+def _route_owners(
+    claimants: Iterable[tuple[VirtualService, list[Claim]]], problems: list[Problem]
+) -> tuple[dict[ClaimKey, Key], Claimed]:
     """Each (gateway, port) is served by one VirtualService: the first in namespace/name
     order, as translation does. Later claims are errors, not silently ignored routes.
-    ``claims``: each VirtualService's, by ``id``."""
-    owners: dict[tuple[tuple, int], VirtualService] = {}
-    for vs in index.virtual_services:  # in namespace/name order
+    ``claimants``: VirtualServices in that order, with their claims. Returns who owns each
+    (gateway, port) and what each VirtualService claims."""
+    owners: dict[ClaimKey, VirtualService] = {}
+    claimed: Claimed = {}
+    for vs, claims in claimants:
         reported = set()
-        for i, gw, port in claims[id(vs)]:
+        keys = claimed[vs.key] = []
+        for i, gw, port in claims:
             key = (gw.key, port)
+            keys.append(key)
             owner = owners.setdefault(key, vs)
             if owner.key != vs.key and key not in reported:  # same key: a duplicate
                 reported.add(key)
                 message = f"gateway {gw.ref} port {port} is already routed by {_ref(owner)}"
                 Reporter.for_resource(vs, problems).add(item("spec.tcp", i), message)
+    return {k: vs.key for k, vs in owners.items()}, claimed
 
 
 def _claims(index: ConfigIndex, vs: VirtualService) -> list[Claim]:
@@ -426,10 +433,20 @@ class CheckMemory:
     """A resource's own checks, kept between runs when they found nothing: they are not run
     again while the resource is unchanged and nothing its look-ups depend on (a gateway by
     name, the service of a host, ...) changed (config/reuse.py). Applying one weight to a
-    10k-service config then checks one VirtualService, not 30k resources."""
+    10k-service config then checks one VirtualService, not 30k resources.
+
+    The same for the routes' claims on gateway ports: the committed state has no conflict,
+    so a run looks only at the VirtualServices whose claims may have changed since, and at
+    the owners of what those claim (or claimed)."""
 
     def __init__(self) -> None:
         self._reuse: Reuse[tuple[list[Problem], list[Claim]]] = Reuse()
+        # The committed state's owner of each (gateway, port), and each VirtualService's
+        # claims (None: no commit yet, every claim is compared).
+        self._owners: dict[ClaimKey, Key] | None = None
+        self._claimed: Claimed = {}
+        self._dirty: set[Key] = set()  # VirtualServices whose claims may differ from those
+        self._next: Callable[[], None] | None = None  # commits the last run's claims
 
     @property
     def checked(self) -> int:
@@ -442,6 +459,9 @@ class CheckMemory:
     def committed(self) -> None:
         """The last run's resources became the store's state (see Reuse.committed)."""
         self._reuse.committed()
+        if self._next is not None:
+            self._next()
+        self._next, self._dirty = None, set()
 
     def run(
         self,
@@ -449,18 +469,57 @@ class CheckMemory:
         index: ConfigIndex,
         problems: list[Problem],
         hint: set[Key] | None = None,
-    ) -> dict[int, list[Claim]]:
-        """Check what has no clean result kept (``hint``: see Reuse.start_run); returns
-        each VirtualService's claims by ``id``, worked out with its checks."""
-        self._reuse.start_run(index.by_key, hint)
-        claims = {}
-        for r in self._reuse.missing(resources, _check):
-            found, claims[id(r)] = self._reuse.get(r, index, _check, r, index, keep=_clean)
+    ) -> None:
+        """Check what has no clean result kept, and the claims that may conflict
+        (``hint``: see Reuse.start_run)."""
+        reuse = self._reuse
+        reuse.start_run(index.by_key, hint)
+        fresh: dict[int, list[Claim]] = {}  # by id: a key may come twice
+        twice = len(resources) != len(index.by_key)  # some key twice: check each document
+        for r in reuse.missing(_check, resources if twice else None):
+            found, claims = reuse.get(r, index, _check, r, index, keep=_clean)
             problems += found
-        for vs in index.virtual_services:
-            if id(vs) not in claims:
-                claims[id(vs)] = self._reuse.kept(vs, _check)[1]  # type: ignore[index]
-        return claims
+            if isinstance(r, VirtualService):
+                fresh[id(r)] = claims
+                self._dirty.add(r.key)
+        self._dirty.update(k for k in hint or () if k[0] == VirtualService.kind)
+
+        def claims_of(vs: VirtualService) -> list[Claim]:
+            claims = fresh.get(id(vs))
+            return claims if claims is not None else reuse.kept(vs, _check)[1]  # type: ignore[index]
+
+        owners = self._owners
+        if twice or hint is None or owners is None:
+            pairs = [(vs, claims_of(vs)) for vs in index.virtual_services]
+            self._next = functools.partial(self._replace, *_route_owners(pairs, problems))
+            return
+        by_key, dirty = index.by_key, self._dirty
+        touched = {c for key in dirty for c in self._claimed.get(key, ())}
+        for key in dirty:
+            if key in by_key:
+                touched.update((gw.key, port) for _i, gw, port in claims_of(by_key[key]))
+        involved = dirty | {owners[c] for c in touched if c in owners}
+        pairs = [(by_key[k], claims_of(by_key[k])) for k in sorted(involved) if k in by_key]  # type: ignore[misc]
+        new_owners, claimed = _route_owners(pairs, problems)
+        self._next = functools.partial(self._update, new_owners, claimed, touched, set(dirty))
+
+    def _replace(self, owners: dict[ClaimKey, Key], claimed: Claimed) -> None:
+        self._owners, self._claimed = owners, claimed
+
+    def _update(
+        self, owners: dict[ClaimKey, Key], claimed: Claimed, touched: set[ClaimKey], dirty: set[Key]
+    ) -> None:
+        assert self._owners is not None
+        for c in touched:
+            if c in owners:
+                self._owners[c] = owners[c]
+            else:
+                self._owners.pop(c, None)
+        for key in dirty:
+            if key in claimed:
+                self._claimed[key] = claimed[key]
+            else:
+                self._claimed.pop(key, None)
 
 
 def _check(r: Resource, index: ConfigIndex) -> tuple[list[Problem], list[Claim]]:
@@ -492,9 +551,10 @@ def validate(
     if len(index.by_key) != len(resources):  # some key twice
         _check_duplicates(resources, problems)
     memory = memory if memory is not None else CheckMemory()
-    claims = memory.run(resources, index, problems, hint)
-    _check_gateway_ports(index, problems)
-    _check_route_conflicts(index, problems, claims)
+    memory.run(resources, index, problems, hint)
+    # A hint's base validated clean: with the same Gateways, their ports still do.
+    if hint is None or any(k[0] == Gateway.kind for k in hint):
+        _check_gateway_ports(index, problems)
     _check_shared_hosts(index, problems)
     return sort_problems(problems, [r.source.file for r in resources]) if problems else []
 
