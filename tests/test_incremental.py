@@ -6,6 +6,7 @@ is compared with a from-scratch run, and the reuse itself is counted."""
 from __future__ import annotations
 
 import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from xds_server import ControlPlane
 from xds_server.bench.common import BASE_PORT, config_yaml, route_yaml
@@ -26,7 +27,8 @@ from xds_server.translate import (
     translate,
 )
 from xds_server.translate.memo import Memo
-from xds_server.xds.cache import content_version
+from xds_server.translate.types import CLUSTER, ENDPOINT, LISTENER, Patch, Resources
+from xds_server.xds.cache import SnapshotCache, content_version
 
 SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
@@ -205,10 +207,15 @@ def test_check_memory_rechecks_an_unchanged_resource_whose_reference_went_away()
     assert memory.checked == 2 and memory.reused == len(resources) - 2
 
 
+NODES = [
+    ANY_NODE,
+    NodeProfile(labels=(("istio", "ingressgateway"),), transport="GRPC"),
+    NodeProfile(proxyless=True),  # in Istio's shape, it makes a cluster name twice
+]
+
+
 @pytest.mark.parametrize("split", [LOCALITY, ISTIO])
-@pytest.mark.parametrize(
-    "node", [ANY_NODE, NodeProfile(labels=(("istio", "ingressgateway"),), transport="GRPC")]
-)
+@pytest.mark.parametrize("node", NODES)
 def test_memo_translation_equals_a_fresh_one(split, node):
     options = TranslateOptions(split=split)
     memo = Memo()
@@ -218,6 +225,38 @@ def test_memo_translation_equals_a_fresh_one(split, node):
         assert serialized(translate(store.index, options, node, memo)) == serialized(
             translate(resources, options, node)
         ), label
+
+
+@pytest.mark.parametrize("split", [LOCALITY, ISTIO])
+def test_a_route_shadowed_by_another_stays_shadowed_through_changes(split):
+    """Translation skips what validation rejects: of two routes for one port (or two
+    entries for one host), the first in namespace/name order is served. Which one that is
+    depends on order, so a change to either must not be patched into the last output."""
+    options = TranslateOptions(split=split)
+    memo = Memo()
+    shadowed = V2_20.replace("weight: 80", "weight: 50").replace("weight: 20", "weight: 50")
+    steps = [
+        docs(config(), route_named("a-first")),  # a-first serves 31400
+        docs(config(route=shadowed), route_named("a-first")),  # the shadowed one changed
+        config(route=shadowed),  # a-first gone: tcp-echo serves
+        docs(config(route=shadowed), route_named("a-first")),  # a-first back
+        config(),
+        docs(config(), route_named("z-last")),  # tcp-echo keeps the port
+        config(),
+        # A second entry for the host, on another port: left out, though no name clashes.
+        config() + SECOND_ENTRY.replace("number: 9000", "number: 9099"),
+    ]
+    held: dict = {}
+    for i, text in enumerate(steps):
+        # Unchanged documents keep their objects, as in the store: their results are kept.
+        fresh = load_text(text)
+        held = {r.key: held[r.key] if _same(held.get(r.key), r) else r for r in fresh}
+        ours = translate(list(held.values()), options, ANY_NODE, memo)
+        assert serialized(ours) == serialized(translate(fresh, options)), i
+
+
+def _same(old, new) -> bool:
+    return old is not None and old.raw == new.raw
 
 
 def test_a_weight_change_builds_one_assignment_and_keeps_the_rest():
@@ -251,6 +290,21 @@ def test_one_weight_among_many_services_repacks_one_resource():
     assert cp.store.checks.checked == 1  # only the changed VirtualService was checked again
     [memo] = cp._memos.values()
     assert memo.units.computed == 1  # and translated again
+
+
+def test_a_patch_is_repacked_only_against_the_translation_it_patches():
+    """A translation that says how it differs from another is repacked at those names only
+    by a group that took that other one; any other group packs it whole."""
+    cache = SnapshotCache()
+    cache.set_resources(Resources(clusters={"a": Cluster(name="a")}))
+    base = Resources(clusters={"a": Cluster(name="a"), "b": Cluster(name="b")})
+    only_c = {CLUSTER: {"b", "c"}, ENDPOINT: set(), LISTENER: set()}
+    patched = Resources(clusters={"c": Cluster(name="c")}, patch=Patch(base, only_c))
+    cache.set_resources(patched)  # the group took {a}, not base: whole
+    assert set(cache.snapshot(CLUSTER).entries) == {"c"}
+    cache.set_resources(base)
+    cache.set_resources(patched)  # now the group took base: b and c looked at, a kept
+    assert set(cache.snapshot(CLUSTER).entries) == {"a", "c"}
 
 
 def test_reuse_works_again_when_a_selected_workload_changes():

@@ -28,8 +28,8 @@ class Reuse(Generic[T]):
         self._kept: dict[Unit, tuple[Resource, set[Dep], T]] = {}
         self._readers: dict[Dep, set[Unit]] = {}  # dep -> the kept results that read it
         self._works: set[Callable[..., Any]] = set()  # the kinds of result kept
-        # The keys of this run that may have no kept result (None: any): those changed or
-        # whose results were dropped, and those worked out last run but not kept.
+        # The keys that may have no kept result (None: any): those changed, added or
+        # removed, those whose results were dropped, and those worked out but not kept.
         self._pending: set[Key] | None = None
         self._unkept: set[Unit] = set()  # worked out in this run and not kept
         self.computed = self.reused = 0  # in the current run, for benchmarks and tests
@@ -57,8 +57,8 @@ class Reuse(Generic[T]):
                     dirty.update(provides(old))
                 if new is not None:
                     dirty.update(provides(new))
-                    if pending is not None:
-                        pending.add(key)
+                if pending is not None:
+                    pending.add(key)
         for dep in dirty:
             for unit in list(self._readers.get(dep, ())):
                 self._drop(unit)
@@ -67,6 +67,12 @@ class Reuse(Generic[T]):
         self._seen, self._hint, self._pending = resources, hint, pending
         self._unkept = set()
         self.computed = self.reused = 0
+
+    @property
+    def pending(self) -> set[Key] | None:
+        """The keys of this run whose results may have been dropped, or never worked out
+        (None: any key): every other key's results are kept from earlier runs."""
+        return self._pending
 
     def committed(self) -> None:
         """The last run's resources are now the caller's state: the next run's hint is

@@ -3,8 +3,9 @@ protos, so the output can be golden-tested and diffed to find what changed."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import replace
+from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 
@@ -17,7 +18,7 @@ from .listeners import build_api_listener, build_tcp_listener
 from .memo import Memo
 from .node import ADS, ANY_NODE, NodeProfile
 from .options import ISTIO, TranslateOptions
-from .types import Resources
+from .types import CLUSTER, ENDPOINT, LISTENER, Patch, Resources
 
 
 def route_cluster_name(vs: VirtualService, index: int) -> str:
@@ -51,13 +52,10 @@ def translate(
     if node.transport != ADS:
         options = replace(options, eds_api_type=node.transport)
     memo.start_run(index.by_key, options, hint)
-    out = Resources()
-    if options.split == ISTIO:
-        _istio_shape(index, options, out, memo)
-    else:
-        _locality_shape(index, options, out, memo)
+    phases = [*(ISTIO_SHAPE if options.split == ISTIO else LOCALITY_SHAPE)]
     if node.proxyless:
-        _proxyless(index, options, out, memo)
+        phases.append(PROXYLESS)
+    out = _patch(index, phases, options, memo) or _assemble(index, phases, options, memo)
     memo.last = out
     return out
 
@@ -71,25 +69,98 @@ def translation_key(index: ConfigIndex, node: NodeProfile) -> Hashable:
     return (None if len(served) == len(gateways) else served, node.proxyless, node.transport)
 
 
-# Each shape is assembled from what single resources translate to (kept in memo.units,
-# so a change translates only the resources it touched), in namespace/name order.
+# --- Assembly ----------------------------------------------------------------------------
+#
+# Each output comes from one resource: what it translates to is kept in memo.units, so a
+# change translates only the resources it touched. The outputs come in groups (a route's
+# listener, cluster and assignment), and a shape is the groups of its phases' resources in
+# namespace/name order.
+
+Output = tuple[str, str, Message]  # (type URL, name, message)
+Outputs = list[tuple[Output, ...]]  # a resource's groups
 
 
-def _locality_shape(index: ConfigIndex, options: TranslateOptions, out: Resources, memo: Memo):
-    for vs in index.virtual_services:
-        for cluster, cla, listener in memo.units.get(
-            vs, index, _route_clusters, index, vs, options, memo
-        ):
-            if listener.name in out.listeners:
-                continue  # another VirtualService came first (validation reports it)
-            out.listeners[listener.name] = listener
-            _add_cluster(out, cluster, cla)
+class Phase(NamedTuple):
+    work: Callable[..., Outputs]  # (index, resource, options, memo) -> its groups
+    members: Callable[[ConfigIndex], list[Any]]  # the resources it translates, in order
+    member: Callable[[Resource], bool]  # whether it translates this one (no host clash)
+    first_wins: bool  # a group whose first name is taken is left out (else it overwrites)
+
+
+def _assemble(
+    index: ConfigIndex, phases: list[Phase], options: TranslateOptions, memo: Memo
+) -> Resources:
+    """Every group of every phase. Notes which resource made each name, and whether any
+    name was made by two (then later changes assemble everything again: see _patch)."""
+    out = Resources()
+    by_type = out.by_type()
+    owners: dict[str, dict[str, Key]] = {t: {} for t in by_type}
+    made: dict[Key, list[tuple[str, str]]] = {}
+    exclusive = True
+    for phase in phases:
+        for r in phase.members(index):
+            key = r.key
+            names = made.setdefault(key, [])
+            for group in memo.units.get(r, index, phase.work, index, r, options, memo):
+                first_type, first_name, _msg = group[0]
+                if phase.first_wins and first_name in by_type[first_type]:
+                    exclusive = False  # another resource came first (validation reports it)
+                    continue
+                for type_url, name, msg in group:
+                    mine = owners[type_url]
+                    if mine.setdefault(name, key) != key:
+                        exclusive = False
+                    by_type[type_url][name] = msg
+                    names.append((type_url, name))
+    memo.made, memo.exclusive = made, exclusive
+    return out
+
+
+def _patch(
+    index: ConfigIndex, phases: list[Phase], options: TranslateOptions, memo: Memo
+) -> Resources | None:
+    """The last output with the groups of the resources this run may change replaced, or
+    None if it cannot be: nothing kept, or a name made by two resources (before or now),
+    where order decides which one is sent. A weight change in a 10k-service config then
+    costs one VirtualService, not 10k dictionary entries."""
+    keys = memo.units.pending
+    if keys is None or not memo.exclusive or index.clashes:
+        return None
+    last = memo.last
+    out = Resources(dict(last.listeners), dict(last.clusters), dict(last.endpoints))
+    by_type = out.by_type()
+    touched: dict[str, set[str]] = {t: set() for t in by_type}
+    for key in keys:
+        for type_url, name in memo.made.get(key, ()):
+            by_type[type_url].pop(name, None)
+            touched[type_url].add(name)
+    made: dict[Key, list[tuple[str, str]]] = {}
+    for key in sorted(keys):
+        r = index.by_key.get(key)
+        if r is None:
+            continue
+        names = made[key] = []
+        for phase in phases:
+            if not phase.member(r):
+                continue
+            for group in memo.units.get(r, index, phase.work, index, r, options, memo):
+                for type_url, name, msg in group:
+                    if name in by_type[type_url] and (type_url, name) not in names:
+                        return None  # made by another resource too: order decides
+                    by_type[type_url][name] = msg
+                    touched[type_url].add(name)
+                    names.append((type_url, name))
+    for key in keys:
+        memo.made.pop(key, None)
+    memo.made.update(made)
+    out.patch = Patch(last, touched)
+    return out
 
 
 def _route_clusters(
     index: ConfigIndex, vs: VirtualService, options: TranslateOptions, memo: Memo
-) -> list[tuple[Message, Message | None, Message]]:
-    """Locality mode: (cluster, assignment, listener) per gateway port of one
+) -> Outputs:
+    """Locality mode: (listener, cluster, assignment) per gateway port of one
     VirtualService; a route's cluster carries its destinations as weighted localities."""
     clusters: dict[int, tuple[Message, Message | None]] = {}
     out = []
@@ -104,25 +175,16 @@ def _route_clusters(
             name = route_cluster_name(vs, br.index)
             clusters[br.index] = _cluster(name, groups, policy, options, memo, dns, weighted=True)
         cluster, cla = clusters[br.index]
-        out.append((cluster, cla, _tcp_listener(br.port, options, [(cluster.name, 1)], memo)))
+        listener = _tcp_listener(br.port, options, [(cluster.name, 1)], memo)
+        out.append(((LISTENER, listener.name, listener), *_cluster_outputs(cluster, cla)))
     return out
-
-
-def _istio_shape(index: ConfigIndex, options: TranslateOptions, out: Resources, memo: Memo):
-    # Like Istio, a cluster for every service port and subset, referenced or not, so that a
-    # route change never waits for a new cluster.
-    for se in _services(index):
-        for cluster, cla in memo.units.get(se, index, _subset_clusters, index, se, options, memo):
-            if cluster.name not in out.clusters:
-                _add_cluster(out, cluster, cla)
-    for vs in index.virtual_services:
-        for listener in memo.units.get(vs, index, _weighted_listeners, index, vs, options, memo):
-            out.listeners.setdefault(listener.name, listener)
 
 
 def _subset_clusters(
     index: ConfigIndex, se: ServiceEntry, options: TranslateOptions, memo: Memo
-) -> list[tuple[Message, Message | None]]:
+) -> Outputs:
+    """Istio mode: like Istio, a cluster for every service port and subset, referenced or
+    not, so that a route change never waits for a new cluster."""
     out = []
     for host in se.hosts:
         dr = index.destination_rule(host, se.meta.namespace)
@@ -132,13 +194,14 @@ def _subset_clusters(
                 b = Backend(host, se, port, subset, 1)
                 name = subset_cluster_name(port.number, b.subset_name, host)
                 groups, policy = [_group(index, b, None)], effective_policy(dr, subset)
-                out.append(_cluster(name, groups, policy, options, memo, _is_dns(se), False))
+                cluster, cla = _cluster(name, groups, policy, options, memo, _is_dns(se), False)
+                out.append(_cluster_outputs(cluster, cla))
     return out
 
 
 def _weighted_listeners(
     index: ConfigIndex, vs: VirtualService, options: TranslateOptions, memo: Memo
-) -> list[Message]:
+) -> Outputs:
     """Istio mode: a listener per gateway port, weighting the destinations' clusters."""
     out = []
     for br in vs_routes(index, vs):
@@ -146,28 +209,18 @@ def _weighted_listeners(
             (subset_cluster_name(b.port.number, b.subset_name, b.host), b.weight)
             for b in br.backends
         ]
-        out.append(_tcp_listener(br.port, options, clusters, memo))
+        listener = _tcp_listener(br.port, options, clusters, memo)
+        out.append(((LISTENER, listener.name, listener),))
     return out
-
-
-def _proxyless(index: ConfigIndex, options: TranslateOptions, out: Resources, memo: Memo) -> None:
-    """What a gRPC library client asks for: an API listener ``host:port`` per service port
-    (the name in its ``xds:///host:port`` target), routing everything to Istio's
-    ``outbound|port||host`` cluster. gRPC ignores localities without a weight, so each
-    gets weight 1. DNS services are left out: gRPC has no STRICT_DNS clusters."""
-    for se in _services(index):
-        if _is_dns(se):
-            continue
-        for cluster, cla, listener in memo.units.get(
-            se, index, _grpc_targets, index, se, options, memo
-        ):
-            _add_cluster(out, cluster, cla)
-            out.listeners[listener.name] = listener
 
 
 def _grpc_targets(
     index: ConfigIndex, se: ServiceEntry, options: TranslateOptions, memo: Memo
-) -> list[tuple[Message, Message | None, Message]]:
+) -> Outputs:
+    """What a gRPC library client asks for: an API listener ``host:port`` per service port
+    (the name in its ``xds:///host:port`` target), routing everything to Istio's
+    ``outbound|port||host`` cluster. gRPC ignores localities without a weight, so each
+    gets weight 1. DNS services are left out: gRPC has no STRICT_DNS clusters."""
     out = []
     for host in se.hosts:
         dr = index.destination_rule(host, se.meta.namespace)
@@ -177,9 +230,25 @@ def _grpc_targets(
             groups, policy = [_group(index, b, 1)], effective_policy(dr, None)
             cluster, cla = _cluster(name, groups, policy, options, memo, False, True)
             target = f"{host}:{port.number}"
-            listener = build_api_listener(target, name)
-            out.append((cluster, cla, memo.settle(memo.last.listeners, target, listener)))
+            listener = memo.settle(memo.last.listeners, target, build_api_listener(target, name))
+            out.append((*_cluster_outputs(cluster, cla), (LISTENER, target, listener)))
     return out
+
+
+def _is_service(r: Resource) -> bool:
+    return isinstance(r, ServiceEntry) and bool(r.hosts)
+
+
+def _is_route(r: Resource) -> bool:
+    return isinstance(r, VirtualService)
+
+
+def _virtual_services(index: ConfigIndex) -> list[VirtualService]:
+    return index.virtual_services
+
+
+def _grpc_services(index: ConfigIndex) -> list[ServiceEntry]:
+    return [se for se in _services(index) if not _is_dns(se)]
 
 
 # --- Pieces ----------------------------------------------------------------------------------
@@ -217,10 +286,10 @@ def _cluster(
     return memo.settle(memo.last.clusters, name, cluster), cla
 
 
-def _add_cluster(out: Resources, cluster: Message, cla: Message | None) -> None:
-    out.clusters[cluster.name] = cluster
-    if cla is not None:
-        out.endpoints[cluster.name] = cla
+def _cluster_outputs(cluster: Message, cla: Message | None) -> tuple[Output, ...]:
+    if cla is None:
+        return ((CLUSTER, cluster.name, cluster),)
+    return (CLUSTER, cluster.name, cluster), (ENDPOINT, cluster.name, cla)
 
 
 def _tcp_listener(
@@ -232,3 +301,11 @@ def _tcp_listener(
 
 def _is_dns(se: ServiceEntry) -> bool:
     return se.resolution == "DNS"
+
+
+LOCALITY_SHAPE = (Phase(_route_clusters, _virtual_services, _is_route, True),)
+ISTIO_SHAPE = (
+    Phase(_subset_clusters, _services, _is_service, True),
+    Phase(_weighted_listeners, _virtual_services, _is_route, True),
+)
+PROXYLESS = Phase(_grpc_targets, _grpc_services, lambda r: _is_service(r) and not _is_dns(r), False)

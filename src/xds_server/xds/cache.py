@@ -133,8 +133,17 @@ class Group:
         """Take a new translation; returns the type URLs whose content changed. Unchanged
         resources keep their packed bytes."""
         changed: set[str] = set()
+        patch = resources.patch
+        if patch is None or patch.base is not self.resources:
+            patch = None  # not a change of what this group took last: every name
         for type_url, by_name in resources.by_type().items():
-            new = _pack(self.types.get(type_url), by_name.items())
+            old = self.types.get(type_url)
+            if patch is None:
+                new = _pack(old, by_name.items())
+            elif patch.names[type_url]:
+                new = _repack(old, by_name, patch.names[type_url])
+            else:
+                continue
             if new.version != self.version(type_url):
                 self.types[type_url] = new
                 changed.add(type_url)
@@ -157,19 +166,46 @@ def _pack(old: TypeSnapshot | None, items: Iterable[tuple[str, Message]]) -> Typ
         prev = old.entries.get(name)
         if prev is not None and prev.source is msg:  # translation reused it: not re-serialized
             entries[name] = prev
-            continue
-        data = msg.SerializeToString(deterministic=True)
-        version = _digest(data)
-        if prev is not None and prev.version == version:
-            entries[name] = replace(prev, source=msg)
-            continue
-        packed = any_pb2.Any(type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name, value=data)
-        entries[name] = Entry(name, version, packed, msg)
-        total += _mark(name, version) - (_mark(name, prev.version) if prev is not None else 0)
+        else:
+            entries[name], moved = _entry(name, msg, prev)
+            total += moved
     for name in old.entries.keys() - entries.keys():  # removed
         total -= _mark(name, old.entries[name].version)
     total %= _MOD
     return TypeSnapshot(_version_of(total), entries, total)
+
+
+def _repack(
+    old: TypeSnapshot | None, by_name: Mapping[str, Message], names: Iterable[str]
+) -> TypeSnapshot:
+    """``_pack`` of ``by_name`` when it differs from what ``old`` was packed from only at
+    ``names``: the other entries are taken as they are, without a look."""
+    old = old or _EMPTY
+    entries = dict(old.entries)
+    total = old.total
+    for name in names:
+        prev, msg = entries.get(name), by_name.get(name)
+        if msg is None:
+            if prev is not None:
+                del entries[name]
+                total -= _mark(name, prev.version)
+        elif prev is None or prev.source is not msg:
+            entries[name], moved = _entry(name, msg, prev)
+            total += moved
+    total %= _MOD
+    return TypeSnapshot(_version_of(total), entries, total)
+
+
+def _entry(name: str, msg: Message, prev: Entry | None) -> tuple[Entry, int]:
+    """``msg`` packed (or ``prev`` if the bytes are the same), and what it adds to the
+    snapshot's sum of hashes."""
+    data = msg.SerializeToString(deterministic=True)
+    version = _digest(data)
+    if prev is not None and prev.version == version:
+        return replace(prev, source=msg), 0
+    packed = any_pb2.Any(type_url="type.googleapis.com/" + msg.DESCRIPTOR.full_name, value=data)
+    moved = _mark(name, version) - (_mark(name, prev.version) if prev is not None else 0)
+    return Entry(name, version, packed, msg), moved
 
 
 class SnapshotCache:
