@@ -245,9 +245,13 @@ class ControlPlane:
             step=20,
             watch_filter=(lambda _c, path: path == only) if only else None,
         ):
-            if self.state is not None and not self.state.edited():
-                continue  # our own write: reloading it would only stall the loop
             writes = self.state.writes if self.state is not None else 0
+            if self.state is not None:
+                # Read and hashed off the loop (at 10k services the file is 13 MiB). An
+                # apply that wrote meanwhile has its own event, and replaced what was read.
+                edited = await asyncio.to_thread(self.state.edited)
+                if not edited or self.state.writes != writes:
+                    continue  # our own write: reloading it would only stall the loop
             try:
                 # Read off the loop: a big config takes seconds to parse, and streams go on.
                 resources = await asyncio.to_thread(load)
