@@ -34,6 +34,7 @@ HEADER = (
     "# (atomically); you may edit it by hand, the server applies the edit when it is valid.\n"
 )
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+_HEADER = HEADER.encode()
 _DOCUMENT = re.compile(r"^(?=---)", re.M)  # where a document of the file starts
 
 
@@ -94,10 +95,11 @@ class StateDir:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.file = self.path / STATE_FILE
-        self._texts: dict[Key, str] = {}  # each resource's document as written
+        self._texts: dict[Key, bytes] = {}  # each resource's document as written
         self._made: dict[Key, tuple[Resource, ObjectState]] = {}  # what it was rendered from
         self._order: list[Key] = []  # the keys of _texts, sorted: the file's order
-        self._written: bytes | None = None  # the digest of what we last wrote
+        # What we last wrote, and its digest once a watcher asked (see edited).
+        self._written: tuple[list[bytes], bytes | None] | None = None
         self.writes = 0  # how many times we wrote the file
         self._loaded: dict[Key, tuple[dict, str]] = {}  # see _documents
 
@@ -125,7 +127,14 @@ class StateDir:
     def edited(self) -> bool:
         """Whether the file is no longer the one this object last wrote (someone edited,
         replaced or removed it), so that a watcher can skip the events of our own writes."""
-        return self._written is None or _digest(self.file) != self._written
+        written = self._written
+        if written is None:
+            return True
+        chunks, digest = written
+        if digest is None:  # hashed when first asked, not on every save
+            digest = hashlib.sha256(b"".join(chunks)).digest()
+            self._written = (chunks, digest)
+        return _digest(self.file) != digest
 
     def save(self, proposal: Proposal) -> None:
         """Replace the state file atomically. Only the resources the proposal may have
@@ -151,21 +160,20 @@ class StateDir:
             if hit is None or hit[0] is not s.resource or hit[1] != s.state:
                 doc, loaded = s.document(), self._loaded.get(key)
                 text = loaded[1] if loaded is not None and loaded[0] == doc else render(doc)
-                texts[key], made[key] = text, (s.resource, s.state)
-        self._write(HEADER + "".join(map(texts.__getitem__, order)))
+                texts[key], made[key] = text.encode(), (s.resource, s.state)
+        self._write([_HEADER, *map(texts.__getitem__, order)])
         self._texts, self._made, self._order = texts, made, order
         self._loaded = {}
 
-    def _write(self, text: str) -> None:
+    def _write(self, chunks: list[bytes]) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=TMP_PREFIX, suffix=TMP_SUFFIX)
         try:
-            data = text.encode()
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(b"".join(chunks))  # one copy of the file, already encoded
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.file)
-            self._written = hashlib.sha256(data).digest()
+            self._written = (chunks, None)
             self.writes += 1
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
