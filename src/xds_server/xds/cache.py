@@ -49,6 +49,10 @@ class TypeSnapshot:
     version: str
     entries: Mapping[str, Entry] = field(default_factory=dict)
     total: int = 0  # the sum behind ``version`` (see content_version)
+    # Repacked from ``base``'s entries, which differ from these only at ``touched``: what
+    # changed since the last snapshot is worked out from those names, not from all.
+    base: Mapping[str, Entry] | None = field(default=None, compare=False, repr=False)
+    touched: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @functools.cached_property
     def names(self) -> frozenset[str]:
@@ -64,8 +68,24 @@ class TypeSnapshot:
         the same ``old`` (the streams of a group move from snapshot to snapshot together)."""
         memo = self.__dict__.get("_changed")
         if memo is None or memo[0] is not old:
-            memo = self.__dict__["_changed"] = (old, changed_entries(old, self.entries))
+            if old is self.entries:
+                changed = []
+            elif old is self.base:
+                entries = self.entries
+                new = {n: entries[n] for n in self.touched if n in entries}
+                changed = changed_entries(old, new)
+            else:
+                changed = changed_entries(old, self.entries)
+            memo = self.__dict__["_changed"] = (old, changed)
         return memo[1]
+
+    def gone_since(self, old: Mapping[str, Entry]) -> list[str]:
+        """The names of ``old`` that are not here."""
+        if old is self.entries:
+            return []
+        if old is self.base:
+            return [n for n in self.touched if n in old and n not in self.entries]
+        return [n for n in old if n not in self.entries]
 
     @property
     def size(self) -> int:
@@ -193,7 +213,10 @@ def _repack(
             entries[name], moved = _entry(name, msg, prev)
             total += moved
     total %= _MOD
-    return TypeSnapshot(_version_of(total), entries, total)
+    new = TypeSnapshot(_version_of(total), entries, total, old.entries, frozenset(names))
+    if len(entries) == len(old.entries) and all(n in old.entries for n in names):
+        new.__dict__["names"] = old.names  # the same names: streams that ask for all still do
+    return new
 
 
 def _entry(name: str, msg: Message, prev: Entry | None) -> tuple[Entry, int]:

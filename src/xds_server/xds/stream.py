@@ -298,8 +298,9 @@ class Stream:
         st = self.status.types.get(type_url)
         if self.group is None or st is None:
             return {}
-        entries = self.group.snapshot(type_url).entries
-        if st.wildcard or _covers(st.explicit, entries):
+        snapshot = self.group.snapshot(type_url)
+        entries = snapshot.entries
+        if st.wildcard or st.explicit is snapshot.names or _covers(st.explicit, entries):
             return entries
         return {n: entries[n] for n in st.explicit if n in entries}
 
@@ -346,8 +347,12 @@ class Stream:
         kept in the version the proxy has (Delta: as sent, since it rolls nothing back)."""
         want = self.desired(type_url)
         st = self.status.types[type_url]
-        had = st.sent if st.acked is st.sent else st.sent.keys() | st.acked.keys()
-        gone = [n for n in had if n not in want]
+        whole = self._whole(type_url, want)
+        if st.acked is st.sent and whole is not None:
+            gone = whole.gone_since(st.sent)  # from the names the last change touched
+        else:
+            had = st.sent if st.acked is st.sent else st.sent.keys() | st.acked.keys()
+            gone = [n for n in had if n not in want]
         if gone:
             needed = self._needed(type_url)
             first, second = (st.sent, st.acked) if self.delta else (st.acked, st.sent)
