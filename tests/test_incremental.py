@@ -330,6 +330,38 @@ def test_reuse_works_again_when_a_selected_workload_changes():
     assert [we.endpoint.labels["version"] for we in again] == ["v1", "v1"]
 
 
+def test_a_run_stopped_by_an_exception_leaves_no_resource_unchecked():
+    """A run that stops half way (a check raised) has not worked out the resources after
+    the failing one: the next run must, though nothing changed in between."""
+    seen: list = []
+
+    def work(r, fail: bool):
+        if fail:
+            raise RuntimeError("boom")
+        seen.append(r.key)
+        return r.key
+
+    first = {r.key: r for r in load_text(config())}
+    reuse: Reuse[tuple] = Reuse()
+    reuse.start_run(first)
+    for r in reuse.missing(work):
+        reuse.get(r, ConfigIndex(first.values()), work, r, False)
+    routes = [k for k in first if k[0] == "VirtualService"]
+    changed = {**first, **{r.key: r for r in load_text(config()) if r.key[0] == "Gateway"}}
+    index = ConfigIndex(changed.values())
+    reuse.start_run(changed, hint={k for k in changed if k[0] == "Gateway"})
+    todo = reuse.missing(work)
+    assert [r.key[0] for r in todo] == ["Gateway"]
+    with pytest.raises(RuntimeError):
+        reuse.get(todo[0], index, work, todo[0], True)
+    seen.clear()
+    reuse.start_run(changed, hint=set())
+    for r in reuse.missing(work):
+        reuse.get(r, index, work, r, False)
+    assert [k for k in seen if k[0] == "Gateway"] == [todo[0].key]
+    assert not [k for k in seen if k in routes]  # the rest is kept, not worked out again
+
+
 @pytest.mark.parametrize("split", [LOCALITY, ISTIO])
 def test_snapshot_versions_follow_changes_as_a_fresh_control_plane_has_them(split):
     """Each type's version is kept up to date change by change (not hashed again from all

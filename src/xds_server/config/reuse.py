@@ -31,16 +31,17 @@ class Reuse(Generic[T]):
         # The keys that may have no kept result (None: any): those changed, added or
         # removed, those whose results were dropped, and those worked out but not kept.
         self._pending: set[Key] | None = None
-        self._unkept: set[Unit] = set()  # worked out in this run and not kept
+        self._unkept: set[Key] = set()  # worked out in this run and not kept
+        self._broken = False  # a run stopped on an exception: compare everything next time
         self.computed = self.reused = 0  # in the current run, for benchmarks and tests
 
     def start_run(self, resources: Mapping[Key, Resource], hint: set[Key] | None = None) -> None:
         """A new run over ``resources`` (every resource of this run's index, by key).
         ``hint``: the keys in which ``resources`` may differ from the last state the caller
         committed (the store knows them); without it, every key is compared."""
-        pending: set[Key] | None = {key for _work, key in self._unkept}
-        if not self._kept:  # nothing to drop
-            keys: Any = ()
+        pending: set[Key] | None = set(self._unkept)
+        if not self._kept or self._broken:
+            keys: Any = self._seen.keys() | resources.keys() if self._kept else ()
             pending = None
         elif hint is None or self._hint is None:
             keys = self._seen.keys() | resources.keys()
@@ -65,8 +66,13 @@ class Reuse(Generic[T]):
                 if pending is not None:
                     pending.add(unit[1])
         self._seen, self._hint, self._pending = resources, hint, pending
-        self._unkept = set()
+        self._unkept, self._broken = set(), False
         self.computed = self.reused = 0
+
+    def abandon(self) -> None:
+        """The current run stopped half way (an exception): which results it left out is
+        not known, so the next run looks at every resource."""
+        self._broken = True
 
     @property
     def pending(self) -> set[Key] | None:
@@ -109,7 +115,6 @@ class Reuse(Generic[T]):
             total = len(pool)
         out = [r for r in pool if (h := kept.get((work, r.key))) is None or h[0] is not r]
         self.reused += total - len(out)
-        self._unkept.update((work, r.key) for r in out)  # until kept, even if a run stops
         return out
 
     def get(
@@ -129,10 +134,12 @@ class Reuse(Generic[T]):
             self.reused += 1
             return hit[2]
         self.computed += 1
-        self._unkept.add(unit)  # until kept (the work may raise)
         deps = index.track()
         try:
             result = work(*args)
+        except BaseException:
+            self._broken = True
+            raise
         finally:
             complete = index.untrack()
         if hit is not None:
@@ -147,5 +154,6 @@ class Reuse(Generic[T]):
                 else:
                     readers[dep] = {unit}
             self._works.add(work)
-            self._unkept.discard(unit)
+        else:
+            self._unkept.add(r.key)
         return result

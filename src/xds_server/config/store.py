@@ -262,8 +262,8 @@ class ConfigStore:
         revision = self.revision + 1
         now = _now()
         # Keys not touched keep their object and state; deleted ones go.
-        maybe = self._resources if hint is None else sorted(hint)
-        gone = [k for k in maybe if k in self._resources and k not in proposed]
+        maybe = self._resources if hint is None else hint
+        gone = sorted(k for k in maybe if k in self._resources and k not in proposed)
         state = dict(self._state)
         for key in gone:
             del state[key]

@@ -476,12 +476,16 @@ class CheckMemory:
         reuse.start_run(index.by_key, hint)
         fresh: dict[int, list[Claim]] = {}  # by id: a key may come twice
         twice = len(resources) != len(index.by_key)  # some key twice: check each document
-        for r in reuse.missing(_check, resources if twice else None):
-            found, claims = reuse.get(r, index, _check, r, index, keep=_clean)
-            problems += found
-            if isinstance(r, VirtualService):
-                fresh[id(r)] = claims
-                self._dirty.add(r.key)
+        try:
+            for r in reuse.missing(_check, resources if twice else None):
+                found, claims = reuse.get(r, index, _check, r, index, keep=_clean)
+                problems += found
+                if isinstance(r, VirtualService):
+                    fresh[id(r)] = claims
+                    self._dirty.add(r.key)
+        except BaseException:
+            reuse.abandon()
+            raise
         self._dirty.update(k for k in hint or () if k[0] == VirtualService.kind)
 
         def claims_of(vs: VirtualService) -> list[Claim]:

@@ -33,9 +33,9 @@ class Memo:
         self.last = Resources()  # the previous run's output
         self._options: TranslateOptions | None = None
         self.built = self.kept = 0  # outputs of the resources translated again, last run
-        # What the last output's names came from (see translator._assemble): each
-        # resource's (type URL, name)s, and whether no name came from two resources.
-        self.made: dict[Key, list[tuple[str, str]]] = {}
+        # What the last output came from (see translator._assemble): each resource's
+        # groups of outputs, and whether no name came from two resources.
+        self.made: dict[Key, list] = {}
         self.exclusive = False
 
     def start_run(

@@ -55,7 +55,11 @@ def translate(
     phases = [*(ISTIO_SHAPE if options.split == ISTIO else LOCALITY_SHAPE)]
     if node.proxyless:
         phases.append(PROXYLESS)
-    out = _patch(index, phases, options, memo) or _assemble(index, phases, options, memo)
+    try:
+        out = _patch(index, phases, options, memo) or _assemble(index, phases, options, memo)
+    except BaseException:
+        memo.units.abandon()
+        raise
     memo.last = out
     return out
 
@@ -90,28 +94,28 @@ class Phase(NamedTuple):
 def _assemble(
     index: ConfigIndex, phases: list[Phase], options: TranslateOptions, memo: Memo
 ) -> Resources:
-    """Every group of every phase. Notes which resource made each name, and whether any
-    name was made by two (then later changes assemble everything again: see _patch)."""
+    """Every group of every phase. Notes what each resource made, and whether any name was
+    made by two (then later changes assemble everything again: see _patch). Owners are
+    told apart by key: equal outputs of two resources may be one object (Memo.settle)."""
     out = Resources()
     by_type = out.by_type()
     owners: dict[str, dict[str, Key]] = {t: {} for t in by_type}
-    made: dict[Key, list[tuple[str, str]]] = {}
+    made: dict[Key, list[Outputs]] = {}
     exclusive = True
     for phase in phases:
         for r in phase.members(index):
             key = r.key
-            names = made.setdefault(key, [])
-            for group in memo.units.get(r, index, phase.work, index, r, options, memo):
+            groups = memo.units.get(r, index, phase.work, index, r, options, memo)
+            made.setdefault(key, []).append(groups)
+            for group in groups:
                 first_type, first_name, _msg = group[0]
                 if phase.first_wins and first_name in by_type[first_type]:
                     exclusive = False  # another resource came first (validation reports it)
                     continue
                 for type_url, name, msg in group:
-                    mine = owners[type_url]
-                    if mine.setdefault(name, key) != key:
+                    if owners[type_url].setdefault(name, key) != key:
                         exclusive = False
                     by_type[type_url][name] = msg
-                    names.append((type_url, name))
     memo.made, memo.exclusive = made, exclusive
     return out
 
@@ -131,25 +135,30 @@ def _patch(
     by_type = out.by_type()
     touched: dict[str, set[str]] = {t: set() for t in by_type}
     for key in keys:
-        for type_url, name in memo.made.get(key, ()):
-            by_type[type_url].pop(name, None)
-            touched[type_url].add(name)
-    made: dict[Key, list[tuple[str, str]]] = {}
+        for groups in memo.made.get(key, ()):
+            for group in groups:
+                for type_url, name, _msg in group:
+                    by_type[type_url].pop(name, None)
+                    touched[type_url].add(name)
+    made: dict[Key, list[Outputs]] = {}
     for key in sorted(keys):
         r = index.by_key.get(key)
         if r is None:
             continue
-        names = made[key] = []
+        mine: list[Outputs] = []
+        made[key], names = mine, set()
         for phase in phases:
             if not phase.member(r):
                 continue
-            for group in memo.units.get(r, index, phase.work, index, r, options, memo):
+            groups = memo.units.get(r, index, phase.work, index, r, options, memo)
+            mine.append(groups)
+            for group in groups:
                 for type_url, name, msg in group:
                     if name in by_type[type_url] and (type_url, name) not in names:
                         return None  # made by another resource too: order decides
                     by_type[type_url][name] = msg
                     touched[type_url].add(name)
-                    names.append((type_url, name))
+                    names.add((type_url, name))
     for key in keys:
         memo.made.pop(key, None)
     memo.made.update(made)
