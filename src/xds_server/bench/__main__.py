@@ -19,9 +19,9 @@ from . import config_size, fanout, push
 
 SCENARIOS = ("push", "fanout", "config", "churn")
 FULL = {"changes": 200, "churn": 1000, "fanout": [100, 1000], "fanout_changes": 20,
-        "sizes": [100, 1000, 10000], "trials": 5}  # fmt: skip
+        "fanout_big": (100, 1000), "sizes": [100, 1000, 10000], "trials": 5}  # fmt: skip
 QUICK = {"changes": 4, "churn": 20, "fanout": [5, 20], "fanout_changes": 3,
-         "sizes": [10, 50], "trials": 2}  # fmt: skip
+         "fanout_big": (5, 20), "sizes": [10, 50], "trials": 2}  # fmt: skip
 
 
 def machine() -> str:
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     # scenario's 10k-service control planes) is collected now, not while clients run.
     gc.collect()
     if "fanout" in args.only:
-        results.update(fanout.run(p["fanout"], p["fanout_changes"], say))
+        results.update(fanout.run(p["fanout"], p["fanout_changes"], p["fanout_big"], say))
     gc.collect()
     if "push" in args.only or "churn" in args.only:
         changes = p["changes"] if "push" in args.only else 0

@@ -1,6 +1,8 @@
 """Scenario 2, fan-out: N simulated ADS clients that behave like Envoy (subscribe to CDS and
 LDS as wildcards and to EDS by the clusters' names; ACK every response), one weight change
-through the admin API, time until all N have ACKed the new endpoints. SotW and Delta.
+through the admin API, time until all N have ACKed the new endpoints. SotW and Delta, on a
+one-service config, and on a config of S services (``fanout_big_*``), where what a push
+and an ACK cost per stream must not grow with S.
 
 The server runs in its own process (``xds-server serve``); the clients share one event
 loop in this one, each on its own connection (as N Envoys would be). The time includes the
@@ -154,12 +156,14 @@ async def _fanout(server: BenchServer, n: int, changes: int, delta: bool) -> dic
     return {"p50": p50, "p99": p99, "rss_per_stream_kib": (rss_after - rss_before) / n}
 
 
-def run(sizes: list[int], changes: int, say=print) -> dict:
+def run(sizes: list[int], changes: int, big: tuple[int, int], say=print) -> dict:
+    """``sizes``: the N to run with a one-service config; ``big``: (N, S), the same on a
+    config of S services (what a push costs per stream when the config is large)."""
     # One event loop for every run: grpc.aio stays bound to the loop it first ran on.
-    return asyncio.run(_run(sizes, changes, say))
+    return asyncio.run(_run(sizes, changes, big, say))
 
 
-async def _run(sizes: list[int], changes: int, say) -> dict:
+async def _run(sizes: list[int], changes: int, big: tuple[int, int], say) -> dict:
     out: dict = {
         "fanout_all_acked_ms_p50": {},
         "fanout_all_acked_ms_p99": {},
@@ -167,7 +171,7 @@ async def _run(sizes: list[int], changes: int, say) -> dict:
         "fanout_delta_all_acked_ms_p99": {},
     }
     for delta in (False, True):
-        prefix = "fanout_delta" if delta else "fanout"
+        prefix, api = ("fanout_delta", "Delta") if delta else ("fanout", "SotW")
         for n in sizes:
             with BenchServer() as server:  # a fresh server: its RSS is this N's alone
                 server.admin.apply([("<bench>", config_yaml(1))])
@@ -177,6 +181,16 @@ async def _run(sizes: list[int], changes: int, say) -> dict:
             if n == max(sizes):
                 key = "server_rss_per_stream_kib" + ("_delta" if delta else "")
                 out[key] = r["rss_per_stream_kib"]
-            api = "Delta" if delta else "SotW"
             say(f"fan-out {api} N={n}: all ACKed p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms")
+        n, services = big
+        with BenchServer() as server:
+            server.admin.apply([("<bench>", config_yaml(services))])
+            r = await _fanout(server, n, changes, delta)
+        prefix = "fanout_big_delta" if delta else "fanout_big"
+        out[f"{prefix}_all_acked_ms_p50"], out[f"{prefix}_all_acked_ms_p99"] = r["p50"], r["p99"]
+        say(
+            f"fan-out {api} N={n}, S={services}: all ACKed p50 {r['p50']:.1f} ms, "
+            f"p99 {r['p99']:.1f} ms"
+        )
+    out["fanout_big_clients"], out["fanout_big_services"] = big
     return out

@@ -244,8 +244,9 @@ class Stream:
             self.force.add(type_url)
             self.new_names.setdefault(type_url, set()).update(new)
         # The proxy forgets what it unsubscribed from: so do we. (In Delta a version is the
-        # hash of the proxy's whole state of the type, so it changes with it.)
-        dropped = [n for n in st.sent.keys() | st.acked.keys() if not st.wants(n)]
+        # hash of the proxy's whole state of the type, so it changes with it.) Only an
+        # unsubscription takes names away: an ACK looks at none.
+        dropped = unsubscribe and [n for n in st.sent.keys() | st.acked.keys() if not st.wants(n)]
         if dropped:
             st.sent = {n: e for n, e in st.sent.items() if st.wants(n)}
             st.acked = {n: e for n, e in st.acked.items() if st.wants(n)}
@@ -455,7 +456,9 @@ class Stream:
         forced: bool,
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
         changed = self._changes(type_url, st.sent, target)
-        removed = sorted(n for n in st.sent if n not in target)
+        whole = self._whole(type_url, target)
+        gone = whole.gone_since(st.sent) if whole is not None else st.sent.keys() - target.keys()
+        removed = sorted(gone)
         # Names just subscribed to that do not exist: say so, or the proxy waits for them.
         missing = self.new_names.pop(type_url, set()) - target.keys() - set(removed)
         removed += sorted(missing)
