@@ -74,7 +74,14 @@ MORE_SERVER = """\
     hosts:
     - "*"
 """
-EVERY_PORT = route_named("z-all").replace("  - match:\n    - port: 31400\n    route:", "  - route:")
+
+
+def every_port(name: str) -> str:
+    """The task's 80/20 VirtualService under another name, on every port of its gateway."""
+    return route_named(name).replace("  - match:\n    - port: 31400\n    route:", "  - route:")
+
+
+EVERY_PORT = every_port("z-all")
 
 
 def docs(*texts: str) -> str:
@@ -463,36 +470,13 @@ def test_kinds_of_proxy_served_the_same_share_one_translation_and_its_snapshots(
     assert len(cp._memos) == 2
 
 
-ROUTE_EVERY_PORT = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: tcp-echo}
-spec:
-  hosts: ["*"]
-  gateways: [tcp-echo-gateway]
-  tcp:
-  - route:
-    - destination: {host: tcp-echo, port: {number: 9000}, subset: v1}
-"""
-SECOND_ROUTE = """\
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {name: tcp-echo-second}
-spec:
-  hosts: ["*"]
-  gateways: [tcp-echo-gateway]
-  tcp:
-  - match: [{port: 31400}]
-    route:
-    - destination: {host: tcp-echo, port: {number: 9000}, subset: v2}
-"""
 BAD_RULE = """\
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
 metadata: {name: broken}
 spec:
   host: tcp-echo
-  subsets: [{name: v1}, {name: v1}]
+  subsets: [{name: v1}, {name: v2}, {name: v1}]  # v1 twice; the routes' subsets exist
 """
 
 
@@ -502,12 +486,12 @@ def test_what_a_rejected_proposal_was_checked_against_is_not_reused():
     must not outlive it. The next apply sees the committed Gateway: the second route on
     31400 conflicts with the first."""
     cp = ControlPlane()
-    cp.apply(load_text(config(route=ROUTE_EVERY_PORT)))
+    cp.apply(load_text(config(route=every_port("tcp-echo"))))
     gateway = next(d for d in ALL_V1.split("---\n") if "kind: Gateway" in d)
     with pytest.raises(ConfigError):  # the rule is bad; the VirtualService checks clean
         cp.apply(load_text(gateway.replace(PORT, "number: 31402") + "---\n" + BAD_RULE))
     with pytest.raises(ConfigError) as e:
-        cp.apply(load_text(SECOND_ROUTE))
-    committed = [r for r in cp.store.resources()] + load_text(SECOND_ROUTE)
+        cp.apply(load_text(route_named("tcp-echo-second")))
+    committed = [r for r in cp.store.resources()] + load_text(route_named("tcp-echo-second"))
     assert _what(e.value.problems) == _what(validate(committed))
     assert any("already routed by" in p.message for p in e.value.problems)
