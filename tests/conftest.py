@@ -38,3 +38,13 @@ def cp():
         cp.apply(load_paths([SAMPLES / "tcp-echo-services.yaml"]))
         cp.apply(load_paths([SAMPLES / "tcp-echo-all-v1.yaml"]))
         yield cp
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz-examples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="examples per hypothesis fuzz test of the fault suite (default: a bounded CI size)",
+    )
