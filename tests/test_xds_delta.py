@@ -9,7 +9,15 @@ request that must be answered) comes next, so anything wrongly sent would have c
 from __future__ import annotations
 
 import pytest
-from test_xds_sotw import ROUTE, SECOND, SECOND_ROUTE, proxy, renamed_config, wait
+from test_xds_sotw import (
+    DR_TIMEOUT,
+    ROUTE,
+    SECOND,
+    SECOND_ROUTE,
+    proxy,
+    renamed_config,
+    wait,
+)
 from xds_client import XdsClient, names, unpack
 
 from xds_server.config.load import load_paths
@@ -141,6 +149,44 @@ def test_removal_order_listener_then_cluster_then_endpoints(cp, client):
     assert eds.type_url == ENDPOINT and list(eds.removed_resources) == [ROUTE]
     client.ack(eds)
     cp.wait_synced(node_id="test-proxy")
+
+
+def test_cluster_update_sends_its_unchanged_endpoints_again_at_once(cp, client):
+    """Envoy warms an updated EDS cluster until it gets its endpoints again and sends no
+    request for them in Delta: the unchanged assignment follows the CDS push at once."""
+    got = delta_start(client, cp)
+    cp.apply_yaml(DR_TIMEOUT)
+    cds = client.recv()
+    assert cds.type_url == CLUSTER and names(cds) == [ROUTE]
+    eds = client.recv()  # nothing ACKed yet
+    assert eds.type_url == ENDPOINT and not eds.removed_resources
+    assert versions(eds) == versions(got[ENDPOINT])
+    client.ack(cds)
+    client.ack(eds)
+    cp.wait_synced(node_id="test-proxy")
+
+
+def test_reconnect_with_an_old_cluster_gets_its_endpoints_again(cp):
+    """A proxy that reconnects holding an older version of a cluster is sent the new one,
+    and so warms it: its endpoints come too, though the proxy has their version."""
+    with XdsClient(cp.port, delta=True) as first:
+        got = delta_start(first, cp)
+    initial = {t: versions(r) for t, r in got.items()}
+    cp.apply_yaml(DR_TIMEOUT)
+    with XdsClient(cp.port, delta=True) as client:
+        client.subscribe(CLUSTER, initial=initial[CLUSTER])
+        cds = client.recv()
+        assert cds.type_url == CLUSTER and names(cds) == [ROUTE]
+        client.subscribe(ENDPOINT, [ROUTE], initial=initial[ENDPOINT])
+        eds = client.recv()
+        assert eds.type_url == ENDPOINT and versions(eds) == initial[ENDPOINT]
+        client.ack(cds)
+        client.ack(eds)
+        client.subscribe(LISTENER, initial=initial[LISTENER])
+        lds = client.recv()
+        assert lds.type_url == LISTENER and not lds.resources  # it has the listener
+        client.ack(lds)
+        cp.wait_synced(node_id="test-proxy")
 
 
 def test_replacing_a_cluster_adds_before_it_removes(cp, client):

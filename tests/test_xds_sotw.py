@@ -27,6 +27,20 @@ SECOND = "route|default/second|tcp[0]"
 LISTENER_NAME = "0.0.0.0_31400"
 BOTH = sorted([ROUTE, RENAMED])
 
+# The sample's DestinationRule with a connect timeout: the route's cluster changes (CDS),
+# its endpoints do not.
+DR_TIMEOUT = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: tcp-echo-destination}
+spec:
+  host: tcp-echo
+  trafficPolicy: {connectionPool: {tcp: {connectTimeout: 3s}}}
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+"""
+
 SECOND_ROUTE = """\
 apiVersion: networking.istio.io/v1
 kind: Gateway
@@ -265,6 +279,70 @@ def test_deleting_a_route_removes_listener_then_cluster_then_endpoints(cp, clien
     eds = client.recv()  # still asked for by name, but no cluster needs it any more
     assert eds.type_url == ENDPOINT and names(eds) == []
     client.ack(eds, [ROUTE])
+    cp.wait_synced(node_id="test-proxy")
+
+
+def test_envoy_dropping_its_last_eds_cluster_is_synced_without_a_response(cp, client):
+    """Once no cluster needs endpoints, Envoy's EDS request names nothing (on its last EDS
+    nonce), and Envoy answers no response to a type it watches nothing of: none is sent,
+    and the proxy is SYNCED (it was STALE until the next change)."""
+    envoy_start(client, cp)
+    eds = client.last[ENDPOINT]
+    cp.delete("VirtualService", "tcp-echo")
+    lds = client.recv()
+    client.ack(lds)
+    cds = client.recv()
+    assert cds.type_url == CLUSTER and names(cds) == []
+    client.request(ENDPOINT, [], eds.nonce, eds.version_info)  # what Envoy 1.40 sends
+    client.ack(cds)
+    cp.wait_synced(node_id="test-proxy")
+    assert {t: st for t, st in proxy(cp).types.items() if proxy(cp).state(t) != SYNCED} == {}
+    # Nothing was sent for EDS: the next response is the next change's (a new cluster).
+    cp.apply(load_paths([ALL_V1]))
+    assert client.recv().type_url == CLUSTER
+
+
+def test_cluster_update_sends_its_unchanged_endpoints_again_at_once(cp, client):
+    """Envoy warms an updated EDS cluster until it gets its endpoints again, and answers the
+    CDS response only then: the unchanged assignment follows the CDS push without waiting
+    for its ACK, in the version the proxy has."""
+    envoy_start(client, cp)
+    eds_before = client.last[ENDPOINT]
+    cp.apply_yaml(DR_TIMEOUT)
+    cds = client.recv()
+    assert cds.type_url == CLUSTER
+    assert unpack(cds.resources[0], CLUSTER).connect_timeout.seconds == 3
+    eds = client.recv()  # nothing ACKed yet
+    assert eds.type_url == ENDPOINT and names(eds) == [ROUTE]
+    assert (eds.version_info, list(eds.resources)) == (
+        eds_before.version_info,
+        list(eds_before.resources),
+    )
+    # Envoy repeats its EDS request (same names, version and nonce): it asks for nothing new.
+    client.request(ENDPOINT, [ROUTE], eds_before.nonce, eds_before.version_info)
+    client.ack(eds, [ROUTE])
+    client.ack(cds)
+    cp.wait_synced(node_id="test-proxy")
+    cp.apply(load_paths([V2_20]))  # the next response is this change's
+    weights = client.recv()
+    assert weights.type_url == ENDPOINT and weights.version_info != eds.version_info
+
+
+def test_cluster_unchanged_sends_no_endpoints_again(cp, client):
+    """Only an updated cluster's endpoints are sent again: a new route's cluster has its
+    endpoints asked for, the existing one's are not sent."""
+    envoy_start(client, cp)
+    cp.apply_yaml(SECOND_ROUTE.format(v1=50, v2=50))
+    cds = client.recv()
+    assert cds.type_url == CLUSTER and names(cds) == sorted([ROUTE, SECOND])
+    client.request(ENDPOINT, sorted([ROUTE, SECOND]), client.last[ENDPOINT].nonce)
+    eds = client.recv()
+    assert eds.type_url == ENDPOINT and names(eds) == sorted([ROUTE, SECOND])  # asked: all
+    client.ack(cds)
+    client.ack(eds, sorted([ROUTE, SECOND]))
+    lds = client.recv()
+    assert lds.type_url == LISTENER
+    client.ack(lds)
     cp.wait_synced(node_id="test-proxy")
 
 

@@ -31,6 +31,22 @@ Per-type services carry one type per stream and so cannot order across types (th
 spec says the same: only ADS can sequence); there, as with any control plane, a listener
 may arrive before its cluster and refuse connections for that moment.
 
+**Cluster updates resend their endpoints.** Envoy warms an updated EDS cluster until it gets
+its ClusterLoadAssignment again, even an unchanged one, and answers the CDS response only
+when the cluster is warm (else both wait for ``initial_fetch_timeout``, 15 s;
+go-control-plane #245). So when a CDS response changes a cluster the proxy was sent, the
+endpoints that cluster names follow it at once, not held behind the unanswered CDS (Envoy
+takes a stream's responses in order, so the cluster is warming when they arrive): SotW
+carries them with the changed ones under the same version, Delta as resources. What Envoy
+sends for it: in SotW ADS it repeats its EDS request (same names, version and nonce), which
+asks for nothing new and is answered by that push; in Delta ADS nothing; without ADS each
+updated cluster subscribes on a new EDS stream, answered as any first request.
+
+**Empty SotW subscriptions.** A SotW request naming nothing of a type asked for by name
+(Envoy's EDS once its last EDS cluster is gone) is not answered: Envoy takes a response to
+a type it watches nothing of without a word, so the push would stay unanswered (STALE, and
+a push -> ACK time that ends only at the next change). The proxy has nothing: synced.
+
 **NACK.** Recorded with the proxy's text (status, metrics, log). Nothing is resent: in SotW
 the rejected target keeps its version, in Delta the proxy's state is taken as sent, so
 there is no difference to send until the config changes; the next change is pushed
@@ -57,8 +73,17 @@ from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
-from ..translate import PUSH_ORDER, REFERS_TO, SHORT_NAMES, WILDCARD_TYPES, NodeProfile
+from ..translate import (
+    CLUSTER,
+    ENDPOINT,
+    PUSH_ORDER,
+    REFERS_TO,
+    SHORT_NAMES,
+    WILDCARD_TYPES,
+    NodeProfile,
+)
 from .cache import (
+    EMPTY_VERSION,
     Entry,
     Group,
     SnapshotCache,
@@ -134,6 +159,8 @@ class Stream:
         self.group: Group | None = None
         self.force: set[str] = set()  # types that must be answered now
         self.new_names: dict[str, set[str]] = {}  # Delta: just subscribed, maybe missing
+        # Endpoints to send again though unchanged: see "Cluster updates" above.
+        self._eds_resend: set[str] = set()
         self._nonces = 0
         status.view = self
 
@@ -209,7 +236,12 @@ class Stream:
         if not st.subscribed or wildcard != st.wildcard or names != st.explicit:
             first = not st.subscribed
             st.subscribed, st.wildcard, st.explicit = True, wildcard, self._shared(type_url, names)
-            if first and req.version_info and req.version_info == self.desired_version(type_url):
+            if not wildcard and not names:
+                # Asks for nothing (see "Empty SotW subscriptions"): has nothing, answered.
+                st.sent = st.acked = {}
+                st.sent_version = st.acked_version = EMPTY_VERSION
+                st.in_flight = False
+            elif first and req.version_info and req.version_info == self.desired_version(type_url):
                 # A reconnecting proxy that already has exactly this: nothing to send.
                 st.sent = st.acked = self.desired(type_url)
                 st.sent_version = st.acked_version = req.version_info
@@ -377,7 +409,9 @@ class Stream:
             if not st.subscribed:
                 continue
             forced = type_url in self.force
-            if forced or not blocked:
+            # Endpoints an updated cluster waits for are not held behind it: Envoy answers
+            # the CDS response only once the cluster is warm, which takes those endpoints.
+            if forced or not blocked or (type_url == ENDPOINT and self._eds_resend):
                 response = self._respond(type_url, st, forced)
                 if response is not None:
                     out.append(response)
@@ -391,12 +425,13 @@ class Stream:
         version = self._version(type_url, target)
         self._nonces += 1
         nonce = f"{self.status.stream_id}-{self._nonces}"
+        again = self._resend(target) if type_url == ENDPOINT and self._eds_resend else []
         if self.delta:
-            response = self._delta(type_url, st, target, version, nonce, forced)
-        elif forced or version != st.sent_version:
+            response = self._delta(type_url, st, target, version, nonce, forced, again)
+        elif forced or again or version != st.sent_version:
             response = discovery_pb2.DiscoveryResponse(
                 version_info=version,
-                resources=self._sotw_body(type_url, st, target, forced),
+                resources=self._sotw_body(type_url, st, target, forced, again),
                 type_url=type_url,
                 nonce=nonce,
             )
@@ -405,6 +440,8 @@ class Stream:
         if response is None:
             self._nonces -= 1
             return None
+        if type_url == CLUSTER and st.sent and (self.types is None or ENDPOINT in self.types):
+            self._eds_resend |= self._updated_endpoints(st, target)
         st.sent, st.sent_version, st.nonce = target, version, nonce
         st.in_flight, st.sent_at, st.last_change = True, time.monotonic(), time.time()
         st.nack = None
@@ -425,16 +462,45 @@ class Stream:
         )
         return response
 
+    def _updated_endpoints(self, st: TypeStatus, target: Mapping[str, Entry]) -> set[str]:
+        """The endpoints named by the clusters of ``target`` that the proxy was sent in
+        another version: Envoy warms those clusters until it gets them again."""
+        out: set[str] = set()
+        for entry in self._changes(CLUSTER, st.sent, target):
+            if entry.name in st.sent:
+                out |= entry.refs
+        return out
+
+    def _resend(self, target: Mapping[str, Entry]) -> list[Entry]:
+        """The endpoints to send again (see "Cluster updates"), those still in ``target``."""
+        names, self._eds_resend = self._eds_resend, set()
+        return [target[n] for n in sorted(names) if n in target]
+
+    @staticmethod
+    def _with(changed: list[Entry], again: list[Entry]) -> list[Entry]:
+        """``changed`` plus the entries of ``again`` it lacks (a new list: ``changed`` may
+        be a snapshot's memo)."""
+        if not again:
+            return changed
+        have = {e.name for e in changed}
+        return sorted([*changed, *(e for e in again if e.name not in have)], key=lambda e: e.name)
+
     def _sotw_body(
-        self, type_url: str, st: TypeStatus, target: Mapping[str, Entry], forced: bool
+        self,
+        type_url: str,
+        st: TypeStatus,
+        target: Mapping[str, Entry],
+        forced: bool,
+        again: list[Entry],
     ) -> Sequence[any_pb2.Any]:
         """Listeners and clusters: the whole state, as SotW requires for them. Endpoints:
         only what differs from what the proxy ACKed, as the protocol allows for types a
         proxy asks for by name (a proxy updates the ones a response carries and keeps the
         rest; Istio pushes EDS this way): one weight of 10k services is one assignment, not
-        10k. A request that asks again (``forced``) gets everything it asked for."""
+        10k; ``again`` adds the ones an updated cluster needs. A request that asks again
+        (``forced``) gets everything it asked for."""
         if type_url not in WILDCARD_TYPES and not forced and st.acked_version is not None:
-            changed = self._changes(type_url, st.acked, target)
+            changed = self._with(self._changes(type_url, st.acked, target), again)
             if changed:
                 return [e.any for e in changed]
         whole = self._whole(type_url, target)
@@ -454,8 +520,9 @@ class Stream:
         version: str,
         nonce: str,
         forced: bool,
+        again: list[Entry],
     ) -> discovery_pb2.DeltaDiscoveryResponse | None:
-        changed = self._changes(type_url, st.sent, target)
+        changed = self._with(self._changes(type_url, st.sent, target), again)
         whole = self._whole(type_url, target)
         gone = whole.gone_since(st.sent) if whole is not None else st.sent.keys() - target.keys()
         removed = sorted(gone)
