@@ -502,52 +502,152 @@ def test_empty_directory_is_a_problem(tmp_path: Path) -> None:
     assert str(info.value) == f"{tmp_path}: document 1: no *.yaml or *.yml files in directory"
 
 
-# Documents the one-pass reader must build as PyYAML's SafeLoader does (or hand to it).
-YAML_CASES = [
-    "a: 1\nb: -2\nc: 0x1f\nd: 1_000\ne: 1.5\nf: .inf\ng: 1e3\n",
+# Plain YAML the one-pass reader must build as PyYAML's SafeLoader does.
+PLAIN_YAML = [
+    "a: 1\nb: -2\nc: 0x1f\nd: 1_000\ne: 1.5\ng: 1e3\n",
     "t: true\nf: false\ny: yes\nn: no\no: on\nnull1: null\nnull2: ~\nempty:\n",
-    "q1: '1'\nq2: \"true\"\nplain: hello world\nts: 2026-11-25T08:00:00Z\nd: 2026-11-25\n",
+    "q1: '1'\nq2: \"true\"\nplain: hello world\nexplicit: !!str 5\n",
     "nested: {a: [1, 2, {b: c}], d: []}\nlist:\n- x\n- - y\n  - z\n- {}\n",
     "base: &b {x: 1, y: [1, 2]}\nuse: *b\nagain: *b\n",
-    "base: &b {x: 1}\nmerged:\n  <<: *b\n  y: 2\n",  # a merge key: left to PyYAML
-    "1: int key\n? [a, b]\n: list key\n",  # keys that are not strings: left to PyYAML
-    "s: !!set {a, b}\no: !!omap [{a: 1}, {b: 2}]\nbin: !!binary aGVsbG8=\n",
-    "r: &r [1, *r]\n",  # an alias inside itself: left to PyYAML
+    "base: &b {x: 1, z: 0}\nmerged:\n  <<: *b\n  y: 2\n  z: 3\n",
+    "a: &a {x: 1}\nb: &b {x: 2, y: 2}\nm:\n  <<: [*a, *b]\n",
     "dup: 1\ndup: 2\nok: 3\n",
     "multi: |\n  line one\n  line two\nfolded: >\n  a\n  b\n",
 ]
 
 
-@pytest.mark.parametrize("text", YAML_CASES)
-def test_one_pass_reader_builds_what_pyyaml_builds(text):
-    """Data as PyYAML's SafeLoader builds it (an error where it errs), and the lines and
-    repeated keys of the walk that builds nothing."""
-    from xds_server.config import load
+@pytest.mark.parametrize("text", PLAIN_YAML)
+def test_plain_yaml_is_read_as_pyyaml_reads_it(text: str) -> None:
+    from xds_server.config import yamldata
 
-    problems: list[Problem] = []
-    docs = list(load._documents(text, "<t>", problems))
-    try:
-        expected = yaml.load(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        assert problems and not docs
-        return
-    [(data, node, _doc, lines, dups)] = docs
-    assert repr(data) == repr(expected) if "*r" in text else data == expected
-    only_lines: dict[str, int] = {}
-    only_dups: list[str] = []
-    load._walk(node, "", only_lines, only_dups)
-    assert (lines, dups) == (only_lines, only_dups)
+    [doc] = yamldata.documents(text)
+    assert not doc.refusals and doc.data == yaml.load(text, Loader=yaml.SafeLoader)
     if text.startswith("dup:"):
-        assert dups == ["dup"] and lines["ok"] == 3
+        assert doc.dups == ["dup"] and doc.lines["ok"] == 3
+
+
+def test_timestamps_and_scalar_keys_stay_strings_as_in_json() -> None:
+    """kube-apiserver turns YAML into JSON: a timestamp is the string written, a key that
+    reads as a number or boolean is its text. Stored as datetimes they broke `get`."""
+    from xds_server.config import yamldata
+
+    [doc] = yamldata.documents("ts: 2026-11-25T08:00:00Z\nd: 2026-11-25\n80: http\ntrue: x\n")
+    assert doc.data == {"ts": "2026-11-25T08:00:00Z", "d": "2026-11-25", "80": "http", "true": "x"}
+
+
+RESOURCE = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\nspec: {}\n"
+
+# (text after RESOURCE, field, start of the message): YAML that is not plain data.
+NOT_PLAIN = [
+    ("status: !!binary aGVsbG8=\n", "status", 'YAML tag "!!binary" is not supported'),
+    ("status: !!set {a, b}\n", "status", 'YAML tag "!!set" is not supported'),
+    ("status: !!omap [{a: 1}]\n", "status", 'YAML tag "!!omap" is not supported'),
+    ("status: !!python/tuple [1]\n", "status", 'YAML tag "!!python/tuple" is not supported'),
+    ("status: {x: !custom 1}\n", "status.x", 'YAML tag "!custom" is not supported'),
+    ("status: {? [a, b] : c}\n", "status", "keys must be strings, got a collection"),
+    ("status: {x: .inf}\n", "status.x", "must be a finite number, got .inf"),
+    ("status: {x: .nan}\n", "status.x", "must be a finite number, got .nan"),
+    ("status: {x: 1.0e+400}\n", "status.x", "must be a finite number, got 1.0e+400"),
+    ("status: {x: " + "9" * 5000 + "}\n", "status.x", "number with 5000 digits is out of range"),
+    ("status: &s {x: [*s]}\n", "status.x[0]", "an alias of a node it is inside of"),
+]
+
+
+@pytest.mark.parametrize(("tail", "path", "message"), NOT_PLAIN)
+def test_yaml_that_is_not_plain_data_is_one_clear_problem(tail, path, message) -> None:
+    """Such values used to be stored (even under the ignored `status`) and then `get` failed
+    with "bytes is not JSON serializable"; a 5000-digit number raised a ValueError."""
+    [p] = problems(RESOURCE + tail)
+    assert (p.source.file, p.source.doc, p.source.line) == ("test.yaml", 1, 5)
+    assert (p.kind, p.name, p.field) == ("Gateway", "default/g", path)
+    assert p.message.startswith(message) and len(str(p)) < 300
 
 
 def test_an_alias_inside_itself_is_a_clear_problem_not_a_crash():
     """YAML allows a node to contain an alias of itself; reading lines used to recurse
-    until Python gave up."""
-    text = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: g}\n"
+    until Python gave up, and stored it broke `get` (no JSON form)."""
+    [p] = problems(RESOURCE.replace("spec: {}\n", "") + "spec: &s\n  servers: [*s]\n")
+    assert p.field == "spec.servers[0]" and "inside of" in p.message
+
+
+@pytest.mark.parametrize("style", ["block", "flow"])
+def test_deep_nesting_is_one_problem_not_a_recursion_error(style: str) -> None:
+    """999 levels are valid YAML (libyaml stops at 1000): they used to end in a
+    RecursionError traceback."""
+    n = 999
+    if style == "block":
+        deep = "".join(" " * (i + 2) + "k:\n" for i in range(n - 1))
+    else:
+        deep = "  k: " + "[" * (n - 1) + "]" * (n - 1) + "\n"
+    [p] = problems(RESOURCE + "status:\n" + deep)
+    assert p.kind == "Gateway" and p.field.startswith("status.k")
+    assert p.message == "nested more than 100 levels deep" and len(str(p)) < 1000
+
+
+def test_a_field_is_read_at_the_deepest_allowed_level() -> None:
+    from xds_server.config import yamldata
+
+    text = "a: " + "[" * (yamldata.MAX_DEPTH - 1) + "]" * (yamldata.MAX_DEPTH - 1)
+    [doc] = yamldata.documents(text)
+    assert not doc.refusals
+    [doc] = yamldata.documents(text.replace("a: ", "a: [") + "]")
+    assert [r.message for r in doc.refusals] == ["nested more than 100 levels deep"]
+
+
+def bomb(levels: int, width: int = 10) -> str:
+    """An alias bomb ("billion laughs") of a few hundred bytes: width**levels leaves."""
+    lines = ["  l0: &l0 [" + ", ".join(["lol"] * width) + "]"]
+    for i in range(1, levels):
+        lines.append(f"  l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * width) + "]")
+    return "status:\n" + "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_expands() -> None:
+    """796 bytes under `status:` used to expand to 4.8 M leaves (47 s, 3 GB RSS, stored in
+    the state file). 10**6 leaves here: refused after building MAX_ALIAS_NODES of them."""
+    text = RESOURCE + bomb(6)
+    assert len(text) < 1000
+    [p] = problems(text)
+    assert (p.kind, p.name, p.source.doc) == ("Gateway", "default/g", 1)
+    assert p.field.startswith("status.l") and p.source.line is not None
+    assert p.message.startswith("YAML aliases expand to more than 10000 nodes")
+
+
+def test_aliases_within_the_bound_are_read() -> None:
+    [gateway] = load_text(RESOURCE + bomb(3))  # 1000 leaves, under `status`, dropped
+    assert "status" not in gateway.raw
+
+
+def test_status_is_dropped_on_apply_as_kubernetes_does() -> None:
+    """The server owns `status`: a document's is never stored (nor shown by `get`)."""
+    [gateway] = load_text(RESOURCE + "status: {conditions: [{type: Ready}]}\n")
+    assert set(gateway.raw) == {"apiVersion", "kind", "metadata", "spec"}
+
+
+def test_an_oversized_document_is_refused_and_the_next_one_read() -> None:
+    from xds_server.config import yamldata
+
+    big = RESOURCE + "status: {x: '" + "a" * yamldata.MAX_DOCUMENT_CHARS + "'}\n"
     with pytest.raises(ConfigError) as e:
-        load_text(text + "spec: &s\n  servers: [*s]\n")
-    assert [p.field for p in e.value.problems] == [
-        "spec.servers[0].servers",
-        "spec.servers[0].port",
-    ]
+        load_text(big + "---\n" + RESOURCE + "---\n" + RESOURCE.replace("{name: g}", "[]"))
+    first, second = e.value.problems
+    assert (first.source.doc, first.source.line) == (1, 1)
+    assert re.fullmatch(
+        r"the document is 314\d{4} characters long, more than the 3145728 "
+        "allowed: split it",
+        first.message,
+    )
+    assert second.source.doc == 3 and second.field == "metadata"
+
+
+def test_long_values_are_shortened_in_messages() -> None:
+    """A 1 MB name gave a 1 MB message (and a problem list too big for gRPC's trailers)."""
+    name = "x" * 1_000_000
+    [p] = problems(RESOURCE.replace("{name: g}", f"{{name: {name.upper()}}}"))
+    assert p.field == "metadata.name" and len(p.message) < 300
+    assert p.message.endswith('got "' + "X" * 100 + '... (1000000 bytes)"')
+
+
+def test_a_syntax_error_names_its_document() -> None:
+    [p] = problems(RESOURCE + "---\n---\n" + "a: [\n")
+    assert p.source.doc == 3 and p.message.startswith("YAML syntax error")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from . import yamldata
 from .errors import ConfigError, Problem, Source
 from .model import (
     API_VERSIONS,
@@ -61,13 +60,7 @@ def is_dns1123_subdomain(value: str) -> bool:
     return len(value) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(value) is not None
 
 
-def join(path: str, key: object) -> str:
-    """Field paths read like the YAML: ``spec.tcp[0].route``."""
-    return f"{path}.{key}" if path else str(key)
-
-
-def item(path: str, index: int) -> str:
-    return f"{path}[{index}]"
+join, item = yamldata.join, yamldata.item  # field paths: ``spec.tcp[0].route``
 
 
 _LAST_STEP = re.compile(r"(\.[^.\[]*|\[\d+\])$")
@@ -84,15 +77,27 @@ def line_of(lines: Mapping[str, int], path: str, default: int | None) -> int | N
     return default
 
 
+SHOWN_CHARS = 100  # of a long value in a message: a problem list must stay readable
+
+
+def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
+    """A long text as its head and its size, so that a message about a 1 MB name is short."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text.encode(errors='replace'))} bytes)"
+
+
 def describe(value: object) -> str:
     """A value the way the user wrote it in YAML, for ``got ...`` in messages."""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
+    if isinstance(value, str) and len(value) > SHOWN_CHARS:
+        return json.dumps(value[:SHOWN_CHARS])[:-1] + shorten(value)[SHOWN_CHARS:] + '"'
     if isinstance(value, str | bool | int | float) or value is None:
-        return json.dumps(value)
-    return str(value)
+        return shorten(json.dumps(value))
+    return shorten(str(value))
 
 
 def known_hint(word: str, choices: Iterable[str], what: str) -> str:
@@ -529,6 +534,8 @@ def _resource(doc: Any, rep: Reporter) -> Resource | None:
     if cls is None:
         return None
     fields = PARSERS[cls](rd, doc.get("spec"))
+    if "status" in doc:  # owned by the server, as in Kubernetes: dropped on apply
+        doc = {k: v for k, v in doc.items() if k != "status"}
     return cls(
         api_version=api_version, meta=meta, raw=doc, source=rep.source, lines=rep.lines, **fields
     )
@@ -537,93 +544,10 @@ def _resource(doc: Any, rep: Reporter) -> Resource | None:
 # --- YAML with line numbers ----------------------------------------------------------------
 
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_TAGS: dict[tuple[str, tuple[bool, bool]], str] = {}  # (scalar, implicit) -> resolved tag
-
-
-class LineLoader(_Loader):  # type: ignore[misc,valid-type]
-    """SafeLoader (libyaml's when PyYAML has it: several times faster) that hands out
-    composed nodes, so lines can be read before construction.
-
-    Resolving a plain scalar's tag is a function of its text alone for a SafeLoader (it
-    has no path resolvers), and a config repeats the same keys and values thousands of
-    times: answers are kept, and the path bookkeeping is skipped."""
-
-    def resolve(self, kind, value, implicit):  # type: ignore[no-untyped-def]
-        if kind is not yaml.ScalarNode:
-            return super().resolve(kind, value, implicit)
-        key = (value, implicit)
-        tag = _TAGS.get(key)
-        if tag is None:
-            if len(_TAGS) > 100_000:
-                _TAGS.clear()
-            tag = _TAGS[key] = super().resolve(kind, value, implicit)
-        return tag
-
-    def descend_resolver(self, current_node, current_index):  # type: ignore[no-untyped-def]
-        pass
-
-    def ascend_resolver(self):  # type: ignore[no-untyped-def]
-        pass
-
-
-_STR, _MAP, _SEQ = (f"tag:yaml.org,2002:{t}" for t in ("str", "map", "seq"))
-
-
-class _LeftToPyYAML(Exception):
-    """A document ``_walk`` does not build (merge keys, keys that are not strings, tagged
-    collections, an alias inside itself): PyYAML's constructor builds it."""
-
-
-def _walk(
-    node: yaml.Node,
-    path: str,
-    lines: dict[str, int],
-    dups: list[str],
-    loader: LineLoader | None = None,
-    inside: frozenset[int] = frozenset(),
-) -> Any:
-    """Field path -> line of every key and list element under ``node`` (into ``lines``;
-    repeated keys, which YAML silently overwrites, into ``dups``). With a ``loader``, also
-    the node's data, as PyYAML's SafeLoader builds it: mappings, lists and strings here,
-    other scalars by the loader itself. One pass instead of PyYAML's constructor and a
-    second walk: reading a big config takes a third less."""
-    if isinstance(node, yaml.ScalarNode):
-        if loader is None:
-            return None
-        return node.value if node.tag == _STR else loader.construct_object(node, deep=True)
-    if id(node) in inside:  # an alias of a node it is inside of
-        if loader is not None:
-            raise _LeftToPyYAML
-        return None
-    if loader is not None and node.tag not in (_MAP, _SEQ):
-        raise _LeftToPyYAML
-    inside = inside | {id(node)}
-    if isinstance(node, yaml.MappingNode):
-        out: dict = {}
-        seen = set()
-        for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or (loader and key.tag != _STR):
-                if loader is not None:
-                    raise _LeftToPyYAML
-                continue
-            child = join(path, key.value)
-            if key.value in seen:
-                dups.append(child)
-            seen.add(key.value)
-            lines[child] = key.start_mark.line + 1
-            out[key.value] = _walk(value, child, lines, dups, loader, inside)
-        return out
-    items = []
-    for i, value in enumerate(node.value):
-        child = item(path, i)
-        lines[child] = value.start_mark.line + 1
-        items.append(_walk(value, child, lines, dups, loader, inside))
-    return items
-
-
-def _syntax_problem(error: yaml.YAMLError, file: str, doc: int) -> Problem:
+def _syntax_problem(error: Exception, file: str, doc: int) -> Problem:
     mark = getattr(error, "problem_mark", None)
+    if isinstance(error, RecursionError):
+        return Problem(Source(file, doc), "YAML nested too deeply to read")
     if mark is None:
         return Problem(Source(file, doc), f"YAML syntax error: {error}")
     text = getattr(error, "problem", None) or str(error)
@@ -632,45 +556,32 @@ def _syntax_problem(error: yaml.YAMLError, file: str, doc: int) -> Problem:
     )
 
 
-def _documents(
-    text: str, file: str, problems: list[Problem]
-) -> Iterator[tuple[Any, yaml.Node, int, dict[str, int], list[str]]]:
-    """(data, node, document index, lines, repeated keys) per non-empty document (see
-    _walk); a syntax error ends the file, since the parser cannot tell where the next
-    document starts."""
-    loader = LineLoader(text)
-    doc = 1
-    try:
-        while True:
-            try:
-                if not loader.check_node():
-                    return
-                node = loader.get_node()
-                lines: dict[str, int] = {}
-                dups: list[str] = []
-                try:
-                    data = _walk(node, "", lines, dups, loader)
-                except _LeftToPyYAML:
-                    data = loader.construct_document(node)  # first: it resolves merge keys
-                    lines, dups = {}, []
-                    _walk(node, "", lines, dups)
-                loader.constructed_objects.clear()
-            except yaml.YAMLError as e:
-                problems.append(_syntax_problem(e, file, doc))
-                return
-            if data is not None:
-                yield data, node, doc, lines, dups
-            doc += 1
-    finally:
-        loader.dispose()
+def _refused(d: yamldata.Document, rep: Reporter) -> None:
+    """One problem per refused part of a document, naming the resource if it can."""
+    data = d.data if isinstance(d.data, dict) else {}
+    meta = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    if isinstance(data.get("kind"), str):
+        rep.kind = data["kind"]
+    if isinstance(meta.get("name"), str):
+        rep.name = f"{meta.get('namespace') or DEFAULT_NAMESPACE}/{meta['name']}"
+    for r in d.refusals:
+        rep.problems.append(
+            Problem(rep.source.at(r.line), r.message, rep.kind, rep.name, r.path or None)
+        )
 
 
 def _load(text: str, file: str, problems: list[Problem]) -> list[Resource]:
     resources = []
-    for data, node, doc, lines, dups in _documents(text, file, problems):
-        rep = Reporter(Source(file, doc, node.start_mark.line + 1), problems, lines)
-        resource = _resource(data, rep)
-        for path in dups:
+    for d in yamldata.documents(text):
+        if d.error is not None:
+            problems.append(_syntax_problem(d.error, file, d.index))
+            break
+        rep = Reporter(Source(file, d.index, d.line), problems, d.lines)
+        if d.refusals:
+            _refused(d, rep)
+            continue
+        resource = _resource(d.data, rep)
+        for path in d.dups:
             rep.add(path, "duplicate key: YAML keeps only the last value")
         if resource is not None:
             resources.append(resource)
