@@ -607,3 +607,62 @@ def test_workload_entry_ports_name_selecting_service_ports() -> None:
 
 def test_unselected_workload_entry_may_name_any_port() -> None:
     assert run(resource("WorkloadEntry", "we", "address: 10.0.0.1\nports: {anything: 1}")) == []
+
+
+# --- Numbers out of their Envoy/Istio type's range ----------------------------------------
+
+
+@pytest.mark.parametrize("weight", [2**31, 2**32, 2**64, 10**40])
+def test_weight_must_fit_int32(weight: int) -> None:
+    tcp = f"""\
+        - route:
+          - {{destination: {{host: tcp-echo, subset: v1, port: {{number: 9000}}}}, weight: 1}}
+          - {{destination: {{host: tcp-echo, subset: v2, port: {{number: 9000}}}}, weight: {weight}}}
+        """
+    shown = str(weight) if weight < 10**24 else f"a number of {len(str(weight))} digits"
+    assert briefs(virtual_service(tcp)) == [
+        f"{VS}: spec.tcp[0].route[1].weight: must be at most 2147483647, got {shown}"
+    ]
+
+
+def test_weights_must_sum_within_uint32() -> None:
+    """Each weight fits Istio's int32, but Envoy adds them up into a uint32."""
+    dest = "- {{destination: {{host: tcp-echo, subset: {s}, port: {{number: {p}}}}}, weight: {w}}}"
+    big = 2**31 - 1
+    tcp = "- route:\n" + "\n".join(
+        "  " + dest.format(s=s, p=p, w=big) for s, p in (("v1", 9000), ("v2", 9000), ("v1", 9001))
+    )
+    assert briefs(virtual_service(tcp)) == [
+        f"{VS}: spec.tcp[0].route: weights must sum to at most 4294967295, got {3 * big}"
+        " (hint: weights are relative: divide them all by one number)"
+    ]
+    assert briefs(virtual_service(tcp.replace(f"weight: {big}", "weight: 1431655765"))) == []
+
+
+def test_connection_pool_numbers_in_range() -> None:
+    spec = """\
+        host: other
+        trafficPolicy:
+          connectionPool: {tcp: {connectTimeout: 1000000000000s, maxConnections: 2147483648}}
+        subsets:
+        - {name: v1, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 2562047h}}}}
+        """
+    assert briefs(rule(spec)) == [
+        f"{DR}: spec.trafficPolicy.connectionPool.tcp.connectTimeout:"
+        " must be at most 2562047h47m16.854s",
+        f"{DR}: spec.trafficPolicy.connectionPool.tcp.maxConnections:"
+        " must be at most 2147483647, got 2147483648",
+    ]
+
+
+def test_endpoint_weight_and_port_in_range() -> None:
+    spec = """\
+        hosts: [db]
+        ports: [{number: 5432, name: pg}]
+        endpoints: [{address: 10.0.0.1, ports: {pg: 18446744073709551616}, weight: 4294967296}]
+        """
+    assert briefs(service(spec)) == [
+        f"{SE}: spec.endpoints[0].ports.pg: must be a port number 1..65535,"
+        " got 18446744073709551616",
+        f"{SE}: spec.endpoints[0].weight: must be at most 4294967295, got 4294967296",
+    ]

@@ -16,15 +16,16 @@ import os
 import threading
 from collections.abc import Callable, Coroutine, Hashable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf import symbol_database
 from google.protobuf.message import Message
 
-from .config.errors import ConfigError
+from .config.errors import ConfigError, Problem, Source
+from .config.index import ConfigIndex
 from .config.load import load_paths, load_text
-from .config.model import Resource
+from .config.model import Key, Resource
 from .config.persist import StateDir
 from .config.store import Change, ConfigStore
 from .ports import port_is_free
@@ -35,6 +36,13 @@ from .xds.metrics import XdsMetrics
 
 log = logging.getLogger("xds_server")
 T = TypeVar("T")
+
+
+class Translation(NamedTuple):
+    """A config translated for the kinds of proxy connected, not yet in the cache."""
+
+    build: Callable[[NodeProfile], Resources]
+    memos: dict[Hashable, Memo]
 
 
 class PortInUseError(OSError):
@@ -99,7 +107,9 @@ class ControlPlane:
         self.requested_port = xds_port
         self.options = options or TranslateOptions()
         self.state = StateDir(state_dir) if state_dir is not None else None
-        self.store = ConfigStore(persist=self.state.save if self.state else None)
+        self.store = ConfigStore(
+            persist=self.state.save if self.state else None, prepare=self._prepare
+        )
         self.cache = SnapshotCache()
         self.board = StatusBoard()
         self.metrics = XdsMetrics(self.cache, self.board)
@@ -112,9 +122,10 @@ class ControlPlane:
         self.admin_port: int | None = None
         self.read_only = read_only
         self._servers: list[grpc.aio.Server] = []
-        # The last translation per kind of proxy connected, reused where unchanged.
+        # The last translation per kind of proxy connected, reused where unchanged: always
+        # of the committed config (dropped when a translated proposal did not commit).
         self._memos: dict[Hashable, Memo] = {}  # by translation_key
-        self._pushed = 0  # the store revision translated last
+        self._prepared: Translation | None = None  # the proposal being committed
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -182,10 +193,7 @@ class ControlPlane:
     def apply(self, resources: Iterable[Resource], *, dry_run: bool = False) -> list[Change]:
         """kubectl apply: all-or-nothing; raises ConfigError (or ConflictError for a stale
         resourceVersion) and changes nothing if the batch is not good."""
-        changes = self.store.apply(resources, dry_run=dry_run)
-        if not dry_run:
-            self._push()
-        return changes
+        return self._commit(functools.partial(self.store.apply, resources, dry_run=dry_run))
 
     def apply_yaml(self, text: str, file: str = "<input>") -> list[Change]:
         return self.apply(load_text(text, file))
@@ -196,16 +204,12 @@ class ControlPlane:
     @_collector_paused
     def replace(self, resources: Iterable[Resource]) -> list[Change]:
         """Make the config exactly ``resources`` (what a watched directory holds)."""
-        changes = self.store.replace(resources)
-        self._push()
-        return changes
+        return self._commit(functools.partial(self.store.replace, resources))
 
     @_collector_paused
     def restore(self, resources: Iterable[Resource]) -> list[Change]:
         """Load saved resources, keeping their resourceVersions (start-up from a state dir)."""
-        changes = self.store.restore(resources)
-        self._push()
-        return changes
+        return self._commit(functools.partial(self.store.restore, resources))
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> list[Change]:
         return self.delete_keys([(kind, namespace, name)])
@@ -215,9 +219,9 @@ class ControlPlane:
         self, keys: Iterable[tuple[str, str, str]], *, ignore_not_found: bool = False
     ) -> list[Change]:
         """kubectl delete: all or none; a missing resource raises NotFoundError."""
-        changes = self.store.delete(keys, ignore_not_found=ignore_not_found)
-        self._push()
-        return changes
+        return self._commit(
+            functools.partial(self.store.delete, keys, ignore_not_found=ignore_not_found)
+        )
 
     async def watch(
         self, stop: asyncio.Event, paths: Iterable[str | os.PathLike[str]] = ()
@@ -289,35 +293,82 @@ class ControlPlane:
 
     @_collector_paused
     def set_options(self, options: TranslateOptions) -> None:
-        self.options = options
-        self._push()
+        old, self.options = self.options, options
+        try:
+            translation = self._translate(self.store.index, set())
+        except BaseException:
+            self.options, self._memos = old, {}
+            raise
+        self._publish(translation)
 
-    def _push(self) -> set[str]:
-        # Translated once per kind of proxy connected (node labels, gRPC or Envoy: see
-        # xds/cache.py), and once for kinds that would get the same (translation_key). The
-        # builder is kept for kinds that connect later.
-        resources, options = self.store.index, self.options  # the set validation indexed
-        keys = {p: translation_key(resources, p) for p in self.cache.groups}
+    def _commit(self, change: Callable[[], list[Change]]) -> list[Change]:
+        """Run a store change; the store calls ``_prepare`` (translation) before it persists
+        and commits, so nothing that translation finds wrong is ever committed or saved,
+        and the cache gets the new translation only once the store holds its config."""
+        self._prepared = None
+        try:
+            changes = change()
+        except BaseException:
+            if self._prepared is not None:  # translated, then not committed (persist failed)
+                self._memos = {}  # they remember a config that is not the store's
+            raise
+        finally:
+            translation, self._prepared = self._prepared, None
+        if translation is not None:
+            self._publish(translation)
+        return changes
+
+    def _prepare(self, index: ConfigIndex, hint: set[Key] | None) -> None:
+        """The store's ``prepare`` hook: translate the validated proposal for every kind of
+        proxy connected. An exception here is a bug of ours (validation should have caught
+        what the config lacks), and it must not leave a commit behind: it is reported as
+        a problem with the batch, and the store stays as it was."""
+        try:
+            self._prepared = self._translate(index, hint)
+        except BaseException as e:
+            self._memos = {}  # a run was cut short: what they hold is not to be trusted
+            if not isinstance(e, Exception):
+                raise
+            log.error("translation failed, nothing applied: %s: %s", type(e).__name__, e)
+            log.debug("translation failure", exc_info=True)
+            changed = sorted(hint or ())
+            what = f"{changed[0][0]} {changed[0][1]}/{changed[0][2]}" if changed else "the config"
+            if len(changed) > 1:
+                what += f" and {len(changed) - 1} more"
+            problem = Problem(
+                Source("<server>", 0),
+                f"a change to {what} could not be translated for Envoy "
+                f"({type(e).__name__}: {e}); nothing was applied",
+                hint="this is a bug in xds-server: please report it with the input",
+            )
+            raise ConfigError([problem]) from None
+
+    def _translate(self, index: ConfigIndex, hint: set[Key] | None) -> Translation:
+        """Translate ``index`` once per kind of proxy connected (node labels, gRPC or Envoy:
+        see xds/cache.py), and once for kinds that would get the same (translation_key).
+        ``hint``: the keys in which it differs from the config the memos last translated."""
+        options = self.options
+        keys = {p: translation_key(index, p) for p in self.cache.groups}
         # Memos of the translations still in use (a later one gets its own).
-        memos = self._memos = {k: self._memos.get(k, Memo()) for k in keys.values()}
+        memos = {k: self._memos.get(k) or Memo() for k in keys.values()}
         done: dict[Hashable, Resources] = {}
-        # The keys changed since the last push, if the store can tell (else memos compare
-        # every resource).
-        last, self._pushed = self._pushed, self.store.revision
-        hint: set | None = None
-        if last == self.store.revision:  # the same config (new options)
-            hint = set()
-        elif last == self.store.revision - 1:  # one commit
-            hint = self.store.changed
 
         def build(node: NodeProfile) -> Resources:
-            key = keys.get(node) or translation_key(resources, node)
+            key = keys.get(node) or translation_key(index, node)
             if key not in done:
                 memo = memos.setdefault(key, Memo())
-                done[key] = translate(resources, options, node, memo, hint)
+                done[key] = translate(index, options, node, memo, hint)
             return done[key]
 
-        changed = self.cache.update(build)
+        for profile in keys:  # now, before anything is committed: a failure stops the batch
+            build(profile)
+        return Translation(build, memos)
+
+    def _publish(self, translation: Translation) -> set[str]:
+        """Hand a committed config's translation to the cache (the builder is kept for
+        kinds of proxy that connect later)."""
+        self._memos = translation.memos
+        changed = self.cache.update(translation.build)
         if changed:
             log.info(
                 "config revision %d: new versions for %s",

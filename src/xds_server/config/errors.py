@@ -10,7 +10,7 @@ class Source:
     """Where a resource came from, so every message can point back at it."""
 
     file: str = "<input>"
-    doc: int = 1  # 1-based index of the YAML document inside the file
+    doc: int = 1  # 1-based index of the YAML document inside the file (0: none)
     line: int | None = None  # 1-based line of the document's start
 
     def at(self, line: int | None) -> Source:
@@ -32,7 +32,7 @@ class Problem:
         where = self.source.file
         if self.source.line is not None:
             where += f":{self.source.line}"
-        parts = [f"{where}: document {self.source.doc}"]
+        parts = [f"{where}: document {self.source.doc}" if self.source.doc else where]
         if self.kind:
             parts[0] += f" ({self.kind} {self.name})" if self.name else f" ({self.kind})"
         if self.field:

@@ -2,8 +2,10 @@
 
 A batch is merged into a copy of the current set, the whole result is validated (so a
 reference to a resource applied earlier, or removed by this batch, is checked), handed to
-the ``persist`` hook (which may write it to disk and may fail), and only then does the copy
-become current. A failed batch leaves the store exactly as it was.
+the ``prepare`` hook (the control plane translates it there: whatever translation finds
+wrong stops the batch too), then to the ``persist`` hook (which may write it to disk and
+may fail), and only then does the copy become current. A batch that fails at any step
+leaves the store, and the state on disk, exactly as they were.
 
 Like Kubernetes, the store owns ``metadata.resourceVersion`` (the revision of the last
 change), ``generation`` (bumped when the document changes) and ``creationTimestamp``. A
@@ -121,25 +123,27 @@ def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
 
 
 Persist = Callable[[Proposal], None]
+Prepare = Callable[[ConfigIndex, "set[Key] | None"], None]
 
 
 class ConfigStore:
     """The current, always-valid set of resources, and a revision that counts commits.
 
-    ``persist``, if given, receives each proposed state (a Proposal) before it becomes
-    current; if it raises, nothing changes. An unchanged resource keeps its object across
-    commits, so a persist hook (or a translation cache) can tell what changed by identity,
-    and the Proposal says which keys to look at.
+    ``prepare``, if given, receives each validated proposal's index and the keys in which it
+    may differ from the current state (None: any), before ``persist``; ``persist`` receives
+    the proposed state (a Proposal). If either raises, nothing changes. An unchanged
+    resource keeps its object across commits, so a persist hook (or a translation cache)
+    can tell what changed by identity, and the Proposal says which keys to look at.
     """
 
-    def __init__(self, persist: Persist | None = None) -> None:
+    def __init__(self, persist: Persist | None = None, prepare: Prepare | None = None) -> None:
         self._resources: dict[Key, Resource] = {}
         self._state: dict[Key, ObjectState] = {}
         self.revision = 0
         self.persist = persist
+        self.prepare = prepare
         self.checks = CheckMemory()  # clean per-resource checks, reused while unchanged
         self.index = ConfigIndex([])  # look-ups over the current set, for translation too
-        self.changed: set[Key] | None = None  # the keys the last commit changed (None: any)
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -300,9 +304,11 @@ class ConfigStore:
         changed = any(c.action != UNCHANGED for c in changes)
         if dry_run or not changed:
             return changes
+        if self.prepare is not None:
+            self.prepare(index, hint)
         if self.persist is not None:
             self.persist(Proposal(proposed, state, hint))
         self._resources, self._state, self.revision = proposed, state, revision
-        self.index, self.changed = index, hint
+        self.index = index
         self.checks.committed()
         return changes

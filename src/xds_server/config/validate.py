@@ -43,14 +43,34 @@ from .reuse import Reuse
 from .routing import MESH, route_bindings
 
 MAX_PORT = 65535
+# Each number Envoy is sent must fit its type there and in Istio's API: route weights and
+# maxConnections are int32 in Istio, endpoint weights uint32; Envoy adds a route's weights
+# into a uint32; a duration must fit Go's time.Duration (int64 nanoseconds), the range
+# Istio's CRD validation accepts and well inside google.protobuf.Duration's.
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+MAX_DURATION_S = 9223372036.854  # (2**63 - 1) ns, to the ms
+MAX_DURATION = "2562047h47m16.854s"  # the same, as Go prints it
 
 
 # --- Small shared checks -------------------------------------------------------------------
 
 
+def _number(value: int) -> str:
+    """A number for a message: a huge one is shown by its size, not its digits."""
+    text = str(value)
+    return text if len(text) <= 24 else f"a number of {len(text)} digits"
+
+
+def _in_range(rep: Reporter, path: str, value: int | None, low: int, high: int) -> None:
+    if value is not None and not low <= value <= high:
+        bound = f"{low} or more" if value < low else f"at most {high}"
+        rep.add(path, f"must be {bound}, got {_number(value)}")
+
+
 def _port_number(rep: Reporter, path: str, number: int | None) -> None:
     if number is not None and not 1 <= number <= MAX_PORT:
-        rep.add(path, f"must be a port number 1..{MAX_PORT}, got {number}")
+        rep.add(path, f"must be a port number 1..{MAX_PORT}, got {_number(number)}")
 
 
 def _port(rep: Reporter, path: str, port: Port) -> None:
@@ -178,8 +198,7 @@ def _check_destination(
     if d.subset is not None:
         _subset_name(rep, join(dpath, "subset"), d.subset)
     _port_number(rep, join(dpath, "port.number"), d.port)
-    if dest.weight is not None and dest.weight < 0:
-        rep.add(join(path, "weight"), f"must be 0 or more, got {dest.weight}")
+    _in_range(rep, join(path, "weight"), dest.weight, 0, INT32_MAX)
     if not d.host:
         rep.add(join(dpath, "host"), "required")
         return
@@ -210,9 +229,13 @@ def _subsets_hint(host: str, namespace: str, index: ConfigIndex) -> str:
 def _check_weights(rep: Reporter, path: str, route: TCPRoute) -> None:
     """A lone destination may omit its weight; among several, omitted weights count as 0
     (Istio's rule), so something must be positive."""
-    if len(route.route) > 1 and sum(max(d.weight or 0, 0) for d in route.route) <= 0:
+    total = sum(max(d.weight or 0, 0) for d in route.route)
+    if len(route.route) > 1 and total <= 0:
         hint = "omitted weights count as 0 when there are several destinations"
         rep.add(join(path, "route"), "weights must sum to more than 0", hint)
+    elif total > UINT32_MAX and all(0 <= (d.weight or 0) <= INT32_MAX for d in route.route):
+        message = f"weights must sum to at most {UINT32_MAX}, got {_number(total)}"
+        rep.add(join(path, "route"), message, "weights are relative: divide them all by one number")
 
 
 def _destination_key(d: RouteDestination, namespace: str) -> tuple:
@@ -295,8 +318,9 @@ def _check_traffic_policy(rep: Reporter, path: str, policy: TrafficPolicy | None
     tcp = join(path, "connectionPool.tcp")
     if policy.connect_timeout is not None and policy.connect_timeout <= 0:
         rep.add(join(tcp, "connectTimeout"), "must be more than 0")
-    if policy.max_connections is not None and policy.max_connections < 1:
-        rep.add(join(tcp, "maxConnections"), f"must be 1 or more, got {policy.max_connections}")
+    elif policy.connect_timeout is not None and policy.connect_timeout > MAX_DURATION_S:
+        rep.add(join(tcp, "connectTimeout"), f"must be at most {MAX_DURATION}")
+    _in_range(rep, join(tcp, "maxConnections"), policy.max_connections, 1, INT32_MAX)
 
 
 def _check_destination_rule(dr: DestinationRule, rep: Reporter, index: ConfigIndex) -> None:
@@ -339,8 +363,7 @@ def _check_workload(
         if port_names is not None and name not in port_names:
             hint = known_hint(name, port_names, "port names")
             rep.add(ppath, f'"{name}" is not the name of a service port', hint)
-    if ep.weight is not None and ep.weight < 1:
-        rep.add(join(path, "weight"), f"must be 1 or more, got {ep.weight}")
+    _in_range(rep, join(path, "weight"), ep.weight, 1, UINT32_MAX)
 
 
 def _check_service_ports(rep: Reporter, se: ServiceEntry) -> None:

@@ -71,9 +71,10 @@ def build_cluster(
 ) -> cluster_pb2.Cluster:
     """An EDS cluster (or STRICT_DNS when endpoints are names: EDS needs IP addresses)."""
     c = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
-    c.connect_timeout.FromNanoseconds(
-        round((policy.connect_timeout or options.connect_timeout) * 1e9)
-    )
+    # In microseconds, the finest unit a duration is written in here: near the top of the
+    # range, nanoseconds overflow int64.
+    micros = round((policy.connect_timeout or options.connect_timeout) * 1e6)
+    c.connect_timeout.FromMicroseconds(micros)
     if dns:
         c.type = cluster_pb2.Cluster.STRICT_DNS
     else:
