@@ -125,6 +125,14 @@ BAD = {
             "must be 0 or more, got -20",
         ],
     ),
+    "binary-status": (  # used to be stored, and then `get` failed: bytes is not JSON
+        V2_20_TEXT + "status: !!binary aGVsbG8=\n",
+        ["(VirtualService default/tcp-echo)", 'status: YAML tag "!!binary" is not supported'],
+    ),
+    "deep": (  # used to be a RecursionError traceback
+        V2_20_TEXT + "status:\n" + "".join(" " * i + " k:\n" for i in range(900)),
+        ["(VirtualService default/tcp-echo)", "status.k.k", "nested more than 100 levels"],
+    ),
 }
 
 
@@ -241,3 +249,67 @@ def test_proxy_status_and_proxy_config_with_a_real_envoy(capsys):
 
         assert xdsctl.main(["--server", lab.admin_target, "proxy-config", "clusters", "nope"]) == 1
         assert "no proxy 'nope' is connected" in capsys.readouterr().err
+
+
+def many_destinations(n: int) -> str:
+    """A VirtualService with n destinations, each naming a subset that does not exist."""
+    route = "".join(
+        f"    - {{destination: {{host: tcp-echo, subset: nope{i}, port: {{number: 9000}}}}, "
+        "weight: 1}\n"
+        for i in range(n)
+    )
+    return (
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: many}\n"
+        "spec:\n  hosts: ['*']\n  tcp:\n  - route:\n" + route
+    )
+
+
+def test_every_problem_reaches_xdsctl_beyond_the_trailer_limit(ctl, tmp_path):
+    """Problem lists travelled in the gRPC status details, a trailer capped at 16 KiB:
+    1200 of them, or one about a 1 MB name, arrived as `Stream removed (received metadata
+    size exceeds hard limit)`. Now each arrives, one per line, up to 1000 and a count."""
+    assert ctl("apply", "-f", SERVICES)[0] == 0
+    bad = tmp_path / "many.yaml"
+    bad.write_text(many_destinations(1200))
+    code, out, err = ctl("apply", "-f", str(bad))
+    lines = err.splitlines()
+    assert code == 1 and out == "" and len(lines) == 1001, lines[-3:]
+    assert all(
+        line.startswith(f"error: {bad}:") and "unknown subset" in line for line in lines[:-1]
+    )
+    assert lines[-1] == "error: ... and 200 more"
+
+    bad.write_text(many_destinations(999))  # under the cap: every one
+    code, _, err = ctl("apply", "--dry-run", "-f", str(bad))
+    assert code == 1 and len(err.splitlines()) == 999
+
+    name = "n" * 1_000_000
+    bad.write_text(SERVICES_TEXT.replace("name: tcp-echo\n", f"name: {name.upper()}\n", 1))
+    code, _, err = ctl("apply", "-f", str(bad))
+    [line] = err.splitlines()
+    assert code == 1 and "metadata.name: must be a DNS-1123 subdomain" in line
+    assert line.endswith('... (1000000 bytes)"') and len(line) < 1000
+    code, _, err = ctl("delete", "vs", name)
+    assert code == 1 and err.startswith("Error from server (NotFound)") and len(err) < 1200
+
+
+def test_a_request_over_the_size_limit_is_one_clear_line(ctl, tmp_path):
+    """gRPC's RESOURCE_EXHAUSTED "Received message larger than max", in kubectl's words."""
+    big = tmp_path / "big.yaml"
+    big.write_text(SERVICES_TEXT + "---\n# " + "x" * (5 * 2**20) + "\n")
+    code, out, err = ctl("apply", "-f", str(big))
+    assert code == 1 and out == ""
+    assert err == (
+        "Error from server (RequestEntityTooLarge): the request is 5.0 MiB, more than the "
+        "4 MiB the control plane accepts in one call: apply the files in smaller batches\n"
+    )
+    assert ctl("apply", "-f", SERVICES)[0] == 0  # and the server still answers
+
+
+def test_status_is_dropped_on_apply(ctl, tmp_path):
+    """`status` belongs to the server (as in Kubernetes): never stored, never shown."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(SERVICES_TEXT + "status: {conditions: [{type: Reconciled}]}\n")
+    assert ctl("apply", "-f", str(mine))[0] == 0
+    code, out, _ = ctl("get", "we", "-o", "json")
+    assert code == 0 and all("status" not in doc for doc in json.loads(out)["items"])

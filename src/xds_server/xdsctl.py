@@ -341,6 +341,7 @@ ERROR_LABELS = {
     "NOT_FOUND": "NotFound",
     "INVALID_ARGUMENT": "Invalid",
     "FAILED_PRECONDITION": "Forbidden",
+    "RESOURCE_EXHAUSTED": "RequestEntityTooLarge",
 }
 
 
@@ -363,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdminError as e:
         label = ERROR_LABELS.get(e.code.name, e.code.name)
         prefix = "error: " if label == "Invalid" else f"Error from server ({label}): "
-        for line in [p.text for p in e.problems] or [e.message]:
+        for line in e.lines():
             print(prefix + line, file=sys.stderr)
         return 1
     except BrokenPipeError:  # `xdsctl get ... | head`

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 
@@ -11,16 +12,33 @@ from grpc_status import rpc_status
 from .v1 import admin_pb2, admin_pb2_grpc
 
 DEFAULT_ADMIN = "127.0.0.1:18001"
+# Answers (a `get` of a big config) may be larger than gRPC's default 4 MiB; requests are
+# held to the server's max receive message length.
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+_CODES = {c.value[0]: c for c in grpc.StatusCode}
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 
 
 class AdminError(Exception):
-    """The server refused or failed a call. ``problems``: the input problems, if any."""
+    """The server refused or failed a call. ``problems``: the input problems, if any (as
+    many as the server sends, ``more`` the count it left out)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, problems=()) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, problems=(), more: int = 0) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.problems: list[admin_pb2.Problem] = list(problems)
+        self.more = more
+
+    def lines(self) -> list[str]:
+        """One line per problem (the message if there are none), then how many more."""
+        out = [p.text for p in self.problems] or [self.message]
+        if self.more:
+            out.append(f"... and {self.more} more")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
 
 
 class ServerUnavailable(AdminError):
@@ -31,7 +49,7 @@ class AdminClient:
     def __init__(self, target: str = DEFAULT_ADMIN, timeout: float = 10.0) -> None:
         self.target = target
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(target)
+        self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
         self.stub = admin_pb2_grpc.ConfigAdminStub(self.channel)
 
     def close(self) -> None:
@@ -53,6 +71,14 @@ class AdminClient:
         code = e.code()
         if code == grpc.StatusCode.UNAVAILABLE:
             return ServerUnavailable(code, f"cannot connect to the control plane at {self.target}")
+        too_large = _TOO_LARGE.search(e.details() or "")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and too_large:
+            size, limit = (int(n) / 2**20 for n in too_large.groups())
+            return AdminError(
+                code,
+                f"the request is {size:.1f} MiB, more than the {limit:.0f} MiB the control "
+                "plane accepts in one call: apply the files in smaller batches",
+            )
         problems = []
         status = rpc_status.from_call(e)
         if status is not None:
@@ -69,7 +95,18 @@ class AdminClient:
     ) -> admin_pb2.ApplyResponse:
         """``documents``: (file name for errors, YAML text)."""
         docs = [admin_pb2.Document(file=f, yaml=t) for f, t in documents]
-        return self._call(self.stub.Apply, admin_pb2.ApplyRequest(documents=docs, dry_run=dry_run))
+        request = admin_pb2.ApplyRequest(documents=docs, dry_run=dry_run)
+        return self._refused(self._call(self.stub.Apply, request))
+
+    @staticmethod
+    def _refused(response):
+        """The response, or AdminError if it carries a refusal (see admin.proto: problems
+        travel in the body, not in the 16 KiB trailer)."""
+        if response.HasField("refusal"):
+            r = response.refusal
+            code = _CODES.get(r.code, grpc.StatusCode.UNKNOWN)
+            raise AdminError(code, r.message, r.problems, r.more)
+        return response
 
     def delete(
         self,
@@ -83,7 +120,7 @@ class AdminClient:
             refs=[admin_pb2.ResourceRef(kind=k, namespace=ns, name=n) for k, ns, n in refs],
             ignore_not_found=ignore_not_found,
         )
-        return self._call(self.stub.Delete, request)
+        return self._refused(self._call(self.stub.Delete, request))
 
     def get(self, kind: str = "", name: str = "", namespace: str = "") -> admin_pb2.GetResponse:
         request = admin_pb2.GetRequest(kind=kind, name=name, namespace=namespace)

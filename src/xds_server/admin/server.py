@@ -8,14 +8,15 @@ one before, and each one pushed before the next begins.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import grpc
-from google.protobuf import any_pb2, json_format
+from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..config.errors import ConfigError, Problem
-from ..config.load import load_text
+from ..config.load import load_text, shorten
 from ..config.model import DEFAULT_NAMESPACE, KINDS, resource_type
 from ..config.store import Change, ConflictError, NotFoundError
 from ..xds.status import by_node, node_synced, proxy_rows
@@ -26,7 +27,31 @@ class ReadOnlyError(Exception):
     """Config comes from files (--config): the API must not fight with them."""
 
 
+MAX_PROBLEMS = 1000  # in one answer; beyond them, how many more
+FIELD_CHARS = 300  # of a problem's file, name, field and hint
+MESSAGE_CHARS = 1000  # of a problem's message, and of an error's (a trailer holds 16 KiB)
+
+
+def bounded(p: Problem) -> Problem:
+    """The problem with every part shortened, so that a list of many stays small; load.py
+    already shortens the values it quotes, this also covers names and fields."""
+
+    def cut(text: str | None) -> str | None:
+        return shorten(text, FIELD_CHARS) if text else text
+
+    return replace(
+        p,
+        source=replace(p.source, file=shorten(p.source.file, FIELD_CHARS)),
+        message=shorten(p.message, MESSAGE_CHARS),
+        kind=cut(p.kind),
+        name=cut(p.name),
+        field=cut(p.field),
+        hint=cut(p.hint),
+    )
+
+
 def problem_pb(p: Problem) -> admin_pb2.Problem:
+    p = bounded(p)
     return admin_pb2.Problem(
         file=p.source.file,
         document=p.source.doc,
@@ -48,11 +73,20 @@ def change_pb(c: Change) -> admin_pb2.Change:
     )
 
 
-async def _abort(context, code: int, message: str, problems: list[Problem] = ()) -> None:
-    """Fail the call with a google.rpc.Status whose details carry the problems."""
-    detail = any_pb2.Any()
-    detail.Pack(admin_pb2.ProblemList(problems=[problem_pb(p) for p in problems]))
-    status = status_pb2.Status(code=code, message=message, details=[detail])
+def refusal_pb(code: int, problems: list[Problem]) -> admin_pb2.Refusal:
+    """A refused batch, for the response body: every problem (up to MAX_PROBLEMS), which
+    the 16 KiB trailer of a gRPC error could not carry."""
+    shown = [problem_pb(p) for p in problems[:MAX_PROBLEMS]]
+    one = len(problems) == 1
+    message = shown[0].text if one else f"{len(problems)} problems, nothing changed"
+    return admin_pb2.Refusal(
+        code=code, message=message, problems=shown, more=max(0, len(problems) - MAX_PROBLEMS)
+    )
+
+
+async def _abort(context, code: int, message: str) -> None:
+    """Fail the call with a short message: it travels in a trailer, capped at 16 KiB."""
+    status = status_pb2.Status(code=code, message=shorten(message, MESSAGE_CHARS))
     await context.abort_with_status(rpc_status.to_status(status))
 
 
@@ -61,15 +95,17 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         self.cp = cp
         self.read_only = read_only  # why writes are refused, or None
 
-    async def _guard(self, context, call):
+    async def _guard(self, context, call) -> tuple[list, admin_pb2.Refusal | None]:
+        """The changes ``call`` made, or why it made none: a refusal for the response body
+        when the input is at fault (see admin.proto), a gRPC error otherwise."""
         if self.read_only:
             await _abort(context, code_pb2.FAILED_PRECONDITION, self.read_only)
         try:
-            return call()
+            return call(), None
         except ConfigError as e:
-            await _abort(context, code_pb2.INVALID_ARGUMENT, str(e), e.problems)
+            return [], refusal_pb(code_pb2.INVALID_ARGUMENT, e.problems)
         except ConflictError as e:
-            await _abort(context, code_pb2.ABORTED, str(e), e.problems)
+            return [], refusal_pb(code_pb2.ABORTED, e.problems)
         except NotFoundError as e:
             await _abort(context, code_pb2.NOT_FOUND, str(e))
 
@@ -90,9 +126,11 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             resources = self._parse(request.documents)
             return self.cp.apply(resources, dry_run=request.dry_run)
 
-        changes = await self._guard(context, call)
+        changes, refusal = await self._guard(context, call)
         return admin_pb2.ApplyResponse(
-            changes=[change_pb(c) for c in changes], revision=self.cp.store.revision
+            changes=[change_pb(c) for c in changes],
+            revision=self.cp.store.revision,
+            refusal=refusal,
         )
 
     async def Delete(self, request, context):
@@ -102,9 +140,11 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
                 keys.append((ref.kind, ref.namespace or DEFAULT_NAMESPACE, ref.name))
             return self.cp.delete_keys(keys, ignore_not_found=request.ignore_not_found)
 
-        changes = await self._guard(context, call)
+        changes, refusal = await self._guard(context, call)
         return admin_pb2.DeleteResponse(
-            changes=[change_pb(c) for c in changes], revision=self.cp.store.revision
+            changes=[change_pb(c) for c in changes],
+            revision=self.cp.store.revision,
+            refusal=refusal,
         )
 
     async def Get(self, request, context):
@@ -141,10 +181,17 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         return admin_pb2.GetResponse(resources=out, revision=store.revision)
 
     async def ProxyStatus(self, request, context):
-        streams_by_node = by_node(self.cp.proxies())
+        # One Proxy per connection (two with one node id are two rows), with NACK texts cut
+        # to what fits gRPC's 4 MiB however many proxies sent how much.
+        from ..xds.csds import ANSWER_BUDGET
+        from ..xds.status import by_connection, fit_texts, shorten
+
+        connections = by_connection(self.cp.proxies())
+        texts = [(st.nack, 1) for s in connections for p in s for st in p.types.values() if st.nack]
+        limit = fit_texts(texts, ANSWER_BUDGET)
         proxies = []
-        for row in proxy_rows(self.cp.proxies()):
-            streams = streams_by_node[row.name]
+        for streams in connections:
+            (row,) = proxy_rows(streams)
             types = []
             for type_url, state in sorted(row.states.items()):
                 stream = next(p for p in reversed(streams) if type_url in p.types)
@@ -155,7 +202,7 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
                         state=state,
                         sent_version=st.sent_version or "",
                         acked_version=st.acked_version or "",
-                        error=row.errors.get(type_url, ""),
+                        error=shorten(row.errors.get(type_url, ""), limit),
                         last_change=st.last_change or 0.0,
                     )
                 )
@@ -163,7 +210,7 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
                 admin_pb2.Proxy(
                     node_id=row.name,
                     node_cluster=row.cluster,
-                    peer=streams[-1].peer,
+                    peer=row.peer,
                     connected_since=row.connected_since or 0.0,
                     types=types,
                     synced=node_synced(streams),
