@@ -149,16 +149,19 @@ def render_bootstrap(
 
 def _per_type_bootstrap(ads_bootstrap: str, api_type: str) -> str:
     """The same bootstrap with CDS and LDS from the per-type services instead of ADS."""
+    import copy
+
     import yaml
 
     doc = yaml.safe_load(ads_bootstrap)
+    services = doc["dynamic_resources"]["ads_config"]["grpc_services"]  # retry policy too
     doc["dynamic_resources"] = {
         f"{kind}_config": {
             "resource_api_version": "V3",
             "api_config_source": {
                 "api_type": api_type,
                 "transport_api_version": "V3",
-                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+                "grpc_services": copy.deepcopy(services),  # no YAML aliases
                 "set_node_on_first_message_only": True,
             },
         }
