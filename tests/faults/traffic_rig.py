@@ -64,8 +64,10 @@ class Rig:
         *,
         split: str = "locality",
         drain_time_s: int | None = None,
+        api_type: str = "GRPC",
     ) -> None:
         self.state_dir = state_dir
+        self.api_type = api_type  # GRPC (state of the world) or DELTA_GRPC
         self.echoes = list(echoes)
         self.split = split
         self.drain_time_s = drain_time_s
@@ -137,6 +139,7 @@ class Rig:
         self.envoy = EnvoyProcess(
             self.xds_port,
             drain_time_s=self.drain_time_s,
+            api_type=self.api_type,
             labels=INGRESS_LABELS,
             bootstrap=bootstrap,
         ).start()
@@ -304,8 +307,12 @@ class Load:
     def __enter__(self) -> Load:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is None:
+            self.stop()
+        else:  # the test already failed: close everything, but keep its error
+            with contextlib.suppress(Exception):
+                self.stop()
 
     # -- the event loop ----------------------------------------------------------------------
 
