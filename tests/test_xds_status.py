@@ -17,12 +17,23 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_xds_sotw import ROUTE, envoy_start, proxy, wait
 from xds_client import XdsClient
 
+from xds_server.admin.v1 import admin_pb2, admin_pb2_grpc
 from xds_server.config.load import load_paths
 from xds_server.controlplane import ControlPlane
 from xds_server.lab.lab import SAMPLES
 from xds_server.translate import CLUSTER, ENDPOINT, LISTENER
+from xds_server.xds import csds as csds_module
 from xds_server.xds.csds import rows_from_csds
-from xds_server.xds.status import NACKED, ProxyRow, format_proxy_status, proxy_rows
+from xds_server.xds.status import (
+    NACK_TEXT_LIMIT,
+    NACKED,
+    SYNCED,
+    ProxyRow,
+    fit_texts,
+    format_proxy_status,
+    proxy_rows,
+    shorten,
+)
 
 SERVICES = SAMPLES / "tcp-echo-services.yaml"
 ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
@@ -153,6 +164,102 @@ def test_proxy_status_table_layout():
         assert header.index(title) == row.index(cell)  # columns line up
     assert format_proxy_status([]) == "No proxies connected."
     assert proxy_rows([]) == []
+
+
+def test_two_connections_with_one_node_id_are_two_proxies(cp):
+    """A second stream borrowing a proxy's node id (it asks for listeners and never ACKs)
+    neither hides the first nor blocks waiting for it: status has a row per connection
+    (each ADS stream), told apart by connection id and peer address."""
+    with XdsClient(cp.port, "shared") as real, XdsClient(cp.port, "shared") as other:
+        envoy_start(real, cp)
+        other.request(LISTENER)
+        other.recv()  # never ACKed
+        wait(cp, lambda c: len(c.proxies()) == 2 and all(p.types for p in c.proxies()))
+        cp.wait_synced(timeout=5, node_id="shared")  # the synced one
+        assert not cp.synced(node_id="shared", min_proxies=2)  # not both
+        assert not cp.synced()  # nor everyone
+        rows = proxy_rows(cp.proxies())
+        assert [r.name for r in rows] == ["shared", "shared"]
+        assert len({r.connection for r in rows}) == 2 and all(r.peer for r in rows)
+        assert [r.states[LISTENER] for r in rows] == [SYNCED, "STALE"]  # oldest first
+        table = format_proxy_status(cp.proxies())
+        lines = [line for line in table.splitlines() if line.startswith("shared")]
+        labels = [f"shared#{r.connection}" for r in rows]
+        assert [line.split()[0] for line in lines] == labels + [f"{n}:" for n in labels]
+        assert lines[2] == f"{labels[0]}: connection {rows[0].connection} from {rows[0].peer}"
+        assert format_proxy_status(rows_from_csds(csds(cp))) == table
+        assert len(csds(cp).config) == 2
+        assert "stream" in cp.cp._sync_report(0)
+
+
+def test_huge_nack_texts_are_cut_and_status_still_answers():
+    """Two proxies NACK with a 3 MB error_detail: what is kept is the text's head and its
+    size, so proxy-status and CSDS answer within gRPC's default 4 MiB (they failed with
+    RESOURCE_EXHAUSTED, 6 MB)."""
+    huge = "listener: bad (goo.gle/debugproto) " + "x" * 3_000_000
+    with ControlPlane.start_in_thread(admin_port=0) as cp:
+        cp.apply(load_paths([SERVICES, ALL_V1]))
+        clients = [XdsClient(cp.port, f"proxy-{i}") for i in range(2)]
+        try:
+            for client in clients:
+                envoy_start(client, cp)
+            cp.apply(load_paths([V2_20]))
+            for client in clients:
+                client.nack(client.recv(), huge, [ROUTE])
+            wait(cp, lambda c: all(p.state(ENDPOINT) == NACKED for p in c.proxies()))
+            with grpc.insecure_channel(f"127.0.0.1:{cp.cp.admin_port}") as channel:
+                stub = admin_pb2_grpc.ConfigAdminStub(channel)
+                status = stub.ProxyStatus(admin_pb2.ProxyStatusRequest(), timeout=5)
+            errors = [t.error for p in status.proxies for t in p.types if t.error]
+            from_csds = [
+                g.error_state.details
+                for c in csds(cp).config
+                for g in c.generic_xds_configs
+                if g.error_state.details
+            ]
+        finally:
+            for client in clients:
+                client.close()
+    assert len(errors) == 2 and len(from_csds) == 2
+    for text in errors + from_csds:
+        assert text.startswith(huge[:100]) and f"[cut: {len(huge)} bytes in all]" in text
+        assert len(text) < NACK_TEXT_LIMIT + 100
+
+
+def test_many_nack_texts_share_what_one_answer_may_carry(cp, monkeypatch):
+    """However many proxies NACK, a status answer's texts stay within its budget, each
+    cut to its share and still saying its full size."""
+    monkeypatch.setattr(csds_module, "ANSWER_BUDGET", 4 * 1024)
+    text = "endpoints: bad " + "y" * 3000
+    clients = [XdsClient(cp.port, f"proxy-{i}") for i in range(4)]
+    try:
+        for client in clients:
+            envoy_start(client, cp)
+        cp.apply(load_paths([V2_20]))
+        for client in clients:
+            client.nack(client.recv(), text, [ROUTE])
+        wait(cp, lambda c: all(p.state(ENDPOINT) == NACKED for p in c.proxies()))
+        details = [
+            g.error_state.details
+            for c in csds(cp).config
+            for g in c.generic_xds_configs
+            if g.error_state.details
+        ]
+    finally:
+        for client in clients:
+            client.close()
+    assert len(details) == 4 and sum(len(d) for d in details) <= 4 * 1024
+    assert all(d.startswith("endpoints: bad y") and "[cut: 3015 bytes" in d for d in details)
+
+
+def test_shorten_and_fit_texts():
+    assert shorten("short") == "short"
+    once = shorten("z" * 10_000, 100)
+    assert once == "z" * 100 + "... [cut: 10000 bytes in all]"
+    assert shorten(once, 10) == "z" * 10 + "... [cut: 10000 bytes in all]"  # the first size
+    assert shorten(once, 100) == once
+    assert fit_texts([("a" * 10, 3)], 100) == NACK_TEXT_LIMIT  # fits: the usual head
+    assert fit_texts([("a" * 10_000, 10)], 40_000) == 40_000 // 10 // 4 - 40
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -126,3 +126,30 @@ def test_deleting_a_route_ends_synced_and_the_next_change_acks_at_once(mode, fau
         lab.cp.wait_synced(timeout=DEADLINE)
         assert traffic.split(lab.send(10)) == {"one": 10}
         assert slowest_ack(lab, "EDS") <= 0.25
+
+
+def test_a_second_stream_with_the_envoys_node_id_hides_nothing(fault_figure):
+    """A client borrows the real Envoy's node id (it asks for listeners and never ACKs):
+    both are rows of their own, told apart, and waiting for the Envoy still works."""
+    from xds_client import XdsClient
+
+    from xds_server.translate import LISTENER
+    from xds_server.xds.status import format_proxy_status, proxy_rows
+
+    with Lab(ingress_port=0, xds_port=0, admin_port=0) as lab:
+        assert lab.cp is not None
+        lab.apply([ALL_V1])
+        (envoy,) = lab.cp.proxies()
+        with XdsClient(lab.cp.port, envoy.node_id) as borrower:
+            borrower.request(LISTENER)
+            borrower.recv()
+            start = time.monotonic()
+            lab.apply_yaml(DR_TIMEOUT.format(timeout="3s"), wait=False)
+            lab.cp.wait_synced(timeout=DEADLINE, node_id=envoy.node_id)
+            fault_figure("change -> the Envoy synced, id borrowed (s)", time.monotonic() - start)
+            rows = proxy_rows(lab.cp.proxies())
+            assert [r.name for r in rows] == [envoy.node_id] * 2
+            assert rows[0].connection == envoy.stream_id and rows[0].version.startswith("envoy")
+            table = format_proxy_status(lab.cp.proxies())
+            assert f"{envoy.node_id}#{envoy.stream_id}: connection {envoy.stream_id} from " in table
+        assert traffic.split(lab.send(10)) == {"one": 10}

@@ -1,16 +1,21 @@
 """Client Status Discovery Service (envoy.service.status.v3): the status board over the
 standard API, so existing CSDS tools (and ``xdsctl``, from another process) can read it.
 
-One ``ClientConfig`` per proxy (its streams merged by node id), with one
-``GenericXdsConfig`` per resource of the last response of each type: type URL, name,
-version of that response, the resource itself (unless ``exclude_resource_contents``),
-``config_status`` (SYNCED / STALE / NOT_SENT / ERROR), ``client_status`` (ACKED, NACKED,
-REQUESTED) and, for a NACK, ``error_state`` with the proxy's own error text. A type that has
-no resources appears once with an empty name, so its status is still visible.
+One ``ClientConfig`` per proxy (its streams on one connection merged: two connections
+with one node id are two configs), with one ``GenericXdsConfig`` per resource of the last
+response of each type: type URL, name, version of that response, the resource itself
+(unless ``exclude_resource_contents``), ``config_status`` (SYNCED / STALE / NOT_SENT /
+ERROR), ``client_status`` (ACKED, NACKED, REQUESTED) and, for a NACK, ``error_state`` with
+the proxy's own error text. A type that has no resources appears once with an empty name,
+so its status is still visible. The NACK texts are the heads the streams keep
+(``status.NACK_TEXT_LIMIT``), cut further when many (or one on many resources) would take
+more than ``ANSWER_BUDGET``, so that the answer fits gRPC's default 4 MiB however much the
+proxies sent (its resources' contents are another matter: ``exclude_resource_contents``).
 
 The returned node is the one the proxy sent, plus a ``metadata.xds_server`` struct of ours:
-``connected_since`` (Unix time), ``api`` (e.g. "ADS Delta") and ``group`` (the profile its
-config was translated for), which CSDS has no field for.
+``connected_since`` (Unix time), ``api`` (e.g. "ADS Delta"), ``group`` (the profile its
+config was translated for), ``peer`` and ``connection`` (the server's id for it: its
+first stream's), which CSDS has no field for.
 
 Matching: ``node_matchers[].node_id`` (exact, prefix, suffix, contains, safe_regex;
 ``ignore_case``). Metadata matchers are not supported (UNIMPLEMENTED).
@@ -35,9 +40,14 @@ from .status import (
     ProxyRow,
     ProxyStatus,
     StatusBoard,
-    by_node,
+    by_connection,
     client_version,
+    fit_texts,
+    shorten,
 )
+
+# What the NACK texts of one answer may take in all (gRPC's default limit is 4 MiB).
+ANSWER_BUDGET = 2 << 20
 
 _CONFIG_STATUS = {
     SYNCED: csds_pb2.SYNCED,
@@ -97,15 +107,16 @@ def _node(streams: list[ProxyStatus]) -> base_pb2.Node:
             "api": ", ".join(dict.fromkeys(p.api for p in streams)),
             "group": newest.group,
             "peer": newest.peer,
+            "connection": streams[0].stream_id,
         }
     )
     return node
 
 
 def client_config(
-    streams: list[ProxyStatus], include_contents: bool = True
+    streams: list[ProxyStatus], include_contents: bool = True, nack_limit: int | None = None
 ) -> csds_pb2.ClientConfig:
-    """One proxy's status as CSDS says it."""
+    """One proxy's status as CSDS says it (NACK texts cut to ``nack_limit`` if given)."""
     config = csds_pb2.ClientConfig(node=_node(streams))
     for p in streams:
         for type_url, st in sorted(p.types.items()):
@@ -121,7 +132,7 @@ def client_config(
             error = None
             if st.nack is not None:
                 error = dump_pb2.UpdateFailureState(
-                    details=st.nack,
+                    details=st.nack if nack_limit is None else shorten(st.nack, nack_limit),
                     version_info=st.sent_version or "",
                     last_update_attempt=_timestamp(st.last_change),
                 )
@@ -147,9 +158,21 @@ def client_status(
 ) -> csds_pb2.ClientStatusResponse:
     """The CSDS answer for the proxies the request's node matchers select."""
     response = csds_pb2.ClientStatusResponse()
-    for node_id, streams in sorted(by_node(list(board.proxies.values())).items()):
-        if _selected(list(request.node_matchers), node_id):
-            response.config.append(client_config(streams, not request.exclude_resource_contents))
+    chosen = [
+        streams
+        for streams in by_connection(list(board.proxies.values()))
+        if _selected(list(request.node_matchers), streams[0].node_id or streams[0].peer)
+    ]
+    texts = [
+        (st.nack, len(st.sent) or 1)
+        for streams in chosen
+        for p in streams
+        for st in p.types.values()
+        if st.nack is not None
+    ]
+    limit = fit_texts(texts, ANSWER_BUDGET)
+    for streams in chosen:
+        response.config.append(client_config(streams, not request.exclude_resource_contents, limit))
     return response
 
 
@@ -176,6 +199,8 @@ def rows_from_csds(response: csds_pb2.ClientStatusResponse) -> list[ProxyRow]:
                 api=ext["api"].string_value if "api" in ext else "",
                 version=client_version(config.node),
                 connected_since=since,
+                peer=ext["peer"].string_value if "peer" in ext else "",
+                connection=int(ext["connection"].number_value) if "connection" in ext else 0,
             )
         )
     return rows

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make
 
 from ..translate import PUSH_ORDER, SHORT_NAMES
 from .cache import SnapshotCache
-from .status import StatusBoard, by_node
+from .status import StatusBoard, by_connection
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 SIZE_BUCKETS = tuple(4.0**k * 256 for k in range(9))  # 256 B .. 16 MiB
@@ -61,9 +61,11 @@ class XdsMetrics:
             config_size.labels(SHORT_NAMES[type_url]).set_function(
                 lambda t=type_url: cache.snapshot(t).size
             )
-        connected = Gauge("xds_connected_proxies", "proxies connected, by node id", registry=r)
+        connected = Gauge(
+            "xds_connected_proxies", "proxies connected (node id and connection)", registry=r
+        )
         # list() copies in one step under the GIL: the scrape runs on another thread.
-        connected.set_function(lambda: len(by_node(list(board.proxies.values()))))
+        connected.set_function(lambda: len(by_connection(list(board.proxies.values()))))
         self._http: WSGIServer | None = None
 
     def pushed(self, kind: str, api: str, size: int) -> None:

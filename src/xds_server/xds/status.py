@@ -12,6 +12,7 @@ board's ``ProxyStatus`` objects, or ``ProxyRow``s rebuilt from a CSDS answer
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -30,6 +31,38 @@ SYNCED = "SYNCED"  # ACKed what we have for it now
 STALE = "STALE"  # sent, not ACKed yet (or ACKed an older one, or a removal still held)
 NOT_SENT = "NOT SENT"
 NACKED = "NACKED"
+
+# What is kept of a NACK's text (its head, in characters): a proxy may send megabytes
+# (a 3 MB error_detail from two proxies made a 6 MB status answer, over gRPC's 4 MB).
+NACK_TEXT_LIMIT = 4096
+
+
+_CUT = re.compile(r"(.*)\.\.\. \[cut: (\d+) bytes in all\]", re.DOTALL)
+
+
+def shorten(text: str, limit: int = NACK_TEXT_LIMIT) -> str:
+    """``text`` if it is at most ``limit`` characters, else its head and its full size (of
+    the text first given, when a shortened one is cut again)."""
+    cut = _CUT.fullmatch(text)
+    head, size = (cut[1], int(cut[2])) if cut else (text, None)
+    if len(head) <= limit and cut is None:
+        return text
+    if size is None:
+        size = len(text.encode("utf-8", "replace"))
+    return f"{head[:limit]}... [cut: {size} bytes in all]"
+
+
+def fit_texts(texts: Iterable[tuple[str, int]], room: int) -> int:
+    """A limit per text (for ``shorten``) so that ``texts`` (each text, and how many times
+    an answer carries it) take at most about ``room`` bytes: what a status answer with many
+    NACKing proxies can give each of them."""
+    size = count = 0
+    for text, times in texts:
+        size += len(text.encode("utf-8", "replace")) * times
+        count += times
+    if size <= room:
+        return NACK_TEXT_LIMIT
+    return max(room // count // 4 - 40, 0)  # UTF-8: up to 4 bytes a character
 
 
 @dataclass
@@ -138,11 +171,31 @@ def node_synced(streams: Iterable[ProxyStatus], type_urls: Iterable[str] = PUSH_
 
 
 def by_node(proxies: Iterable[ProxyStatus]) -> dict[str, list[ProxyStatus]]:
-    """Streams grouped by proxy (node id; the peer address if it sent none)."""
+    """Streams grouped by node id (the peer address if it sent none)."""
     out: dict[str, list[ProxyStatus]] = {}
     for p in sorted(proxies, key=lambda p: p.stream_id):
         out.setdefault(p.node_id or p.peer, []).append(p)
     return out
+
+
+def by_connection(proxies: Iterable[ProxyStatus]) -> list[list[ProxyStatus]]:
+    """Streams grouped by proxy, oldest stream first; the first one's id names the
+    connection. As in istioctl, each ADS stream is a proxy of its own (an Envoy opens one),
+    so two with one node id (a restarted Envoy whose old stream lingers, a client that
+    borrowed the id) are two rows. Per-type streams (an Envoy without ADS opens several,
+    on one gRPC connection) are grouped by node id and peer address, with that peer's
+    newest ADS stream of the node id if it has one."""
+    streams = sorted(proxies, key=lambda p: p.stream_id)
+    ads: dict[tuple[str, str], int] = {}  # (node id, peer) -> its newest ADS stream
+    for p in streams:
+        if p.api.startswith("ADS"):
+            ads[(p.node_id or p.peer, p.peer)] = p.stream_id
+    out: dict[tuple[str, str, int], list[ProxyStatus]] = {}
+    for p in streams:
+        base = (p.node_id or p.peer, p.peer)
+        key = (*base, p.stream_id if p.api.startswith("ADS") else ads.get(base, 0))
+        out.setdefault(key, []).append(p)
+    return sorted(out.values(), key=lambda s: (s[0].node_id or s[0].peer, s[0].stream_id))
 
 
 class StatusBoard:
@@ -166,12 +219,16 @@ class StatusBoard:
         self._event = asyncio.Event()
 
     def synced(self, node_id: str | None = None, min_proxies: int = 1) -> bool:
-        """True when at least ``min_proxies`` proxies (with that node id, if given) have
-        ACKed the current version of CDS, EDS and LDS."""
-        nodes = by_node(self.proxies.values())
-        if node_id is not None:
-            nodes = {k: v for k, v in nodes.items() if k == node_id}
-        return len(nodes) >= min_proxies and all(node_synced(s) for s in nodes.values())
+        """Have the proxies ACKed what they should have of CDS, EDS and LDS? A proxy is one
+        connection (see ``by_connection``). Without ``node_id``: every proxy, and there are
+        at least ``min_proxies``. With it: at least ``min_proxies`` of the proxies with that
+        node id, so that another connection using the same id (never synced, or on its
+        way out) neither hides nor blocks the one waited for."""
+        connections = by_connection(self.proxies.values())
+        if node_id is None:
+            return len(connections) >= min_proxies and all(node_synced(s) for s in connections)
+        having = [s for s in connections if (s[0].node_id or s[0].peer) == node_id]
+        return sum(1 for s in having if node_synced(s)) >= min_proxies
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait for ``predicate`` to hold, re-checking after each status change."""
@@ -191,7 +248,7 @@ COLUMNS = (CLUSTER, LISTENER, ENDPOINT)  # istioctl's order: CDS, LDS, EDS
 
 @dataclass(frozen=True)
 class ProxyRow:
-    """One proxy in the table: its streams merged, states by type URL."""
+    """One proxy (connection) in the table: its streams merged, states by type URL."""
 
     name: str
     cluster: str
@@ -200,12 +257,17 @@ class ProxyRow:
     api: str = ""
     version: str = ""  # the proxy's software
     connected_since: float | None = None
+    peer: str = ""  # its connection's address, e.g. "ipv4:127.0.0.1:40312"
+    connection: int = 0  # the server's id for it: its first stream's (0: unknown)
 
 
 def proxy_rows(proxies: Iterable[ProxyStatus]) -> list[ProxyRow]:
-    """One row per proxy; a type served on several streams shows the newest stream's."""
+    """One row per proxy (connection); a type served on several streams shows the newest
+    stream's."""
     rows = []
-    for name, streams in sorted(by_node(proxies).items()):
+    for streams in by_connection(proxies):
+        first = streams[0]
+        name = first.node_id or first.peer
         states: dict[str, str] = {}
         errors: dict[str, str] = {}
         for p in streams:  # oldest first: newer streams win
@@ -215,7 +277,6 @@ def proxy_rows(proxies: Iterable[ProxyStatus]) -> list[ProxyRow]:
                     errors[type_url] = st.nack
                 else:
                     errors.pop(type_url, None)
-        first = streams[0]
         rows.append(
             ProxyRow(
                 name=name,
@@ -225,16 +286,36 @@ def proxy_rows(proxies: Iterable[ProxyStatus]) -> list[ProxyRow]:
                 api=", ".join(dict.fromkeys(p.api for p in streams)),
                 version=streams[-1].client_version,
                 connected_since=min(p.connected_since for p in streams),
+                peer=first.peer,
+                connection=first.stream_id,
             )
         )
     return rows
+
+
+def _labels(rows: list[ProxyRow]) -> list[str]:
+    """NAME cells: the node id, and where several proxies share it, ``id#connection`` (or
+    ``id@peer`` when the connection id is not known) so that each can be told apart."""
+    count: dict[str, int] = {}
+    for r in rows:
+        count[r.name] = count.get(r.name, 0) + 1
+    return [
+        r.name
+        if count[r.name] == 1
+        else f"{r.name}#{r.connection}"
+        if r.connection
+        else f"{r.name}@{r.peer or i + 1}"
+        for i, r in enumerate(rows)
+    ]
 
 
 def format_proxy_status(
     proxies: Iterable[ProxyStatus] | Iterable[ProxyRow], now: float | None = None
 ) -> str:
     """A table like ``istioctl proxy-status``: NAME, CLUSTER, CDS, LDS, EDS, API, VERSION,
-    CONNECTED; then one line per NACK with the proxy's own error text."""
+    CONNECTED, one row per proxy (connection: a node id connected twice has two rows,
+    ``id#connection``, each followed by a line with its peer address); then one line per
+    NACK with the proxy's own error text."""
     items = list(proxies)
     rows = [r for r in items if isinstance(r, ProxyRow)]
     rows += proxy_rows(p for p in items if isinstance(p, ProxyStatus))
@@ -244,11 +325,15 @@ def format_proxy_status(
     headers.append("CONNECTED")
     table = []
     errors = []
-    for r in sorted(rows, key=lambda r: r.name):
-        cells = [r.name, r.cluster or "-"]
+    rows.sort(key=lambda r: (r.name, r.connected_since or 0.0, r.connection, r.peer))
+    peers = []
+    for r, label in zip(rows, _labels(rows), strict=True):
+        cells = [label, r.cluster or "-"]
         cells += [r.states.get(t, NOT_SENT) for t in COLUMNS]
         cells += [r.api or "-", r.version or "-", age(r.connected_since, now)]
         table.append(cells)
+        if label != r.name:
+            peers.append(f"{label}: connection {r.connection or '?'} from {r.peer or '?'}")
         for type_url, text in sorted(r.errors.items()):
-            errors.append(f"{r.name} {SHORT_NAMES.get(type_url, type_url)} NACKED: {text}")
-    return "\n".join([format_table(headers, table), *errors])
+            errors.append(f"{label} {SHORT_NAMES.get(type_url, type_url)} NACKED: {text}")
+    return "\n".join([format_table(headers, table), *peers, *errors])

@@ -91,7 +91,7 @@ from .cache import (
     changed_entries,
     content_version,
 )
-from .status import ProxyStatus, TypeStatus
+from .status import ProxyStatus, TypeStatus, shorten
 
 if TYPE_CHECKING:
     from .metrics import XdsMetrics
@@ -303,7 +303,7 @@ class Stream:
         st.in_flight = False
         st.last_change = time.time()
         if req.HasField("error_detail"):
-            st.nack = req.error_detail.message
+            st.nack = shorten(req.error_detail.message)  # its head: a proxy may send MBs
             st.nacks += 1
             if self.metrics:
                 self.metrics.rejected(kind)
