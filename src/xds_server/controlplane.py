@@ -383,8 +383,11 @@ class ControlPlane:
         return list(self.board.proxies.values())
 
     def synced(self, node_id: str | None = None, min_proxies: int = 1) -> bool:
-        """True when at least ``min_proxies`` proxies (with that node id, if given) have
-        ACKed what they should have of CDS, EDS and LDS (a proxy's streams counted as one)."""
+        """Have the proxies ACKed what they should have of CDS, EDS and LDS? A proxy is one
+        connection (its streams counted as one; two with one node id are two). Without
+        ``node_id``: all of them, and at least ``min_proxies``. With it: at least
+        ``min_proxies`` of those with that node id (another connection borrowing the id
+        neither hides nor blocks it)."""
         return self.board.synced(node_id, min_proxies)
 
     async def wait_synced(
@@ -400,11 +403,14 @@ class ControlPlane:
         lines = [f"proxies not in sync after {timeout:g}s:"]
         if not self.board.proxies:
             lines.append("  no proxy connected")
-        for p in self.proxies():
+        for p in sorted(self.proxies(), key=lambda p: p.stream_id):
+            who = f"{p.node_id} ({p.api} stream {p.stream_id} from {p.peer})"
+            if not p.types:
+                lines.append(f"  {who}: asked for nothing yet")
             for type_url, st in p.types.items():
                 state = p.state(type_url)
                 detail = f": {st.nack}" if st.nack else ""
-                lines.append(f"  {p.node_id} {type_url.rsplit('.', 1)[-1]} {state}{detail}")
+                lines.append(f"  {who} {type_url.rsplit('.', 1)[-1]} {state}{detail}")
         return "\n".join(lines)
 
     # --- threads ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ..config.errors import ConfigError, Problem
 from ..config.load import load_text, shorten
 from ..config.model import DEFAULT_NAMESPACE, KINDS, resource_type
 from ..config.store import Change, ConflictError, NotFoundError
-from ..xds.status import by_node, node_synced, proxy_rows
+from ..xds.status import node_synced, proxy_rows
 from .v1 import admin_pb2, admin_pb2_grpc
 
 
@@ -184,7 +184,8 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         # One Proxy per connection (two with one node id are two rows), with NACK texts cut
         # to what fits gRPC's 4 MiB however many proxies sent how much.
         from ..xds.csds import ANSWER_BUDGET
-        from ..xds.status import by_connection, fit_texts, shorten
+        from ..xds.status import by_connection, fit_texts
+        from ..xds.status import shorten as shorten_nack
 
         connections = by_connection(self.cp.proxies())
         texts = [(st.nack, 1) for s in connections for p in s for st in p.types.values() if st.nack]
@@ -202,7 +203,7 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
                         state=state,
                         sent_version=st.sent_version or "",
                         acked_version=st.acked_version or "",
-                        error=shorten(row.errors.get(type_url, ""), limit),
+                        error=shorten_nack(row.errors.get(type_url, ""), limit),
                         last_change=st.last_change or 0.0,
                     )
                 )
