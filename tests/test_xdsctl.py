@@ -129,6 +129,17 @@ BAD = {
         V2_20_TEXT + "status: !!binary aGVsbG8=\n",
         ["(VirtualService default/tcp-echo)", 'status: YAML tag "!!binary" is not supported'],
     ),
+    "control-character": (  # the message went on over two lines
+        SERVICES_TEXT.replace("name: tcp-echo-v1", "name: tcp-echo-\x00v1"),
+        [
+            "bad.yaml:28: document 2: YAML syntax error: control characters are not allowed, got "
+            "#x0000 (column 18)\n"
+        ],
+    ),
+    "control-character-key": (  # a raw carriage return split the problem's line
+        SERVICES_TEXT.replace("  hosts:", '  "a\\rb\\nc": 1\n  hosts:', 1),
+        ['spec.a\\rb\\nc: unknown field "a\\rb\\nc" (hint: known fields: '],
+    ),
     "deep": (  # used to be a RecursionError traceback
         V2_20_TEXT + "status:\n" + "".join(" " * i + " k:\n" for i in range(900)),
         ["(VirtualService default/tcp-echo)", "status.k.k", "nested more than 100 levels"],
@@ -145,7 +156,7 @@ def test_bad_input_is_reported_and_nothing_applied(ctl, tmp_path, case):
     bad.write_text(text)
     code, out, err = ctl("apply", "-f", str(bad))
     assert code == 1 and out == ""
-    assert err.startswith("error: ")
+    assert err.startswith("error: ") and err.count("\n") == 1 and "\r" not in err
     for part in expected:
         assert part in err, err
     assert ctl("get", "vs", "tcp-echo", "-o", "json")[1] == before
@@ -207,6 +218,19 @@ def test_cli_process_reads_stdin_and_env(server):
     )
     assert result.returncode == 0, result.stderr
     assert "serviceentry.networking.istio.io/tcp-echo created" in result.stdout
+
+
+def test_stdin_that_is_not_utf8_is_one_line(server):
+    """It used to end in a UnicodeEncodeError traceback."""
+    result = subprocess.run(
+        [sys.executable, "-m", "xds_server.xdsctl", "-s", server.admin, "apply", "-f", "-"],
+        input=b"kind: Gateway\nx: \x80\n",
+        capture_output=True,
+        timeout=60,
+    )
+    assert (result.returncode, result.stdout) == (1, b"")
+    assert result.stderr.decode().startswith("error: cannot read <stdin>: 'utf-8' codec can't")
+    assert len(result.stderr.splitlines()) == 1
 
 
 def test_read_only_when_config_comes_from_files(tmp_path, capsys):

@@ -62,7 +62,11 @@ def read_inputs(paths: Sequence[str]) -> list[tuple[str, str]]:
     out = []
     for p in paths:
         if p == "-":
-            out.append(("<stdin>", sys.stdin.read()))
+            data = sys.stdin.buffer.read()
+            try:
+                out.append(("<stdin>", data.decode("utf-8")))
+            except UnicodeDecodeError as e:
+                raise UsageError(f"cannot read <stdin>: {e}") from None
             continue
         path = Path(p)
         if path.is_dir():

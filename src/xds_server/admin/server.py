@@ -32,17 +32,25 @@ FIELD_CHARS = 300  # of a problem's file, name, field and hint
 MESSAGE_CHARS = 1000  # of a problem's message, and of an error's (a trailer holds 16 KiB)
 
 
-def bounded(p: Problem) -> Problem:
-    """The problem with every part shortened, so that a list of many stays small; load.py
-    already shortens the values it quotes, this also covers names and fields."""
+def printable(text: str) -> str:
+    """Control characters (a key written as "\\r") escaped: one problem is one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
-    def cut(text: str | None) -> str | None:
-        return shorten(text, FIELD_CHARS) if text else text
+
+def bounded(p: Problem) -> Problem:
+    """The problem with every part shortened and printable, so that a list of many stays
+    small and one line each; load.py already shortens the values it quotes, this also
+    covers names and fields."""
+
+    def cut(text: str | None, limit: int = FIELD_CHARS) -> str | None:
+        return printable(shorten(text, limit)) if text else text
 
     return replace(
         p,
-        source=replace(p.source, file=shorten(p.source.file, FIELD_CHARS)),
-        message=shorten(p.message, MESSAGE_CHARS),
+        source=replace(p.source, file=cut(p.source.file) or ""),
+        message=cut(p.message, MESSAGE_CHARS) or "",
         kind=cut(p.kind),
         name=cut(p.name),
         field=cut(p.field),
@@ -86,7 +94,7 @@ def refusal_pb(code: int, problems: list[Problem]) -> admin_pb2.Refusal:
 
 async def _abort(context, code: int, message: str) -> None:
     """Fail the call with a short message: it travels in a trailer, capped at 16 KiB."""
-    status = status_pb2.Status(code=code, message=shorten(message, MESSAGE_CHARS))
+    status = status_pb2.Status(code=code, message=printable(shorten(message, MESSAGE_CHARS)))
     await context.abort_with_status(rpc_status.to_status(status))
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from . import yamldata
 from .errors import ConfigError, Problem, Source
 from .model import (
@@ -544,12 +546,31 @@ def _resource(doc: Any, rep: Reporter) -> Resource | None:
 # --- YAML with line numbers ----------------------------------------------------------------
 
 
-def _syntax_problem(error: Exception, file: str, doc: int) -> Problem:
+_MARKER = re.compile(r"^---", re.MULTILINE)
+
+
+def _document_at(text: str, position: int) -> int:
+    """The document holding ``position``: one more than the ``---`` markers before it,
+    the first not counted if only comments precede it."""
+    starts = [m.start() for m in _MARKER.finditer(text, 0, position)]
+    before = text[: starts[0]].splitlines() if starts else []
+    if starts and all(not t.strip() or t.lstrip().startswith("#") for t in before):
+        return len(starts)
+    return len(starts) + 1
+
+
+def _syntax_problem(error: Exception, text: str, file: str, doc: int) -> Problem:
     mark = getattr(error, "problem_mark", None)
     if isinstance(error, RecursionError):
         return Problem(Source(file, doc), "YAML nested too deeply to read")
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML does not allow
+        doc = _document_at(text, error.position)  # libyaml checks the whole text first
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        message = f"YAML syntax error: {error.reason}, got #x{error.character:04x}"
+        return Problem(Source(file, doc, line), f"{message} (column {column})")
     if mark is None:
-        return Problem(Source(file, doc), f"YAML syntax error: {error}")
+        return Problem(Source(file, doc), f"YAML syntax error: {str(error).splitlines()[0]}")
     text = getattr(error, "problem", None) or str(error)
     return Problem(
         Source(file, doc, mark.line + 1), f"YAML syntax error: {text} (column {mark.column + 1})"
@@ -574,7 +595,7 @@ def _load(text: str, file: str, problems: list[Problem]) -> list[Resource]:
     resources = []
     for d in yamldata.documents(text):
         if d.error is not None:
-            problems.append(_syntax_problem(d.error, file, d.index))
+            problems.append(_syntax_problem(d.error, text, file, d.index))
             break
         rep = Reporter(Source(file, d.index, d.line), problems, d.lines)
         if d.refusals:

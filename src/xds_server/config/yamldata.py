@@ -70,7 +70,9 @@ class LineLoader(_Loader):  # type: ignore[misc,valid-type]
 
 
 def join(path: str, key: object) -> str:
-    """Field paths read like the YAML: ``spec.tcp[0].route``."""
+    """Field paths read like the YAML: ``spec.tcp[0].route``; an empty key shows as ``""``."""
+    if key == "":
+        key = '""'
     return f"{path}.{key}" if path else str(key)
 
 
@@ -119,6 +121,8 @@ def build(node: yaml.Node, loader: LineLoader, anchors: bool) -> Document:
     aliased = 0  # nodes built again through an alias
 
     def refuse(path: str, n: yaml.Node, message: str) -> None:
+        if n is node:  # the document itself
+            message = f"must be a mapping (an Istio resource): {message}"
         refusals.append(Refusal(path, n.start_mark.line + 1, message))
 
     def scalar(n: yaml.ScalarNode, path: str) -> Any:
@@ -199,7 +203,7 @@ def build(node: yaml.Node, loader: LineLoader, anchors: bool) -> Document:
                 key = key_of(k, path)
                 if key is None:
                     continue
-            child = f"{path}.{key}" if path else key
+            child = f"{path}.{key}" if path and key else join(path, key)
             if key in out:
                 dups.append(child)
             lines[child] = k.start_mark.line + 1
