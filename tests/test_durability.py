@@ -10,6 +10,7 @@ import re
 import threading
 import time
 import urllib.parse
+import zlib
 
 import pytest
 import yaml
@@ -18,7 +19,7 @@ from conftest import ServerProcess, locality_split_ok
 from xds_server import ControlPlane
 from xds_server.admin.client import AdminClient
 from xds_server.config import persist
-from xds_server.config.persist import StateDir
+from xds_server.config.persist import StateDir, StateWriteError
 from xds_server.lab import traffic
 from xds_server.lab.envoy import EnvoyProcess
 from xds_server.lab.lab import SAMPLES, Lab
@@ -130,7 +131,7 @@ def test_failed_write_changes_nothing(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
         monkeypatch.setattr(os, "replace", broken)
-        with pytest.raises(OSError, match="No space left"):
+        with pytest.raises(StateWriteError, match="No space left on device; the change was not"):
             cp.apply_yaml(V2_20)
         monkeypatch.undo()
         assert (tmp_path / "config.yaml").read_text() == saved
@@ -154,10 +155,13 @@ def test_state_file_is_every_resource_rendered_once_per_change(tmp_path):
         cp.apply_yaml(V2_20.replace("weight: 20", "weight: 25").replace("weight: 80", "weight: 75"))
     assert rendered == ["VirtualService"]
     store = cp.store
-    whole = persist.HEADER + "".join(
-        persist.render(store.document(r.key))
+    docs = [
+        persist.render(store.document(r.key)).encode()
         for r in sorted(store.resources(), key=lambda r: r.key)
-    )
+    ]
+    checksum = sum(map(zlib.crc32, docs)) & 0xFFFFFFFF
+    seal = f"# xds-server seal: {len(docs)} documents, {len(b''.join(docs))} bytes, "
+    whole = persist.HEADER + b"".join(docs).decode() + seal + f"checksum {checksum:08x}\n"
     assert (tmp_path / "config.yaml").read_text() == whole
     assert [r.key for r in StateDir(tmp_path).load()] == sorted(r.key for r in store.resources())
     # Our own write is not an edit; anyone else's is.
@@ -297,3 +301,22 @@ def test_state_file_documents_are_what_yaml_dump_writes(document):
         assert persist.render(doc) == yaml.dump(
             doc, Dumper=persist._Dumper, sort_keys=False, explicit_start=True
         )
+
+
+def test_hand_edit_is_applied_with_a_relative_state_dir(tmp_path):
+    """The watcher reports absolute paths: a relative --state-dir must match them too."""
+    relative = os.path.relpath(tmp_path / "state")
+    assert not os.path.isabs(relative)
+    server = ServerProcess("--state-dir", relative, "--xds-port", "0", "--admin-port", "0")
+    try:
+        with AdminClient(f"127.0.0.1:{server.wait_port('admin API')}") as client:
+            client.apply([("s.yaml", SERVICE_ENTRY), ("v1.yaml", ALL_V1)])
+            client.apply([("w.yaml", V2_20)])
+            server.wait_line("watching")
+            state = tmp_path / "state" / "config.yaml"
+            state.write_text(state.read_text().replace("weight: 20", "weight: 30"))
+            server.wait_line("reloaded revision")
+            vs = json.loads(client.get("VirtualService", "tcp-echo").resources[0].json)
+            assert [d["weight"] for d in vs["spec"]["tcp"][0]["route"]] == [80, 30]
+    finally:
+        server.stop()

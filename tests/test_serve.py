@@ -3,6 +3,8 @@ config when a change is invalid, and fails clearly at start."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from conftest import ServerProcess, locality_split_ok
 
+from xds_server.admin.client import AdminClient
 from xds_server.lab import traffic
 from xds_server.lab.envoy import EnvoyProcess
 from xds_server.lab.lab import SAMPLES, EchoProcess
@@ -115,3 +118,52 @@ def test_xds_port_in_use_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: cannot listen for xDS on 127.0.0.1:{port}")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_config_file_saved_by_rename_deleted_and_recreated_keeps_reloading(tmp_path):
+    """Editors and `sed -i` save by renaming a new file over the old one; a watch on the
+    file itself would end at the first save. A deleted or emptied file is refused, and the
+    last good config keeps serving."""
+    services = (SAMPLES / "tcp-echo-services.yaml").read_text()
+    all_v1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
+    gw_dr = all_v1.split("kind: VirtualService")[0].rsplit("---", 1)[0]
+    (tmp_path / "services.yaml").write_text(services)
+    routing = tmp_path / "routing.yaml"
+    routing.write_text(all_v1)
+    server = ServerProcess(
+        "-c", str(tmp_path / "services.yaml"), str(routing), "--xds-port", "0", "--admin-port", "0"
+    )
+
+    def save_by_rename(text: str) -> None:
+        new = tmp_path / ".routing.yaml.swp~"
+        new.write_text(text)
+        os.replace(new, routing)
+
+    def weights() -> list[int | None]:
+        vs = json.loads(client.get("VirtualService", "tcp-echo").resources[0].json)
+        return [d.get("weight") for d in vs["spec"]["tcp"][0]["route"]]
+
+    try:
+        client = AdminClient(f"127.0.0.1:{server.wait_port('admin API')}")
+        server.wait_line("watching")
+        for revision, (v1, v2) in enumerate([(80, 20), (70, 30), (60, 40)], start=2):
+            vs = VS_20.replace("weight: 80", f"weight: {v1}").replace("weight: 20", f"weight: {v2}")
+            save_by_rename(gw_dr + "---\n" + vs)
+            server.wait_line(f"reloaded revision {revision}")
+            assert weights() == [v1, v2]
+        routing.unlink()
+        assert "routing.yaml" in server.wait_line("no such file or directory")
+        assert weights() == [60, 40]
+        routing.write_text(all_v1)  # re-created
+        server.wait_line("reloaded revision 5")
+        assert weights() == [None]
+        routing.write_text("")
+        line = server.wait_line("holds no resource")
+        assert "rejected config change" in line and str(routing) in line
+        assert weights() == [None]
+        routing.write_text(gw_dr + "---\n" + VS_20)
+        server.wait_line("reloaded revision 6")
+        assert weights() == [80, 20]
+        client.close()
+    finally:
+        assert server.stop() == 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .config.errors import ConfigError
 from .config.load import load_paths
+from .config.persist import StateError
 from .controlplane import ControlPlane, PortInUseError
 from .translate import ISTIO, LOCALITY, TranslateOptions
 
@@ -167,8 +168,12 @@ async def serve(args: argparse.Namespace) -> int:
         if not args.state_dir:
             cp.replace(load_paths(paths))
         await cp.start()  # with a state dir, this loads it
-    except (ConfigError, PortInUseError) as e:
+    except (ConfigError, PortInUseError, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # anything else the disk may say: one line, never a traceback
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     print(f"xDS listening on {args.xds_address}:{cp.port}", flush=True)
     print(f"admin API listening on {args.admin_address}:{cp.admin_port}", flush=True)

@@ -26,7 +26,7 @@ from .config.errors import ConfigError, Problem, Source
 from .config.index import ConfigIndex
 from .config.load import load_paths, load_text
 from .config.model import Key, Resource
-from .config.persist import StateDir
+from .config.persist import StateDamagedError, StateDir, StateWriteError
 from .config.store import Change, ConfigStore
 from .ports import port_is_free
 from .translate import NodeProfile, Resources, TranslateOptions, translate, translation_key
@@ -131,9 +131,10 @@ class ControlPlane:
 
     async def start(self) -> None:
         """Load the saved state (if any), then serve xDS and, if asked, the admin API.
-        Raises ConfigError if the saved state is invalid, PortInUseError if a port is."""
+        Raises ConfigError if the saved state is invalid, StateError (persist.py) if it is
+        cut short or empty or the directory unusable, PortInUseError if a port is taken."""
         if self.state is not None:
-            self.restore(self.state.load())
+            self._restore_state(self.state)
         xds = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         add_xds_services(xds, self.cache, self.board, self.metrics)
         self.port = _bind(xds, self.xds_address, self.requested_port, "xDS", "--xds-port")
@@ -165,6 +166,30 @@ class ControlPlane:
             log.info("metrics on http://%s:%d/metrics", self.metrics_address, self.metrics_port)
         if self.admin_port:
             log.info("admin API listening on %s:%d", self.admin_address, self.admin_port)
+
+    def _restore_state(self, state: StateDir) -> None:
+        """Load the state directory. A disk that cannot be written (full, read-only) does
+        not keep the saved config from being served: it is restored without being saved
+        again, and applies are refused, one clear line each, until the disk is fixed."""
+        resources = state.load()
+        try:
+            self.restore(resources)
+        except StateWriteError as e:
+            persist, self.store.persist = self.store.persist, None
+            try:
+                self.restore(resources)
+            finally:
+                self.store.persist = persist
+            log.warning(
+                "cannot write the state file %s (%s): serving its %d resources; applies and "
+                "deletes are refused until you %s",
+                e.file,
+                e.reason,
+                len(resources),
+                e.todo,
+            )
+        if resources and not state.sealed:
+            log.info("state file %s was edited since the server wrote it: loaded", state.file)
 
     def _serve_metrics(self, port: int) -> int:
         if port and not port_is_free(port, self.metrics_address):
@@ -228,50 +253,161 @@ class ControlPlane:
     ) -> None:
         """Reload when the config changes on disk: the state directory's file, or else the
         given files and directories. The files hold the whole config, so a reload replaces it; a
-        bad change is logged and the last good config keeps being served."""
+        bad change is logged and the last good config keeps being served, and so is a file
+        that is gone, empty or cut short (see persist.py).
+
+        Directories are watched, not files: an editor or ``sed -i`` saves by renaming a new
+        file over the old one, and a watch on the old file would end there. Events are
+        filtered by real path, since the watcher reports absolute ones."""
         from watchfiles import awatch
 
+        from .config.load import YAML_SUFFIXES
+
+        given = [Path(p) for p in paths]
         if self.state is not None:
-            state = self.state
-            watched, load = [state.path], state.read
-            only = str(state.file)
+            targets = {os.path.realpath(self.state.file)}
+            dirs = {os.path.realpath(self.state.path)}
         else:
-            watched = [Path(p) for p in paths]
-            only = None
+            targets = {os.path.realpath(p) for p in given}
+            dirs = {t if os.path.isdir(t) else os.path.dirname(t) for t in targets}
 
-            def load() -> list[Resource]:
-                return load_paths(watched)
+        def wanted(_change: object, path: str) -> bool:
+            real = os.path.realpath(path)
+            if real in targets:
+                return True
+            # A file in a watched config directory (not the directory's parent).
+            return os.path.dirname(real) in targets and real.endswith(YAML_SUFFIXES)
 
-        async for _ in awatch(
-            *watched,
+        watching = False
+        async for changes in awatch(
+            *sorted(dirs),
             stop_event=stop,
             debounce=50,
             step=20,
-            watch_filter=(lambda _c, path: path == only) if only else None,
+            watch_filter=wanted,
+            recursive=False,
+            rust_timeout=500,
+            yield_on_timeout=True,  # the first yield says the watch is in place
         ):
-            writes = self.state.writes if self.state is not None else 0
-            if self.state is not None:
-                # Read and hashed off the loop (at 10k services the file is 13 MiB). An
-                # apply that wrote meanwhile has its own event, and replaced what was read.
-                edited = await asyncio.to_thread(self.state.edited)
-                if not edited or self.state.writes != writes:
-                    continue  # our own write: reloading it would only stall the loop
-            try:
-                # Read off the loop: a big config takes seconds to parse, and streams go on.
-                resources = await asyncio.to_thread(load)
-                if self.state is not None and self.state.writes != writes:
-                    continue  # an apply wrote the file meanwhile: what was read is older
-                applied = self.replace(resources)
-            except ConfigError as e:
-                log.error(
-                    "rejected config change, still serving revision %d:\n%s",
-                    self.store.revision,
-                    e,
-                )
+            if not watching:
+                watching = True
+                log.info("watching %s for changes", ", ".join(sorted(targets)))
+            if not changes:
                 continue
-            changed = [str(c) for c in applied if c.action != "unchanged"]
-            if changed:
-                log.info("reloaded revision %d: %s", self.store.revision, "; ".join(changed))
+            if self.state is not None:
+                await self._reload_state(self.state)
+            else:
+                await self._reload_files(given)
+
+    # How long a file found gone, empty or cut short is left to its writer (an editor that
+    # writes in place) before the server writes it back.
+    DAMAGE_GRACE_S = 1.0
+
+    async def _reload_state(self, state: StateDir) -> None:
+        writes = state.writes
+        # Read and hashed off the loop (at 10k services the file is 13 MiB). An apply that
+        # wrote meanwhile has its own event, and replaced what was read.
+        edited = await asyncio.to_thread(state.edited)
+        if not edited or state.writes != writes:
+            return  # our own write: reloading it would only stall the loop
+        try:
+            # Read off the loop: a big config takes seconds to parse, and streams go on.
+            resources = await asyncio.to_thread(state.read)
+        except StateDamagedError as e:
+            if state.writes == writes:
+                await self._state_damaged(state, e)
+            return
+        except ConfigError as e:
+            self._rejected(e)
+            return
+        if state.writes != writes:
+            return  # an apply wrote the file meanwhile: what was read is older
+        self._reload(resources)
+
+    async def _state_damaged(self, state: StateDir, e: StateDamagedError) -> None:
+        """Refuse a state file that is gone, empty or cut short, and write it back."""
+        import shutil
+
+        from .config.store import Proposal
+
+        log.error(
+            "state file %s %s: refused, still serving revision %d (to remove resources, "
+            "delete their documents from the file, or use xdsctl delete)",
+            e.file,
+            e.problem,
+            self.store.revision,
+        )
+        before, writes = self._stat(state.file), state.writes
+        await asyncio.sleep(self.DAMAGE_GRACE_S)
+        if self._stat(state.file) != before or state.writes != writes:
+            return  # written meanwhile: that write has its own event
+        if before is not None and before[1]:  # cut short: keep what was there
+            kept = state.file.with_name(state.file.name + ".rejected")
+            with contextlib.suppress(OSError):
+                shutil.copyfile(state.file, kept)
+                log.error("kept the refused file as %s", kept)
+        current = {r.key: r for r in self.store.resources()}
+        try:
+            state.save(Proposal(current, {k: self.store.state(k) for k in current}))
+        except StateWriteError as w:
+            log.error("%s", w)
+            return
+        log.info("state file %s written back (revision %d)", state.file, self.store.revision)
+
+    async def _reload_files(self, paths: list[Path]) -> None:
+        try:
+            resources = await asyncio.to_thread(load_paths, paths)
+        except ConfigError as e:
+            self._rejected(e)
+            return
+        empty = self._empty_files(paths, resources)
+        if empty:
+            log.error(
+                "rejected config change, still serving revision %d: %s holds no resource "
+                "(emptied, or being written?): delete the file to remove its resources",
+                self.store.revision,
+                ", ".join(empty),
+            )
+            return
+        self._reload(resources)
+
+    def _reload(self, resources: list[Resource]) -> None:
+        try:
+            applied = self.replace(resources)
+        except (ConfigError, StateWriteError) as e:
+            self._rejected(e)
+            return
+        changed = [str(c) for c in applied if c.action != "unchanged"]
+        if changed:
+            log.info("reloaded revision %d: %s", self.store.revision, "; ".join(changed))
+
+    def _rejected(self, e: Exception) -> None:
+        log.error("rejected config change, still serving revision %d:\n%s", self.store.revision, e)
+
+    @staticmethod
+    def _stat(path: Path) -> tuple[int, int, int] | None:
+        """What tells one version of a file from another (None: no file)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    @staticmethod
+    def _empty_files(paths: list[Path], resources: list[Resource]) -> list[str]:
+        """The config files (given, or in a given directory) that hold no resource."""
+        from .config.load import YAML_SUFFIXES
+
+        used = {os.path.realpath(r.source.file) for r in resources}
+        files = []
+        for p in paths:
+            files += sorted(p.glob("*")) if p.is_dir() else [p]
+        return [
+            str(f)
+            for f in files
+            if f.suffix in YAML_SUFFIXES or f in paths
+            if f.is_file() and os.path.realpath(f) not in used
+        ]
 
     def proxy_config(self, node_id: str, type_url: str) -> tuple[str, list[tuple[str, Message]]]:
         """The resources of one type the control plane has for a proxy (the names it asked

@@ -5,6 +5,8 @@ cut short never shrinks what is served."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import urllib.parse
 from pathlib import Path
@@ -70,3 +72,89 @@ def test_envoy_resyncs_quickly_after_each_restart(tmp_path: Path, fault_figure) 
     fault_figure("max resync after restart (s)", max(resyncs))
     fault_figure("median resync after restart (s)", sorted(resyncs)[len(resyncs) // 2])
     assert max(resyncs) < RESYNC_BOUND_S, resyncs
+
+
+def _serve(state: Path, *extra: str) -> tuple[ServerProcess, AdminClient]:
+    server = ServerProcess(
+        "--state-dir", str(state), "--xds-port", "0", "--admin-port", "0", *extra
+    )
+    server.xds_port = server.wait_port("xDS")  # type: ignore[attr-defined]
+    return server, AdminClient(f"127.0.0.1:{server.wait_port('admin API')}")
+
+
+def _names(client: AdminClient) -> set[str]:
+    return {f"{r.ref.kind}/{r.ref.name}" for r in client.get().resources}
+
+
+def test_emptied_deleted_or_cut_state_file_never_shrinks_the_config(tmp_path: Path) -> None:
+    """While the server runs, an emptied, deleted or cut-short state file is refused: Envoy
+    keeps every listener, and the file is written back. A hand edit that deletes a document
+    (seal line left as it was) is a legitimate shrink and is applied."""
+    server, client = _serve(tmp_path)
+    state = tmp_path / "config.yaml"
+    try:
+        client.apply([("services.yaml", SERVICES), ("all-v1.yaml", ALL_V1)])
+        everything, saved = _names(client), state.read_text()
+        with EnvoyProcess(server.xds_port) as envoy:  # type: ignore[attr-defined]
+            client.wait_synced("ingressgateway")
+            envoy.wait_listener("0.0.0.0_31400")
+            server.wait_line("watching")
+            cut = saved[: saved.rindex("---")]  # at a document boundary, seal gone
+            for damage, problem in [
+                (lambda: state.write_text(""), "is empty"),
+                (state.unlink, "was deleted"),
+                (lambda: state.write_text(cut), "is cut short"),
+            ]:
+                damage()
+                assert problem in server.wait_line("refused, still serving")
+                server.wait_line("written back")
+                assert state.read_text() == saved
+                assert _names(client) == everything
+                assert "0.0.0.0_31400" in envoy.listener_ports()
+            assert (tmp_path / "config.yaml.rejected").read_text() == cut
+            # A hand edit that removes the VirtualService: applied, the file sealed again.
+            docs = saved.split("---\n")
+            kept = [d for d in docs if "kind: VirtualService" not in d]
+            state.write_text("---\n".join(kept))
+            assert "deleted" in server.wait_line("reloaded revision")
+            assert _names(client) == everything - {"VirtualService/tcp-echo"}
+            assert "# xds-server seal: " in state.read_text().splitlines()[-1]
+    finally:
+        client.close()
+        assert server.stop() == 0
+
+
+def test_damaged_state_file_at_start_is_refused_with_one_line(tmp_path: Path) -> None:
+    server, client = _serve(tmp_path)
+    client.apply([("services.yaml", SERVICES), ("all-v1.yaml", ALL_V1)])
+    client.close()
+    assert server.stop() == 0
+    state = tmp_path / "config.yaml"
+    saved = state.read_text()
+    for text, problem in [(saved[: saved.rindex("---")], "is cut short"), ("", "is empty")]:
+        state.write_text(text)
+        result = subprocess.run(
+            [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(tmp_path)]
+            + ["--xds-port", "0", "--admin-port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, result
+        (line,) = result.stderr.splitlines()
+        assert line.startswith(f"error: state file {state} {problem}"), line
+        assert "delete it to start with an empty config" in line
+    # Deleting the file is how to start empty; the server's own empty file loads again.
+    state.unlink()
+    server, client = _serve(tmp_path)
+    try:
+        assert _names(client) == set()
+        client.apply([("services.yaml", SERVICES)])
+        client.delete([("services.yaml", SERVICES)])  # xdsctl delete: the way to empty it
+        client.close()
+        assert server.stop() == 0
+        server, client = _serve(tmp_path)  # a file the server emptied itself loads
+        assert _names(client) == set()
+    finally:
+        client.close()
+        assert server.stop() == 0

@@ -18,6 +18,7 @@ from grpc_status import rpc_status
 from ..config.errors import ConfigError, Problem
 from ..config.load import load_text, shorten
 from ..config.model import DEFAULT_NAMESPACE, KINDS, resource_type
+from ..config.persist import StateWriteError
 from ..config.store import Change, ConflictError, NotFoundError
 from ..xds.status import node_synced, proxy_rows
 from .v1 import admin_pb2, admin_pb2_grpc
@@ -116,6 +117,8 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             return [], refusal_pb(code_pb2.ABORTED, e.problems)
         except NotFoundError as e:
             await _abort(context, code_pb2.NOT_FOUND, str(e))
+        except StateWriteError as e:  # disk full or read-only: the change was not applied
+            await _abort(context, code_pb2.FAILED_PRECONDITION, str(e))
 
     @staticmethod
     def _parse(documents) -> list:
