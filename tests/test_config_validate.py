@@ -617,7 +617,8 @@ def test_weight_must_fit_int32(weight: int) -> None:
     tcp = f"""\
         - route:
           - {{destination: {{host: tcp-echo, subset: v1, port: {{number: 9000}}}}, weight: 1}}
-          - {{destination: {{host: tcp-echo, subset: v2, port: {{number: 9000}}}}, weight: {weight}}}
+          - {{destination: {{host: tcp-echo, subset: v2, port: {{number: 9000}}}},
+              weight: {weight}}}
         """
     shown = str(weight) if weight < 10**24 else f"a number of {len(str(weight))} digits"
     assert briefs(virtual_service(tcp)) == [

@@ -32,7 +32,8 @@ SERVICE_ENTRY = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[
 
 
 def weights_yaml(v1: int, v2: int) -> str:
-    return V2_20.replace("weight: 80", f"weight: {v1}").replace("weight: 20", f"weight: {v2}")
+    # One pass: replacing 80 then 20 in turn would turn weights_yaml(20, 81) into 81/81.
+    return re.sub(r"weight: (80|20)\b", lambda m: f"weight: {v1 if m[1] == '80' else v2}", V2_20)
 
 
 def test_kill_9_restart_keeps_config_and_split(tmp_path, echoes):

@@ -128,3 +128,17 @@ def test_port_map_and_bind_address():
     listener = out.listeners["0.0.0.0_31400"]
     assert listener.address.socket_address.address == "0.0.0.0"
     assert listener.address.socket_address.port_value == 41400
+
+
+def test_per_type_eds_source_reconnects_as_fast_as_the_bootstrap():
+    """A proxy without ADS opens an EDS stream per the cluster's config source: it must back
+    off like the bootstrap's streams, or EDS lags seconds behind after a restart."""
+    config = applied(SERVICES, ALL_V1)
+    out = translate(config, TranslateOptions(eds_api_type="GRPC", xds_cluster="my_xds"))
+    (cluster,) = out.clusters.values()
+    api = cluster.eds_cluster_config.eds_config.api_config_source
+    (service,) = api.grpc_services
+    assert service.envoy_grpc.cluster_name == "my_xds"
+    back_off = service.envoy_grpc.retry_policy.retry_back_off
+    assert back_off.base_interval.ToMilliseconds() == 100
+    assert back_off.max_interval.ToMilliseconds() == 500

@@ -56,7 +56,13 @@ def _eds_source(api_type: str | None, xds_cluster: str) -> config_source_pb2.Con
         api = source.api_config_source
         api.api_type = config_source_pb2.ApiConfigSource.ApiType.Value(api_type)
         api.transport_api_version = config_source_pb2.V3
-        api.grpc_services.add().envoy_grpc.cluster_name = xds_cluster
+        grpc = api.grpc_services.add().envoy_grpc
+        grpc.cluster_name = xds_cluster
+        # The bootstrap's back-off (envoy/bootstrap.yaml), so that a per-type EDS stream is
+        # back as soon as the CDS and LDS streams after a control-plane restart.
+        back_off = grpc.retry_policy.retry_back_off
+        back_off.base_interval.FromMilliseconds(100)
+        back_off.max_interval.FromMilliseconds(500)
         api.set_node_on_first_message_only = True
     return source
 
