@@ -1,19 +1,38 @@
-"""The docker compose lab (docker-compose.yml): `up`, the seed scenario through Envoy's
-published port with xdsctl run inside the control-plane container (as the README tells),
-and `down`, which must leave no container or network behind.
+"""The docker compose lab (docker-compose.yml), run the way the README tells a user.
 
-Runs on the images docker-compose.yml names (xds-server:local, xds-envoy:local: build them
-with scripts/build-images, as CI does); skipped with one reason where Docker, a compose
-command or the images are missing, except in CI (CI=true), where that is a failure."""
+The README's "The task with docker compose" section has two command blocks, each marked
+with an HTML comment; the tests read them from README.md, so the docs and the tests cannot
+drift apart:
+
+- `<!-- test: compose -->`: the task's steps. `test_readme_compose_steps` runs each of its
+  commands, in order, as printed (through bash), with compose v2 (`docker compose`) and v1
+  (`docker-compose`, the only change being that spelling). Two more changes are made, and
+  asserted to apply: the project name and the host ports come from the environment
+  (COMPOSE_PROJECT_NAME, INGRESS_PORT, ...: free ports, so that a test never meets a user's
+  lab), which turns `127.0.0.1 31400` in the nc loops into this run's ingress port. Between
+  two commands the test waits for what a user typing them would find (Envoy up, the config
+  ACKed), checks each command's output, and sends 100 more connections after the 80/20
+  apply; `down` must leave no container or network behind.
+- `<!-- test: compose-setup -->`: installing an engine and building the images. Those run
+  in .ci/run (with a dockerd of its own, not the default socket);
+  `test_readme_compose_setup_is_what_ci_runs` checks that .ci/run installs the same
+  packages and runs the same `make images`.
+
+The steps run on the images docker-compose.yml names (xds-server:local, xds-envoy:local:
+`make images`, as CI does); skipped with one reason where Docker, a compose command, nc or
+the images are missing, except in CI (CI=true), where that is a failure."""
 
 from __future__ import annotations
 
 import http.client
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -24,10 +43,57 @@ from xds_server.ports import free_port
 from xds_server.testing.runtime import in_ci, require_docker
 
 ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 IMAGES = {
     "XDS_SERVER_IMAGE": "xds-server:local",
     "XDS_ENVOY_IMAGE": "xds-envoy:local",
 }
+SPELLINGS = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
+README_PORTS = {"INGRESS_PORT": 31400}  # what the README's commands name literally
+
+# What the README's compose block must hold, in this order: (step, pattern of the command).
+STEPS = [
+    ("up", r"^docker compose up -d$"),
+    ("apply all-v1", r"^docker compose exec -T control-plane xdsctl apply .*all-v1\.yaml$"),
+    ("traffic all-v1", r"^for i in \$\(seq 1 20\); do .* \| nc .*127\.0\.0\.1 31400; done$"),
+    ("apply 20-v2", r"^docker compose exec -T control-plane xdsctl apply .*20-v2\.yaml$"),
+    ("get", r"^docker compose exec -T control-plane xdsctl get virtualservice tcp-echo "),
+    ("traffic 80/20", r"^for i in \$\(seq 1 20\); do .* \| nc .*127\.0\.0\.1 31400; done$"),
+    ("proxy-status", r"^docker compose exec -T control-plane xdsctl proxy-status$"),
+    ("down", r"^docker compose down$"),
+]
+
+
+def readme_block(marker: str) -> list[str]:
+    """The commands of the fenced block after `<!-- test: MARKER ...-->` in README.md:
+    backslash continuations joined, comments and blank lines left out."""
+    text = README.read_text()
+    block = rf"<!-- test: {re.escape(marker)}(?:\s[^>]*)?-->\s*```sh\n(.*?)```"
+    found = re.search(block, text, re.S)
+    assert found, f"README.md has no ```sh block marked <!-- test: {marker} -->"
+    commands, pending = [], ""
+    for line in found.group(1).splitlines():
+        pending += line
+        if pending.endswith("\\"):
+            pending = pending[:-1]
+            continue
+        words = shlex.split(pending, comments=True)
+        if words:
+            commands.append(re.sub(r"\s+", " ", without_comment(pending, words)))
+        pending = ""
+    return commands
+
+
+def without_comment(line: str, words: list[str]) -> str:
+    """The line up to its trailing `# comment`, if any (a `#` inside quotes is kept)."""
+    for found in re.finditer(r"\s#", line):
+        head = line[: found.start()]
+        try:
+            if shlex.split(head) == words:
+                return head.strip()
+        except ValueError:  # the `#` is inside quotes
+            continue
+    return line.strip()
 
 
 def skip_or_fail(reason: str) -> None:
@@ -36,23 +102,20 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def compose_command() -> list[str]:
-    """`docker compose` (v2 plugin) if there is one, else v1's `docker-compose`."""
-    if shutil.which("docker"):
-        probe = subprocess.run(["docker", "compose", "version"], capture_output=True)
-        if probe.returncode == 0:
-            return ["docker", "compose"]
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    skip_or_fail("neither `docker compose` nor `docker-compose` is installed")
-    raise AssertionError("unreachable")
+def have_spelling(version: str) -> bool:
+    command = SPELLINGS[version]
+    if not shutil.which(command[0]):
+        return False
+    probe = subprocess.run([*command, "version"], capture_output=True, text=True)
+    return probe.returncode == 0
 
 
 class Compose:
     """One compose project with its own name and free host ports; `down` always runs."""
 
-    def __init__(self) -> None:
-        self.command = compose_command()
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.command = SPELLINGS[version]
         self.project = f"xdstest{uuid.uuid4().hex[:10]}"
         self.ports = {
             name: free_port()
@@ -62,10 +125,39 @@ class Compose:
             **os.environ,
             **{k: os.environ.get(k, v) for k, v in IMAGES.items()},
             **{k: str(v) for k, v in self.ports.items()},
+            "COMPOSE_PROJECT_NAME": self.project,
         }
+        self.times: list[tuple[str, float]] = []
+
+    def shell(self, readme_command: str, timeout: float = 120) -> str:
+        """A README command, in bash, as printed but for the spelling and the ports."""
+        command = readme_command
+        if self.version == "v1" and command.startswith("docker compose "):
+            command = "docker-compose " + command.removeprefix("docker compose ")
+        for name, port in README_PORTS.items():
+            if f"127.0.0.1 {port}" in command:
+                command = command.replace(f"127.0.0.1 {port}", f"127.0.0.1 {self.ports[name]}")
+        assert not any(str(p) in command for p in README_PORTS.values()), command
+        started = time.monotonic()
+        done = subprocess.run(
+            ["bash", "-c", command],
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        self.times.append((readme_command[:60], time.monotonic() - started))
+        if done.returncode != 0:
+            raise AssertionError(
+                f"README command {readme_command!r}\nrun as {command!r}\n"
+                f"exited with {done.returncode}:\n{done.stdout}{done.stderr}"
+            )
+        return done.stdout
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        cmd = [*self.command, "--project-name", self.project, *args]
+        cmd = [*self.command, *args]
         done = subprocess.run(
             cmd,
             cwd=ROOT,
@@ -80,10 +172,6 @@ class Compose:
                 f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
             )
         return done
-
-    def xdsctl(self, *args: str) -> str:
-        """xdsctl inside the control-plane container, as the README's walkthrough runs it."""
-        return self.run("exec", "-T", "control-plane", "xdsctl", *args).stdout
 
     def wait_synced(self) -> None:
         """Through the admin API's published port: Envoy ACKed the current config."""
@@ -139,52 +227,100 @@ def settled(admin_port: int) -> bool:
     return status == 200 and bool(values) and all(v == "0" for v in values)
 
 
-@pytest.fixture
-def compose():
+def nc_versions(out: str) -> Counter[str]:
+    """The nc loop's answers ("one <date>", "two <date>"), counted by version."""
+    return Counter(line.split()[0] for line in out.splitlines() if line.strip())
+
+
+def readme_steps() -> list[tuple[str, str]]:
+    commands = readme_block("compose")
+    names = [name for name, _ in STEPS]
+    assert len(commands) == len(STEPS), (
+        f"README's compose block has {len(commands)} commands, the test knows {names}:\n"
+        + "\n".join(commands)
+    )
+    for (name, pattern), command in zip(STEPS, commands, strict=True):
+        assert re.search(pattern, command), f"step {name!r}: {command!r} !~ {pattern!r}"
+    return [(name, command) for (name, _), command in zip(STEPS, commands, strict=True)]
+
+
+def test_readme_compose_block_is_the_task() -> None:
+    """No Docker needed: the block parses into the task's steps, in the task's order."""
+    steps = readme_steps()
+    assert [name for name, _ in steps] == [name for name, _ in STEPS]
+    assert not any("--build" in command for _, command in steps), "offline, up must not build"
+
+
+def test_readme_compose_setup_is_what_ci_runs() -> None:
+    """The setup block (engine, compose, nc, images) is what .ci/run does on CI's machine."""
+    setup = readme_block("compose-setup")
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = next(c for c in setup if "apt-get install" in c)
+    packages = [w for w in install.split("apt-get install", 1)[1].split() if w != "-y"]
+    assert packages, install
+    for package in packages:
+        assert re.search(rf"need\+=\({re.escape(package)}\)", ci), f".ci/run skips {package}"
+    assert any(c.startswith("dockerd ") for c in setup), setup
+    assert re.search(r"^dockerd ", ci, re.M), ".ci/run starts no dockerd"
+    assert "make images" in setup, setup
+    assert re.search(r"^make images\b", ci, re.M), ".ci/run does not run `make images`"
+
+
+@pytest.fixture(params=["v2", "v1"])
+def compose(request):
     require_docker()
-    lab = Compose()
+    version = request.param
+    if not have_spelling(version):
+        skip_or_fail(f"compose {version} (`{' '.join(SPELLINGS[version])}`) is not installed")
+    if not shutil.which("nc"):
+        skip_or_fail("nc is not installed (Debian: netcat-openbsd)")
+    lab = Compose(version)
     missing = []
     for image in (lab.env["XDS_SERVER_IMAGE"], lab.env["XDS_ENVOY_IMAGE"]):
         probe = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
         if probe.returncode != 0:
             missing.append(image)
     if missing:
-        skip_or_fail(f"no image {', '.join(missing)}: build them with scripts/build-images")
+        skip_or_fail(f"no image {', '.join(missing)}: build them with `make images`")
     try:
         yield lab
     finally:
         lab.run("down", "--volumes", "--remove-orphans", "--timeout", "5")
+        print(f"compose {version}: " + ", ".join(f"{c!r} {s:.1f} s" for c, s in lab.times))
 
 
-def test_compose_lab_shifts_traffic(compose: Compose) -> None:
-    compose.run("up", "--detach", "--no-build")
+def test_readme_compose_steps(compose: Compose) -> None:
     ingress, admin = compose.ports["INGRESS_PORT"], compose.ports["ENVOY_ADMIN_PORT"]
+    steps = dict(readme_steps())
     try:
+        compose.shell(steps["up"])
         wait_for("Envoy's admin endpoint", lambda: envoy_admin(admin, "/ready")[0] in (200, 503))
-        out = compose.xdsctl(
-            "apply",
-            "-f",
-            "samples/compose/tcp-echo-services.yaml",
-            "-f",
-            "samples/tcp-echo/tcp-echo-all-v1.yaml",
-        )
+
+        out = compose.shell(steps["apply all-v1"])
         assert "virtualservice.networking.istio.io/tcp-echo created" in out
         wait_for("Envoy LIVE", lambda: envoy_admin(admin, "/ready")[1].strip() == "LIVE")
         compose.wait_synced()
         wait_for("Envoy settled", lambda: settled(admin))
-        replies = traffic.send_many("127.0.0.1", ingress, 20)
-        assert {traffic.version_of(r) for r in replies} == {"one"}, replies
+        counts = nc_versions(compose.shell(steps["traffic all-v1"]))
+        assert counts == {"one": 20}, counts
 
-        out = compose.xdsctl("apply", "-f", "samples/tcp-echo/tcp-echo-20-v2.yaml")
+        out = compose.shell(steps["apply 20-v2"])
         assert out.strip() == "virtualservice.networking.istio.io/tcp-echo configured"
         compose.wait_synced()
         wait_for("Envoy settled", lambda: settled(admin))
         counts = traffic.split(traffic.send_many("127.0.0.1", ingress, 100))
         # 80 of 100 (weighted localities), give or take one tie in Envoy's EDF scheduler.
         assert counts["one"] + counts["two"] == 100 and 19 <= counts["two"] <= 21, counts
-        assert "weight: 20" in compose.xdsctl("get", "virtualservice", "tcp-echo", "-o", "yaml")
+
+        assert "weight: 20" in compose.shell(steps["get"])
+        counts = nc_versions(compose.shell(steps["traffic 80/20"]))
+        # 16 "one" and 4 "two", give or take the same tie.
+        assert sum(counts.values()) == 20 and 3 <= counts["two"] <= 5, counts
+
+        status = compose.shell(steps["proxy-status"])
+        assert "ingressgateway" in status and "SYNCED" in status, status
     except BaseException:
         print(compose.logs())
         raise
-    compose.run("down", "--volumes", "--remove-orphans", "--timeout", "5")
+    compose.shell(steps["down"])
     assert compose.leftovers() == ""
