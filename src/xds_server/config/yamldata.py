@@ -225,6 +225,9 @@ def build(node: yaml.Node, loader: LineLoader, anchors: bool) -> Document:
         return out if merged is None else {**out, **merged}
 
     doc.data = walk(node, "", 0)
+    # The helpers refer to each other: unbound, they are freed now instead of by the
+    # cyclic collector, whose passes over a big config's live data are the real cost.
+    walk = mapping = merge = None  # type: ignore[assignment]  # noqa: F811
     return doc
 
 
