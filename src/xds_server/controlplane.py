@@ -140,9 +140,14 @@ class ControlPlane:
         self.port = _bind(xds, self.xds_address, self.requested_port, "xDS", "--xds-port")
         servers = [xds]
         if self.requested_admin_port is not None:
-            from .admin.server import ConfigAdminService, add_to_server
+            from .admin.server import MAX_REQUEST_BYTES, ConfigAdminService, add_to_server
 
-            admin = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            admin = grpc.aio.server(
+                options=[
+                    ("grpc.so_reuseport", 0),
+                    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ]
+            )
             add_to_server(admin, ConfigAdminService(self, read_only=self.read_only))
             self.admin_port = _bind(
                 admin,

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xds_server.admin.client import AdminClient, AdminError
+from xds_server.admin.server import MAX_REQUEST_BYTES
 from xds_server.config import yamldata
 from xds_server.lab.lab import SAMPLES
 from xds_server.lab.server import ServerProcess
@@ -366,9 +367,9 @@ def test_oversized_input_is_refused_with_a_clear_message(
     assert e.value.problems[0].message.startswith("the document is ")
     # A request over the server's max receive message length.
     with pytest.raises(AdminError) as e:
-        server.client.apply([(FILE, "# " + "x" * (5 * 2**20))])
+        server.client.apply([(FILE, "# " + "x" * (MAX_REQUEST_BYTES + 2**20))])
     assert e.value.code.name == "RESOURCE_EXHAUSTED" and not e.value.problems
-    assert str(e.value).startswith("the request is 5.0 MiB, more than the 4 MiB")
+    assert str(e.value).startswith("the request is 33.0 MiB, more than the 32 MiB")
     # A batch with more problems than one answer shows.
     many = "".join(f"---\nkind: Nope{i}\n" for i in range(3000))
     with pytest.raises(AdminError) as e:

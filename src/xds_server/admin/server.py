@@ -23,6 +23,10 @@ from ..config.store import Change, ConflictError, NotFoundError
 from ..xds.status import node_synced, proxy_rows
 from .v1 import admin_pb2, admin_pb2_grpc
 
+# The largest apply or delete one call may carry: a 10k-service config is about 10 MiB of
+# YAML, past gRPC's default 4 MiB. Each document is bounded on its own (config/yamldata.py).
+MAX_REQUEST_BYTES = 32 * 2**20
+
 
 class ReadOnlyError(Exception):
     """Config comes from files (--config): the API must not fight with them."""
