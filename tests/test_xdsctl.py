@@ -12,6 +12,7 @@ import yaml
 from conftest import ServerProcess
 
 from xds_server import xdsctl
+from xds_server.admin.server import MAX_REQUEST_BYTES
 from xds_server.lab.lab import SAMPLES, Lab
 from xds_server.ports import free_port
 
@@ -320,12 +321,12 @@ def test_every_problem_reaches_xdsctl_beyond_the_trailer_limit(ctl, tmp_path):
 def test_a_request_over_the_size_limit_is_one_clear_line(ctl, tmp_path):
     """gRPC's RESOURCE_EXHAUSTED "Received message larger than max", in kubectl's words."""
     big = tmp_path / "big.yaml"
-    big.write_text(SERVICES_TEXT + "---\n# " + "x" * (5 * 2**20) + "\n")
+    big.write_text(SERVICES_TEXT + "---\n# " + "x" * (MAX_REQUEST_BYTES + 2**20) + "\n")
     code, out, err = ctl("apply", "-f", str(big))
     assert code == 1 and out == ""
     assert err == (
-        "Error from server (RequestEntityTooLarge): the request is 5.0 MiB, more than the "
-        "4 MiB the control plane accepts in one call: apply the files in smaller batches\n"
+        "Error from server (RequestEntityTooLarge): the request is 33.0 MiB, more than the "
+        "32 MiB the control plane accepts in one call: apply the files in smaller batches\n"
     )
     assert ctl("apply", "-f", SERVICES)[0] == 0  # and the server still answers
 
