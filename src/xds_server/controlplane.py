@@ -246,11 +246,18 @@ class ControlPlane:
 
     @_collector_paused
     def delete_keys(
-        self, keys: Iterable[tuple[str, str, str]], *, ignore_not_found: bool = False
+        self,
+        keys: Iterable[tuple[str, str, str]],
+        *,
+        ignore_not_found: bool = False,
+        dry_run: bool = False,
     ) -> list[Change]:
-        """kubectl delete: all or none; a missing resource raises NotFoundError."""
+        """kubectl delete: all or none; a missing resource raises NotFoundError.
+        ``dry_run``: report what would be deleted (validated), change nothing."""
         return self._commit(
-            functools.partial(self.store.delete, keys, ignore_not_found=ignore_not_found)
+            functools.partial(
+                self.store.delete, keys, ignore_not_found=ignore_not_found, dry_run=dry_run
+            )
         )
 
     async def watch(

@@ -33,13 +33,19 @@ SHORT_KIND_NAMES = {
     "ServiceEntry": "se",
     "WorkloadEntry": "we",
 }
-# kubectl accepts the short name, singular, plural and fully qualified type.
+# kubectl accepts the short name, singular and plural, any case, each optionally qualified by
+# the group (``virtualservice.networking.istio.io``, what apply prints) or version and group
+# (``virtualservices.v1.networking.istio.io``).
 ALIASES = {
     alias: kind
     for kind, short in SHORT_KIND_NAMES.items()
-    for alias in (short, kind.lower(), PLURALS[kind], resource_type(kind))
+    for alias in (short, kind.lower(), PLURALS[kind])
 }
+GROUP = resource_type("VirtualService").split(".", 1)[1]  # networking.istio.io
+VERSIONS = ("v1", "v1beta1", "v1alpha3")  # Istio's served versions of the group
 PROXY_CONFIG_TYPES = {"listeners": LISTENER, "clusters": CLUSTER, "endpoints": ENDPOINT}
+# istioctl proxy-config's extra views: every type in one go, and what the proxy said of itself.
+ALL, BOOTSTRAP = "all", "bootstrap"
 
 
 class UsageError(Exception):
@@ -47,11 +53,37 @@ class UsageError(Exception):
 
 
 def resolve_kind(text: str) -> str:
-    kind = ALIASES.get(text.lower())
+    resource, _, group = text.lower().partition(".")
+    version, _, rest = group.partition(".")
+    qualified = group in ("", GROUP) or (version in VERSIONS and rest == GROUP)
+    kind = ALIASES.get(resource) if qualified else None
     if kind is None:
         known = ", ".join(f"{k.lower()} ({s})" for k, s in SHORT_KIND_NAMES.items())
         raise UsageError(f'the server doesn\'t have a resource type "{text}" (known: {known})')
     return kind
+
+
+def resolve_targets(words: Sequence[str]) -> list[tuple[str, str | None]]:
+    """kubectl's ways to name resources: ``TYPE[,TYPE...] [NAME...]`` or ``TYPE/NAME...``,
+    as (kind, name) pairs; name None means every resource of the kind."""
+    if not words:
+        return []
+    if any("/" in w for w in words):
+        if not all("/" in w for w in words):
+            raise UsageError(
+                "there is no need to specify a resource type as a separate argument when "
+                "passing arguments in resource/name form (e.g. 'xdsctl get vs/tcp-echo')"
+            )
+        out: list[tuple[str, str | None]] = []
+        for w in words:
+            kind, _, name = w.partition("/")
+            if not name:
+                raise UsageError(f'arguments in resource/name form must have a name: "{w}"')
+            out.append((resolve_kind(kind), name))
+        return out
+    kinds = [resolve_kind(k) for k in words[0].split(",")]
+    names: list[str | None] = list(words[1:]) or [None]
+    return [(kind, name) for kind in kinds for name in names]
 
 
 # --- reading input -------------------------------------------------------------------------
@@ -159,6 +191,7 @@ def format_proxy_status(response: admin_pb2.ProxyStatusResponse) -> str:
     """``istioctl proxy-status``, from the admin API's answer."""
     rows = [
         ProxyRow(
+            peer=p.peer,  # two proxies with one node id: told apart by it
             name=p.node_id,
             cluster=p.node_cluster,
             states={t.type_url: t.state for t in p.types},
@@ -219,20 +252,25 @@ def format_proxy_config(response: admin_pb2.ProxyConfigResponse, output: str) ->
 # --- commands ------------------------------------------------------------------------------
 
 
+DRY_RUN_SUFFIX = {"none": "", "client": " (dry run)", "server": " (server dry run)"}
+
+
 def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
-    response = client.apply(read_inputs(args.filename), dry_run=args.dry_run)
-    suffix = " (dry run)" if args.dry_run else ""
+    dry_run = args.dry_run != "none"
+    response = client.apply(read_inputs(args.filename), dry_run=dry_run)
+    if not response.changes:  # every document applied is a change, "unchanged" included
+        raise UsageError("no objects passed to apply")
     for c in response.changes:
-        print(f"{c.ref.kind.lower()}.networking.istio.io/{c.ref.name} {c.action}{suffix}")
+        print(f"{c.ref.kind.lower()}.{GROUP}/{c.ref.name} {c.action}{DRY_RUN_SUFFIX[args.dry_run]}")
     return 0
 
 
 def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
-    kinds = [resolve_kind(k) for k in args.kind.split(",")]
+    targets = resolve_targets(args.resources)
     namespace = "" if args.all_namespaces else args.namespace
     found: list[admin_pb2.Resource] = []
-    for kind in kinds:
-        found += client.get(kind, args.name or "", namespace).resources
+    for kind, name in targets:
+        found += client.get(kind, name or "", namespace).resources
     if not found:
         where = "any namespace" if args.all_namespaces else f"{args.namespace} namespace"
         print(f"No resources found in {where}.", file=sys.stderr)
@@ -242,20 +280,24 @@ def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def cmd_delete(client: AdminClient, args: argparse.Namespace) -> int:
-    if args.filename and args.kind:
+    if args.filename and args.resources:
         raise UsageError("give either -f FILE or KIND NAME, not both")
     refs = []
-    if args.kind:
-        if not args.names:
+    if args.resources:
+        targets = resolve_targets(args.resources)
+        if any(name is None for _, name in targets):
             raise UsageError("resource(s) were provided, but no name was specified")
-        kind = resolve_kind(args.kind)
-        refs = [(kind, args.namespace, n) for n in args.names]
+        refs = [(kind, args.namespace, name or "") for kind, name in targets]
     elif not args.filename:
         raise UsageError("give -f FILE or KIND NAME")
     documents = read_inputs(args.filename) if args.filename else []
-    response = client.delete(documents, refs, ignore_not_found=args.ignore_not_found)
+    response = client.delete(
+        documents, refs, ignore_not_found=args.ignore_not_found, dry_run=args.dry_run != "none"
+    )
+    if not response.changes and not args.ignore_not_found:  # -f of files with no documents
+        print("No resources found")  # what kubectl delete prints for no objects, exit 0
     for c in response.changes:
-        print(f"{c.ref.kind.lower()}.networking.istio.io/{c.ref.name} deleted")
+        print(f"{c.ref.kind.lower()}.{GROUP}/{c.ref.name} deleted{DRY_RUN_SUFFIX[args.dry_run]}")
     return 0
 
 
@@ -264,9 +306,35 @@ def cmd_proxy_status(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+def format_bootstrap(response: admin_pb2.ProxyConfigResponse, output: str) -> str:
+    """The node the proxy introduced itself with, as Envoy's config_dump shows it in its
+    bootstrap (``{"bootstrap": {"node": ...}}``): the control plane never sees the rest
+    of a bootstrap. Default (table) output is YAML, the readable one."""
+    data = {"bootstrap": {"node": json.loads(response.node_json or "{}")}}
+    if output == "json":
+        return json.dumps(data, indent=2)
+    return yaml.safe_dump(data, sort_keys=False).rstrip()
+
+
 def cmd_proxy_config(client: AdminClient, args: argparse.Namespace) -> int:
-    response = client.proxy_config(args.node, PROXY_CONFIG_TYPES[args.type])
-    print(format_proxy_config(response, args.output or ""))
+    output = args.output or ""
+    if args.type == BOOTSTRAP:  # any type's answer carries the node
+        print(format_bootstrap(client.proxy_config(args.node, LISTENER), output))
+        return 0
+    if args.type != ALL:
+        response = client.proxy_config(args.node, PROXY_CONFIG_TYPES[args.type])
+        print(format_proxy_config(response, output))
+        return 0
+    # istioctl proxy-config all: each type in push order (clusters, endpoints, listeners).
+    responses = [client.proxy_config(args.node, t) for t in (CLUSTER, ENDPOINT, LISTENER)]
+    if output in ("json", "yaml"):
+        data = {r.type_url: [json.loads(j) for j in r.json] for r in responses}
+        if output == "json":
+            print(json.dumps(data, indent=2))
+        else:
+            print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        return 0
+    print("\n\n".join(format_proxy_config(r, "") for r in responses))
     return 0
 
 
@@ -288,14 +356,37 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"admin API address (default: ${SERVER_ENV} or {DEFAULT_ADMIN})",
     )
     parser.add_argument(
-        "--request-timeout", type=float, default=10.0, metavar="S", help="seconds (default 10)"
+        "--request-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds to wait for the server's answer (default 10)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def ns(p: argparse.ArgumentParser) -> None:
-        p.add_argument("-n", "--namespace", default=DEFAULT_NAMESPACE, help="default: default")
+        p.add_argument(
+            "-n", "--namespace", default=DEFAULT_NAMESPACE, help="namespace (default: default)"
+        )
+
+    def dry_run(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--dry-run",
+            nargs="?",
+            choices=tuple(DRY_RUN_SUFFIX),
+            default="none",
+            const="client",
+            metavar="none|client|server",
+            help="validate and report, change nothing (kubectl's flag: the server validates "
+            "in every mode, since only it knows the config; bare --dry-run is client)",
+        )
 
     kinds = ", ".join(f"{k.lower()} ({s})" for k, s in SHORT_KIND_NAMES.items())
+    forms = (
+        f"Kinds: {kinds}; also plural (virtualservices), any case (VirtualService) and with the "
+        f"group (virtualservice.{GROUP}, virtualservices.v1.{GROUP}). Resources as TYPE NAME... "
+        "or TYPE/NAME"
+    )
 
     p = sub.add_parser("apply", help="create or update resources from files (all or none)")
     p.add_argument(
@@ -306,24 +397,47 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE|DIR|-",
         help="YAML file, directory of them, or - for stdin (repeatable)",
     )
-    p.add_argument("--dry-run", action="store_true", help="validate and report, change nothing")
+    dry_run(p)
     p.set_defaults(run=cmd_apply)
 
-    p = sub.add_parser("get", help="show one resource or a list", description=f"Kinds: {kinds}.")
-    p.add_argument("kind", metavar="KIND", help="e.g. vs, virtualservice, dr,gw (comma list)")
-    p.add_argument("name", nargs="?", metavar="NAME")
-    p.add_argument("-o", "--output", choices=("yaml", "json", "wide"))
-    p.add_argument("-A", "--all-namespaces", action="store_true")
+    p = sub.add_parser("get", help="show one resource or a list", description=f"{forms}.")
+    p.add_argument(
+        "resources",
+        nargs="+",
+        metavar="RESOURCE",
+        help="TYPE [NAME...] or TYPE/NAME..., e.g. vs, vs tcp-echo, dr,gw, vs/tcp-echo",
+    )
+    p.add_argument(
+        "-o", "--output", choices=("yaml", "json", "wide"), help="output format (default: table)"
+    )
+    p.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="list across every namespace"
+    )
     ns(p)
     p.set_defaults(run=cmd_get)
 
     p = sub.add_parser(
-        "delete", help="delete what files name, or KIND NAME...", description=f"Kinds: {kinds}."
+        "delete", help="delete what files name, or KIND NAME...", description=f"{forms}."
     )
-    p.add_argument("kind", nargs="?", metavar="KIND")
-    p.add_argument("names", nargs="*", metavar="NAME")
-    p.add_argument("-f", "--filename", action="append", metavar="FILE|DIR|-")
-    p.add_argument("--ignore-not-found", action="store_true")
+    p.add_argument(
+        "resources",
+        nargs="*",
+        metavar="RESOURCE",
+        help="TYPE NAME... or TYPE/NAME..., e.g. vs tcp-echo or vs/tcp-echo (or use -f)",
+    )
+    p.add_argument(
+        "-f",
+        "--filename",
+        action="append",
+        metavar="FILE|DIR|-",
+        help="delete what these YAML files name; - for stdin (repeatable)",
+    )
+    p.add_argument(
+        "--ignore-not-found",
+        action="store_true",
+        help="a resource that does not exist is not an error",
+    )
+    dry_run(p)
     ns(p)
     p.set_defaults(run=cmd_delete)
 
@@ -331,11 +445,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_proxy_status)
 
     p = sub.add_parser(
-        "proxy-config", help="what the control plane sends one proxy (istioctl proxy-config)"
+        "proxy-config",
+        help="what the control plane sends one proxy (istioctl proxy-config)",
+        description="listeners, clusters, endpoints: what the control plane has for that "
+        "proxy; all: the three; bootstrap: the node the proxy sent (id, cluster, metadata, "
+        "locality, user agent), as Envoy's config_dump shows it.",
     )
-    p.add_argument("type", choices=sorted(PROXY_CONFIG_TYPES))
+    p.add_argument(
+        "type",
+        choices=sorted([*PROXY_CONFIG_TYPES, ALL, BOOTSTRAP]),
+        help="what to show",
+    )
     p.add_argument("node", metavar="NODE", help="the proxy's node id (see proxy-status)")
-    p.add_argument("-o", "--output", choices=("json", "yaml"))
+    p.add_argument(
+        "-o", "--output", choices=("json", "yaml"), help="output format (default: table)"
+    )
     p.set_defaults(run=cmd_proxy_config)
     return parser
 
@@ -344,13 +468,20 @@ ERROR_LABELS = {
     "ABORTED": "Conflict",
     "NOT_FOUND": "NotFound",
     "INVALID_ARGUMENT": "Invalid",
-    "FAILED_PRECONDITION": "Forbidden",
+    "FAILED_PRECONDITION": "Forbidden",  # writes to a server serving --config files
+    "UNAVAILABLE": "ServiceUnavailable",  # its state file cannot be written (disk full, ro)
     "RESOURCE_EXHAUSTED": "RequestEntityTooLarge",
 }
 
 
+def _dry_run_bare(argv: Sequence[str]) -> list[str]:
+    """``--dry-run`` alone as ``--dry-run=client``, as kubectl reads it: without the ``=``
+    the flag never takes the next word (``delete --dry-run vs tcp-echo``)."""
+    return ["--dry-run=client" if a == "--dry-run" else a for a in argv]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_dry_run_bare(sys.argv[1:] if argv is None else argv))
     run: Callable[[AdminClient, argparse.Namespace], int] = args.run
     try:
         with AdminClient(args.server, timeout=args.request_timeout) as client:

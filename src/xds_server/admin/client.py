@@ -114,11 +114,13 @@ class AdminClient:
         refs: Iterable[tuple[str, str, str]] = (),
         *,
         ignore_not_found: bool = False,
+        dry_run: bool = False,
     ) -> admin_pb2.DeleteResponse:
         request = admin_pb2.DeleteRequest(
             documents=[admin_pb2.Document(file=f, yaml=t) for f, t in documents],
             refs=[admin_pb2.ResourceRef(kind=k, namespace=ns, name=n) for k, ns, n in refs],
             ignore_not_found=ignore_not_found,
+            dry_run=dry_run,
         )
         return self._refused(self._call(self.stub.Delete, request))
 

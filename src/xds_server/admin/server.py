@@ -122,7 +122,10 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         except NotFoundError as e:
             await _abort(context, code_pb2.NOT_FOUND, str(e))
         except StateWriteError as e:  # disk full or read-only: the change was not applied
-            await _abort(context, code_pb2.FAILED_PRECONDITION, str(e))
+            # In the body, like any refusal: UNAVAILABLE as a gRPC status would read as "no
+            # server there", and FAILED_PRECONDITION is the read-only server's (--config).
+            message = printable(shorten(str(e), MESSAGE_CHARS))
+            return [], admin_pb2.Refusal(code=code_pb2.UNAVAILABLE, message=message)
 
     @staticmethod
     def _parse(documents) -> list:
@@ -153,7 +156,9 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             keys = [r.key for r in self._parse(request.documents)]
             for ref in request.refs:
                 keys.append((ref.kind, ref.namespace or DEFAULT_NAMESPACE, ref.name))
-            return self.cp.delete_keys(keys, ignore_not_found=request.ignore_not_found)
+            return self.cp.delete_keys(
+                keys, ignore_not_found=request.ignore_not_found, dry_run=request.dry_run
+            )
 
         changes, refusal = await self._guard(context, call)
         return admin_pb2.DeleteResponse(
@@ -245,7 +250,22 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
                 f"no proxy {request.node_id!r} is connected (connected: {known})",
             )
         version, entries = self.cp.proxy_config(request.node_id, request.type_url)
+        # The node as the proxy's newest stream sent it (istioctl proxy-config bootstrap).
+        node = next(
+            (
+                p.node
+                for p in sorted(self.cp.proxies(), key=lambda p: -p.stream_id)
+                if p.node_id == request.node_id and p.node is not None
+            ),
+            None,
+        )
+        node_json = (
+            json_format.MessageToJson(node, preserving_proto_field_name=True, indent=None)
+            if node is not None
+            else ""
+        )
         return admin_pb2.ProxyConfigResponse(
+            node_json=node_json,
             node_id=request.node_id,
             type_url=request.type_url,
             version=version,

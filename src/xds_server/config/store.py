@@ -215,8 +215,11 @@ class ConfigStore:
         self.revision = max([self.revision, *(s.resource_version for s in saved.values())])
         return self._commit(proposed, list(proposed), saved=saved)
 
-    def delete(self, keys: Iterable[Key], *, ignore_not_found: bool = False) -> list[Change]:
-        """Delete by key, all or none; a missing resource is kubectl's NotFound."""
+    def delete(
+        self, keys: Iterable[Key], *, ignore_not_found: bool = False, dry_run: bool = False
+    ) -> list[Change]:
+        """Delete by key, all or none; a missing resource is kubectl's NotFound. ``dry_run``:
+        validate what is left (a rule still naming a deleted host fails) and change nothing."""
         proposed = dict(self._resources)
         changes = []
         for key in keys:
@@ -229,7 +232,8 @@ class ConfigStore:
                 )
             changes.append(Change(*key, DELETED))
         if changes:
-            self._commit(proposed, [], hint={(c.kind, c.namespace, c.name) for c in changes})
+            hint = {(c.kind, c.namespace, c.name) for c in changes}
+            self._commit(proposed, [], dry_run=dry_run, hint=hint)
         return changes
 
     @staticmethod

@@ -53,14 +53,16 @@ class ApplyResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., revision: _Optional[int] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("documents", "refs", "ignore_not_found")
+    __slots__ = ("documents", "refs", "ignore_not_found", "dry_run")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
     IGNORE_NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     refs: _containers.RepeatedCompositeFieldContainer[ResourceRef]
     ignore_not_found: bool
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., refs: _Optional[_Iterable[_Union[ResourceRef, _Mapping]]] = ..., ignore_not_found: _Optional[bool] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., refs: _Optional[_Iterable[_Union[ResourceRef, _Mapping]]] = ..., ignore_not_found: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("changes", "revision", "refusal")
@@ -208,15 +210,17 @@ class ProxyConfigRequest(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., type_url: _Optional[str] = ...) -> None: ...
 
 class ProxyConfigResponse(_message.Message):
-    __slots__ = ("node_id", "type_url", "version", "names", "json")
+    __slots__ = ("node_id", "type_url", "version", "names", "json", "node_json")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_URL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     NAMES_FIELD_NUMBER: _ClassVar[int]
     JSON_FIELD_NUMBER: _ClassVar[int]
+    NODE_JSON_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     type_url: str
     version: str
     names: _containers.RepeatedScalarFieldContainer[str]
     json: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., type_url: _Optional[str] = ..., version: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., json: _Optional[_Iterable[str]] = ...) -> None: ...
+    node_json: str
+    def __init__(self, node_id: _Optional[str] = ..., type_url: _Optional[str] = ..., version: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., json: _Optional[_Iterable[str]] = ..., node_json: _Optional[str] = ...) -> None: ...
