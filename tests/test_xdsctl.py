@@ -13,8 +13,10 @@ from conftest import ServerProcess
 
 from xds_server import xdsctl
 from xds_server.admin.server import MAX_REQUEST_BYTES
+from xds_server.admin.v1 import admin_pb2
 from xds_server.lab.lab import SAMPLES, Lab
 from xds_server.ports import free_port
+from xds_server.translate import CLUSTER, ENDPOINT, LISTENER
 
 SERVICES = str(SAMPLES / "tcp-echo-services.yaml")
 ALL_V1 = str(SAMPLES / "tcp-echo-all-v1.yaml")
@@ -275,6 +277,19 @@ def test_proxy_status_and_proxy_config_with_a_real_envoy(capsys):
         assert xdsctl.main(["--server", lab.admin_target, "proxy-config", "clusters", "nope"]) == 1
         assert "no proxy 'nope' is connected" in capsys.readouterr().err
 
+        # istioctl proxy-config all: every type; bootstrap: the node Envoy sent.
+        everything = ctl("proxy-config", "all", "ingressgateway")
+        assert "CONNECT-TIMEOUT" in everything and "LOCALITIES" in everything
+        assert "0.0.0.0_31400" in everything
+        dump = json.loads(ctl("proxy-config", "all", "ingressgateway", "-o", "json"))
+        assert sorted(dump) == sorted([CLUSTER, ENDPOINT, LISTENER])
+        node = yaml.safe_load(ctl("proxy-config", "bootstrap", "ingressgateway"))["bootstrap"]
+        node = node["node"]
+        assert node["id"] == "ingressgateway" and node["cluster"] == "ingressgateway"
+        assert node["user_agent_name"] == "envoy"
+        assert node["user_agent_build_version"]["version"]["major_number"] == 1
+        assert node["metadata"]["labels"]["istio"] == "ingressgateway"
+
 
 def many_destinations(n: int) -> str:
     """A VirtualService with n destinations, each naming a subset that does not exist."""
@@ -338,3 +353,117 @@ def test_status_is_dropped_on_apply(ctl, tmp_path):
     assert ctl("apply", "-f", str(mine))[0] == 0
     code, out, _ = ctl("get", "we", "-o", "json")
     assert code == 0 and all("status" not in doc for doc in json.loads(out)["items"])
+
+
+# --- kubectl's forms (issue 13, item 5) ------------------------------------------------------
+
+FORMS = {  # kind: (short, singular, plural); each also group-qualified and in any case
+    "VirtualService": ("vs", "virtualservice", "virtualservices"),
+    "DestinationRule": ("dr", "destinationrule", "destinationrules"),
+    "Gateway": ("gw", "gateway", "gateways"),
+    "ServiceEntry": ("se", "serviceentry", "serviceentries"),
+    "WorkloadEntry": ("we", "workloadentry", "workloadentries"),
+}
+
+
+def test_every_kubectl_form_of_every_type(ctl):
+    """`apply` prints virtualservice.networking.istio.io/tcp-echo; `get` takes that name
+    back, and kubectl's other forms, for every kind, in get and delete alike."""
+    assert ctl("apply", "-f", SERVICES, "-f", ALL_V1)[0] == 0
+    names = {
+        kind: yaml.safe_load(ctl("get", short, "-o", "yaml")[1])
+        for kind, (short, _, _) in FORMS.items()
+    }
+    for kind, (short, singular, plural) in FORMS.items():
+        doc = names[kind]
+        name = (doc["items"][0] if doc["kind"] == "List" else doc)["metadata"]["name"]
+        forms = [short, singular, plural, kind, kind.upper()]
+        forms += [f"{f}.networking.istio.io" for f in (short, singular, plural, kind)]
+        forms += [f"{plural}.v1.networking.istio.io", f"{singular}.v1alpha3.networking.istio.io"]
+        for form in forms:
+            code, out, err = ctl("get", form, name, "-o", "json")
+            assert code == 0, (form, err)
+            assert json.loads(out)["kind"] == kind, form
+            code, out, err = ctl("get", f"{form}/{name}", "-o", "json")
+            assert code == 0, (form, err)
+            assert json.loads(out)["kind"] == kind, form
+    # Deleting by the printed name, and in TYPE/NAME form.
+    code, out, err = ctl("delete", "virtualservice.networking.istio.io", "tcp-echo")
+    assert (code, out) == (0, "virtualservice.networking.istio.io/tcp-echo deleted\n"), err
+    code, out, err = ctl("delete", "DestinationRule/tcp-echo-destination", "gw/tcp-echo-gateway")
+    assert code == 0, err
+    assert out.splitlines() == [
+        "destinationrule.networking.istio.io/tcp-echo-destination deleted",
+        "gateway.networking.istio.io/tcp-echo-gateway deleted",
+    ]
+
+
+def test_forms_that_are_not_a_type_are_refused(ctl):
+    for form in ("vs.networking.k8s.io", "vs.v9.networking.istio.io", "virtualservicez"):
+        code, _, err = ctl("get", form)
+        assert code == 1 and f'doesn\'t have a resource type "{form}"' in err, form
+    code, _, err = ctl("get", "vs/tcp-echo", "dr")
+    assert code == 1 and "resource/name form" in err
+    code, _, err = ctl("delete", "vs/")
+    assert code == 1 and "must have a name" in err
+
+
+def test_delete_dry_run_validates_and_changes_nothing(ctl):
+    assert ctl("apply", "-f", SERVICES, "-f", ALL_V1)[0] == 0
+    before = ctl("get", "vs,se,dr,gw,we", "-o", "json")[1]
+    code, out, err = ctl("delete", "--dry-run", "vs", "tcp-echo")
+    assert (code, out) == (0, "virtualservice.networking.istio.io/tcp-echo deleted (dry run)\n"), (
+        err
+    )
+    code, out, err = ctl("delete", "--dry-run=server", "-f", ALL_V1)
+    assert code == 0, err
+    assert out.splitlines()[-1] == (
+        "virtualservice.networking.istio.io/tcp-echo deleted (server dry run)"
+    )
+    # A dry run is validated like the real thing: the rule still names the host.
+    code, _, err = ctl("delete", "--dry-run=client", "se", "tcp-echo")
+    assert code == 1 and "tcp-echo" in err
+    code, _, err = ctl("delete", "--dry-run", "vs", "nope")
+    assert code == 1 and "NotFound" in err
+    assert ctl("get", "vs,se,dr,gw,we", "-o", "json")[1] == before
+    code, out, _ = ctl("delete", "--dry-run=none", "vs", "tcp-echo")
+    assert (code, out) == (0, "virtualservice.networking.istio.io/tcp-echo deleted\n")
+    code, out, _ = ctl("apply", "--dry-run=server", "-f", ALL_V1)
+    assert (
+        out.splitlines()[-1]
+        == "virtualservice.networking.istio.io/tcp-echo created (server dry run)"
+    )
+    assert ctl("get", "vs")[2] == "No resources found in default namespace.\n"
+
+
+@pytest.mark.parametrize("text", ["", "\n", "---\n# only a comment\n---\n"])
+def test_no_objects_is_kubectls_answer(server, text):
+    """kubectl apply: `error: no objects passed to apply`, exit 1; kubectl delete: `No
+    resources found`, exit 0."""
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "xds_server.xdsctl", "-s", server.admin, *args],
+            input=text,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    result = run("apply", "-f", "-")
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "error: no objects passed to apply\n"
+    result = run("delete", "-f", "-")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "No resources found\n", "")
+
+
+def test_proxy_status_shows_each_connection_of_one_node_id():
+    """Two proxies with one node id are two rows, told apart by their peer address."""
+    response = admin_pb2.ProxyStatusResponse(
+        proxies=[
+            admin_pb2.Proxy(node_id="gw", node_cluster="c", peer="ipv4:127.0.0.1:4001"),
+            admin_pb2.Proxy(node_id="gw", node_cluster="c", peer="ipv4:127.0.0.1:4002"),
+        ]
+    )
+    out = xdsctl.format_proxy_status(response)
+    assert "gw@ipv4:127.0.0.1:4001" in out and "gw@ipv4:127.0.0.1:4002" in out
