@@ -167,3 +167,45 @@ def test_config_file_saved_by_rename_deleted_and_recreated_keeps_reloading(tmp_p
         client.close()
     finally:
         assert server.stop() == 0
+
+
+def test_taken_port_fails_before_the_state_dir_is_created(tmp_path):
+    """Ports are bound before the disk is touched: a serve that cannot listen leaves no
+    state directory behind (it used to create it, then fail); a damaged state file with
+    free ports fails too, and releases the ports it had bound."""
+    import socket
+
+    state = tmp_path / "state"
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for flags in (
+            ["--xds-port", str(port), "--admin-port", "0"],
+            ["--xds-port", "0", "--admin-port", str(port)],
+            ["--xds-port", "0", "--admin-port", "0", "--metrics-port", str(port)],
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(state), *flags],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 1, result.stderr
+            assert f"127.0.0.1:{port}: address in use" in result.stderr, result.stderr
+            assert not state.exists(), flags
+
+    state.mkdir()
+    (state / "config.yaml").write_text("")  # empty: refused at start
+    xds, admin = free_port(), free_port()
+    result = subprocess.run(
+        [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(state)]
+        + ["--xds-port", str(xds), "--admin-port", str(admin)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1 and "config.yaml" in result.stderr, result.stderr
+    for p in (xds, admin):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))  # free again

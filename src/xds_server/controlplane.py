@@ -130,37 +130,48 @@ class ControlPlane:
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the saved state (if any), then serve xDS and, if asked, the admin API.
-        Raises ConfigError if the saved state is invalid, StateError (persist.py) if it is
-        cut short or empty or the directory unusable, PortInUseError if a port is taken."""
-        if self.state is not None:
-            self._restore_state(self.state)
+        """Bind every port, then load the saved state (if any), then serve xDS and, if asked,
+        the admin API and metrics. Ports come first so that a taken one fails before anything
+        touches the disk (the state directory is not even created). Raises ConfigError if
+        the saved state is invalid, StateError (persist.py) if it is cut short or empty or
+        the directory unusable, PortInUseError if a port is taken."""
         xds = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         add_xds_services(xds, self.cache, self.board, self.metrics)
-        self.port = _bind(xds, self.xds_address, self.requested_port, "xDS", "--xds-port")
         servers = [xds]
-        if self.requested_admin_port is not None:
-            from .admin.server import MAX_REQUEST_BYTES, ConfigAdminService, add_to_server
+        try:
+            self.port = _bind(xds, self.xds_address, self.requested_port, "xDS", "--xds-port")
+            if self.requested_admin_port is not None:
+                from .admin.server import MAX_REQUEST_BYTES, ConfigAdminService, add_to_server
 
-            admin = grpc.aio.server(
-                options=[
-                    ("grpc.so_reuseport", 0),
-                    ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                ]
-            )
-            add_to_server(admin, ConfigAdminService(self, read_only=self.read_only))
-            self.admin_port = _bind(
-                admin,
-                self.admin_address,
-                self.requested_admin_port,
-                "the admin API",
-                "--admin-port",
-            )
-            servers.append(admin)
-        if self.requested_metrics_port is not None:
-            self.metrics_port = self._serve_metrics(self.requested_metrics_port)
-        for server in servers:
-            await server.start()
+                admin = grpc.aio.server(
+                    options=[
+                        ("grpc.so_reuseport", 0),
+                        ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                    ]
+                )
+                servers.append(admin)
+                add_to_server(admin, ConfigAdminService(self, read_only=self.read_only))
+                self.admin_port = _bind(
+                    admin,
+                    self.admin_address,
+                    self.requested_admin_port,
+                    "the admin API",
+                    "--admin-port",
+                )
+            metrics = self.requested_metrics_port
+            if metrics and not port_is_free(metrics, self.metrics_address):
+                raise self._metrics_in_use(metrics)
+            if self.state is not None:  # bound, not serving yet: no proxy sees a half state
+                self._restore_state(self.state)
+            if metrics is not None:
+                self.metrics_port = self._serve_metrics(metrics)
+            for server in servers:
+                await server.start()
+        except BaseException:
+            for server in servers:  # release the bound ports
+                await server.stop(None)
+            self.metrics.close()
+            raise
         self._servers = servers
         log.info(
             "xDS (ADS and per-type, SotW and Delta; CSDS) listening on %s:%d",
@@ -196,12 +207,15 @@ class ControlPlane:
         if resources and not state.sealed:
             log.info("state file %s was edited since the server wrote it: loaded", state.file)
 
+    def _metrics_in_use(self, port: int) -> PortInUseError:
+        return PortInUseError(
+            f"cannot serve metrics on {self.metrics_address}:{port}: address in use "
+            "(pick another with --metrics-port, or 0 for any free port)"
+        )
+
     def _serve_metrics(self, port: int) -> int:
         if port and not port_is_free(port, self.metrics_address):
-            raise PortInUseError(
-                f"cannot serve metrics on {self.metrics_address}:{port}: address in use "
-                "(pick another with --metrics-port, or 0 for any free port)"
-            )
+            raise self._metrics_in_use(port)
         return self.metrics.serve(port, self.metrics_address)
 
     async def stop(self, grace: float | None = 0.5) -> None:
