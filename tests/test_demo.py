@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 
+from xds_server.ports import free_port
+
 DEMO = [sys.executable, "-m", "xds_server", "demo"]
-FREE = ["--ingress-port", "0", "--xds-port", "0", "--admin-port", "0"]
+FREE = ["--ingress-port", "0", "--xds-port", "0", "--admin-port", "0", "--envoy-admin-port", "0"]
 
 
 def children_of(pid: int) -> list[int]:
@@ -51,7 +53,7 @@ def test_explicit_port_in_use_fails_clearly():
         busy.listen()
         port = busy.getsockname()[1]
         result = subprocess.run(
-            [*DEMO, "--ingress-port", str(port), "--xds-port", "0", "--admin-port", "0"],
+            [*DEMO, "--ingress-port", str(port), *FREE[2:]],
             capture_output=True,
             text=True,
             timeout=60,
@@ -85,3 +87,19 @@ def test_ctrl_c_stops_every_process():
         if proc.poll() is None:
             proc.kill()
         proc.stdout.close()
+
+
+def test_admin_port_is_the_admin_api_and_envoy_admin_port_envoys():
+    """As in `serve`: --admin-port is the control plane's admin API (what xdsctl talks to),
+    --envoy-admin-port Envoy's admin."""
+    admin, envoy_admin = free_port(), free_port()
+    result = subprocess.run(
+        [*DEMO, *FREE[:4], "--admin-port", str(admin), "--envoy-admin-port", str(envoy_admin)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"admin API on 127.0.0.1:{admin}" in result.stdout
+    assert f"127.0.0.1:{envoy_admin}" in result.stdout  # Envoy's admin URL
+    assert f"--server 127.0.0.1:{admin}" in result.stdout  # the xdsctl lines it prints

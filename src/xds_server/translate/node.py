@@ -25,17 +25,27 @@ class NodeProfile:
     ``proxyless``: a gRPC library client (asks for API listeners ``host:port``, needs weighted
     localities). ``transport``: ``ADS``, or for a proxy bootstrapped without ADS the
     ``api_type`` of its per-type streams (``GRPC``, ``DELTA_GRPC``): its clusters must name
-    the per-type EDS service in that variant as their endpoint source."""
+    the per-type EDS service in that variant as their endpoint source. ``xds_cluster``: the
+    name of the bootstrap's cluster for the control plane, which those clusters name (the
+    node's ``metadata.xds_cluster``; None: the server's ``--xds-cluster``)."""
 
     labels: frozenset[tuple[str, str]] | None = None
     proxyless: bool = False
     transport: str = ADS
+    xds_cluster: str | None = None
 
     @classmethod
     def of(
-        cls, labels: Mapping[str, str] | None, *, proxyless: bool = False, transport: str = ADS
+        cls,
+        labels: Mapping[str, str] | None,
+        *,
+        proxyless: bool = False,
+        transport: str = ADS,
+        xds_cluster: str | None = None,
     ) -> NodeProfile:
-        return cls(None if labels is None else frozenset(labels.items()), proxyless, transport)
+        frozen = None if labels is None else frozenset(labels.items())
+        # Only a proxy without ADS names the cluster in what it is sent: others share.
+        return cls(frozen, proxyless, transport, xds_cluster if transport != ADS else None)
 
     def selects(self, selector: Mapping[str, str]) -> bool:
         """Does a Gateway with this selector apply to the proxy?"""

@@ -50,7 +50,11 @@ def translate(
     if node.labels is not None:  # only the Gateways whose selector matches the proxy
         index = index.for_gateways(lambda gw: node.selects(gw.selector))
     if node.transport != ADS:
-        options = replace(options, eds_api_type=node.transport)
+        options = replace(
+            options,
+            eds_api_type=node.transport,
+            xds_cluster=node.xds_cluster or options.xds_cluster,
+        )
     memo.start_run(index.by_key, options, hint)
     phases = [*(ISTIO_SHAPE if options.split == ISTIO else LOCALITY_SHAPE)]
     if node.proxyless:
@@ -70,7 +74,8 @@ def translation_key(index: ConfigIndex, node: NodeProfile) -> Hashable:
     Gateway gets what a proxy without labels gets)."""
     gateways = index.gateways
     served = frozenset(k for k, gw in gateways.items() if node.selects(gw.selector))
-    return (None if len(served) == len(gateways) else served, node.proxyless, node.transport)
+    served_key = None if len(served) == len(gateways) else served
+    return (served_key, node.proxyless, node.transport, node.xds_cluster)
 
 
 # --- Assembly ----------------------------------------------------------------------------

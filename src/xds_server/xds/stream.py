@@ -118,7 +118,12 @@ def node_profile(node: base_pb2.Node | None, *, transport: str = "ADS") -> NodeP
     proxyless = node.user_agent_name.startswith("gRPC") or (
         "GENERATOR" in fields and fields["GENERATOR"].string_value == "grpc"
     )
-    return NodeProfile.of(labels, proxyless=proxyless, transport=transport)
+    # A bootstrap whose cluster for the control plane is not the server's --xds-cluster
+    # says its name, or the clusters sent to it name one it does not have (a CDS NACK).
+    xds_cluster = fields["xds_cluster"].string_value if "xds_cluster" in fields else ""
+    return NodeProfile.of(
+        labels, proxyless=proxyless, transport=transport, xds_cluster=xds_cluster or None
+    )
 
 
 def _text(value) -> str:
