@@ -102,4 +102,3 @@ def test_admin_port_is_the_admin_api_and_envoy_admin_port_envoys():
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"admin API on 127.0.0.1:{admin}" in result.stdout
     assert f"127.0.0.1:{envoy_admin}" in result.stdout  # Envoy's admin URL
-    assert f"--server 127.0.0.1:{admin}" in result.stdout  # the xdsctl lines it prints
