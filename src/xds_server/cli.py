@@ -107,18 +107,34 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="serve Prometheus metrics on http://ADDRESS:PORT/metrics (default: off; 0 = any free)",
     )
-    serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+    serve.add_argument(
+        "--xds-cluster",
+        default="xds_cluster",
+        metavar="NAME",
+        help="the bootstrap's cluster for this control plane, which clusters of a proxy "
+        "without ADS name as their EDS source (default: xds_cluster, as `xds-server "
+        "bootstrap` writes it); a proxy's node.metadata.xds_cluster overrides it",
+    )
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning"),
+        help="server log level on stderr (default: info: one line per push and ACK)",
+    )
 
     demo = sub.add_parser(
         "demo",
         help="run Istio's TCP traffic shifting task on local processes",
-        description="Start tcp-echo v1/v2, the control plane and Envoy; route 100%% to v1, "
-        "then 80/20; print the replies and the split; stop everything.",
+        description="Start tcp-echo v1/v2, the control plane and Envoy; route 100% to v1, "
+        "then 80/20; print the replies and the split; stop everything. As in every "
+        "command, --admin-port is the control plane's admin API (xdsctl's), "
+        "--envoy-admin-port Envoy's.",
     )
     for flag, default, what in (
         ("--ingress-port", 31400, "Envoy's ingress port"),
         ("--xds-port", 18000, "the control plane's xDS port"),
-        ("--admin-port", 15000, "Envoy's admin port"),
+        ("--admin-port", 18001, "the control plane's admin API port (xdsctl's)"),
+        ("--envoy-admin-port", 15000, "Envoy's admin port"),
     ):
         demo.add_argument(
             flag,
@@ -126,12 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{what} (default: {default}, or a free one if that is taken; 0 = any free)",
         )
     demo.add_argument(
-        "--connections", "-n", type=int, default=20, help="connections per step (default 20)"
+        "--connections",
+        "-n",
+        type=int,
+        default=20,
+        metavar="N",
+        help="connections per step (default 20)",
     )
     demo.add_argument(
         "--hold",
         type=float,
         default=0.0,
+        metavar="SECONDS",
         help="seconds each client waits before closing, like the task's `sleep 1` (default 0)",
     )
     _split_flag(demo)
@@ -143,7 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> int:
     options = TranslateOptions(
-        split=args.split, listener_address=args.listener_address, port_map=dict(args.port_map)
+        split=args.split,
+        listener_address=args.listener_address,
+        port_map=dict(args.port_map),
+        xds_cluster=args.xds_cluster,
     )
     common = dict(
         xds_address=args.xds_address,
@@ -209,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_demo(
         ingress_port=args.ingress_port,
         xds_port=args.xds_port,
-        admin_port=args.admin_port,
+        admin_port=args.envoy_admin_port,
+        admin_api_port=args.admin_port,
         connections=args.connections,
         hold=args.hold,
         split=args.split,

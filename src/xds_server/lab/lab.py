@@ -132,11 +132,13 @@ class Lab:
         api_type: str = "GRPC",
         ads: bool = True,
         admin_api: bool = False,
+        admin_api_port: int | None = None,
         server: str = "thread",
         server_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
     ) -> None:
         self.wanted = (ingress_port, xds_port, admin_port)
+        self.admin_api_port = admin_api_port  # a server process's (None: 18001 or a free one)
         self.split = split
         self.drain_time_s = drain_time_s
         self.api_type = api_type
@@ -216,7 +218,7 @@ class Lab:
 
     def _start_server(self, xds: int) -> int:
         self._state_dir = tempfile.mkdtemp(prefix="xds-lab-state-")
-        admin = choose_port(None, 18001, "admin API", self.say)
+        admin = choose_port(self.admin_api_port, 18001, "admin API", self.say)
         self.server = ServerProcess(
             *("--state-dir", self._state_dir, "--split", self.split),
             *("--xds-port", str(xds), "--admin-port", str(admin)),
