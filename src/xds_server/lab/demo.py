@@ -5,13 +5,18 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import shlex
 import time
+from pathlib import Path
 
 from .. import xdsctl
 from ..admin.client import AdminError
 from ..config.errors import ConfigError
 from . import traffic
 from .lab import HOST, SAMPLES, Lab, LabError
+from .pieces import nc_loop, program, shown_path
+
+DEFAULT_ADMIN = "127.0.0.1:18001"  # xdsctl's default --server
 
 
 class StepFailed(RuntimeError):
@@ -38,9 +43,12 @@ class Steps:
 
 
 def _xdsctl(lab: Lab, *args: str) -> None:
-    """Run the real CLI against the lab's server and show it as typed in a shell."""
-    shown = [a.replace(str(SAMPLES.parent.parent) + "/", "") for a in args]
-    Steps.say("$ xdsctl " + " ".join(shown))
+    """Run the real CLI against the lab's server and show it as typed in a shell: with
+    ``--server`` when the admin API is not on xdsctl's default port, so that the line
+    works as printed."""
+    shown = [shown_path(a) if Path(a).is_absolute() else a for a in args]
+    server = [] if lab.admin_target == DEFAULT_ADMIN else ["--server", lab.admin_target]
+    Steps.say("$ " + shlex.join([program("xdsctl"), *server, *shown]))
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
         code = xdsctl.main(["--server", lab.admin_target, *args])
@@ -58,9 +66,16 @@ def _apply(lab: Lab, name: str) -> None:
     Steps.say(f"(applied, pushed and ACKed by Envoy {took:.1f} ms after the command started)")
 
 
-def _send(lab: Lab, count: int, hold: float) -> list[str]:
-    client = f"(date; sleep {hold:g})" if hold else "date"
-    Steps.say(f"$ for i in {{1..{count}}}; do {client} | nc {HOST} {lab.ingress_port}; done")
+def _send(lab: Lab, count: int, hold: float, *, nc: bool) -> list[str]:
+    """The task's nc loop (in a spelling that ends with Debian's netcats), or the same
+    traffic as ``xds-server traffic -v``; either way what is printed is what ran."""
+    if nc:
+        Steps.say("$ " + nc_loop(count, HOST, lab.ingress_port, hold))
+    else:
+        flags = f" --hold {hold:g}" if hold else ""
+        Steps.say(
+            f"$ {program('xds-server')} traffic {HOST}:{lab.ingress_port} -n {count}{flags} -v"
+        )
     replies = []
     for reply in lab.send(count, hold):
         print(f"    {reply}", flush=True)
@@ -96,6 +111,8 @@ def run_demo(
         split=split,
         server="process",
         progress=Steps.say,
+        echo_ports="samples",
+        xdsctl=lambda lab, args: _xdsctl(lab, *args),
     )
     try:
         lab.start()
@@ -103,7 +120,7 @@ def run_demo(
 
         steps.step("Routing all TCP traffic to tcp-echo v1")
         _apply(lab, "tcp-echo-all-v1.yaml")
-        replies = _send(lab, connections, hold)
+        replies = _send(lab, connections, hold, nc=True)
         wrong = [r for r in replies if traffic.version_of(r) != "one"]
         if wrong:
             raise StepFailed(f"{len(wrong)} of {len(replies)} replies did not come from v1")
@@ -113,7 +130,7 @@ def run_demo(
         _xdsctl(lab, "get", "virtualservice", "tcp-echo", "-o", "yaml")
 
         steps.step(f"Sending {connections} connections after the shift")
-        replies = _send(lab, connections, hold)
+        replies = _send(lab, connections, hold, nc=False)
         counts = traffic.split(replies)
         print()
         for line in traffic.format_split_table(counts).splitlines():
@@ -126,7 +143,11 @@ def run_demo(
         steps.step("Done")
         Steps.say(f"the task ran in {steps.elapsed():.1f} s")
         if keep:
-            Steps.say(f"the lab keeps running: nc {HOST} {lab.ingress_port}; Ctrl-C to stop")
+            Steps.say(
+                f"the lab keeps running: {program('xds-server')} traffic "
+                f"{HOST}:{lab.ingress_port}, or {nc_loop(1, HOST, lab.ingress_port)}; "
+                "Ctrl-C to stop"
+            )
             while True:
                 time.sleep(3600)
         return 0

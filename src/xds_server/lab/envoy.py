@@ -119,12 +119,15 @@ def render_bootstrap(
     api_type: str = "GRPC",
     labels: Mapping[str, str] | None = None,
     ads: bool = True,
+    xds_cluster: str = "xds_cluster",
 ) -> str:
     """The ADS bootstrap YAML (template in ``xds_server/envoy/bootstrap.yaml``) for one Envoy.
 
     ``labels``: node metadata labels, matched against Gateway selectors (None: send none,
     which the control plane serves every Gateway). ``ads=False``: no ADS; CDS and LDS each
-    on their own per-type stream (and EDS too, through the clusters' config source)."""
+    on their own per-type stream (and EDS too, through the clusters' config source).
+    ``xds_cluster``: the name of the cluster for the control plane; another than the default
+    is also sent as ``node.metadata.xds_cluster``, so that per-type clusters name it."""
     if api_type not in API_TYPES:
         raise ValueError(f"api_type must be one of {', '.join(API_TYPES)} (got {api_type!r})")
     _check_ip("xds_host", xds_host)
@@ -134,7 +137,22 @@ def render_bootstrap(
     if not node_id:
         raise ValueError("node_id must not be empty")
     template = importlib.resources.files("xds_server").joinpath("envoy/bootstrap.yaml")
-    text = Template(template.read_text(encoding="utf-8")).substitute(
+    # The template's first comment block documents its placeholders: substituted, it would
+    # read as nonsense in a printed bootstrap (xds-server bootstrap), so it is replaced.
+    source = template.read_text(encoding="utf-8")
+    _, _, body = source.partition("# String values are substituted")
+    body = body.partition("\n")[2] if body else source
+    header = (
+        "# Envoy bootstrap for a proxy that takes all of its config from the xds-server\n"
+        "# control plane over ADS (template: xds_server/envoy/bootstrap.yaml).\n"
+    )
+    metadata: dict[str, object] = {} if labels is None else {"labels": dict(labels)}
+    if xds_cluster != "xds_cluster":
+        metadata["xds_cluster"] = xds_cluster
+        name = json.dumps(xds_cluster)  # a YAML double-quoted string too
+        body = body.replace("cluster_name: xds_cluster", f"cluster_name: {name}")
+        body = body.replace("- name: xds_cluster", f"- name: {name}")
+    text = header + Template(body).substitute(
         node_id=_yaml_string(node_id),
         node_cluster=_yaml_string(node_cluster),
         xds_host=_yaml_string(xds_host),
@@ -142,7 +160,7 @@ def render_bootstrap(
         admin_host=_yaml_string(admin_host),
         admin_port=admin_port,
         api_type=api_type,
-        node_metadata=json.dumps({"labels": dict(labels)} if labels is not None else {}),
+        node_metadata=json.dumps(metadata),
     )
     return text if ads else _per_type_bootstrap(text, api_type)
 

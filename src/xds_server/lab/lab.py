@@ -7,6 +7,7 @@ what the tests prove.
 from __future__ import annotations
 
 import selectors
+import shlex
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from ..translate import TranslateOptions
 from ..translate.listeners import listener_name
 from . import traffic
 from .envoy import EnvoyProcess
+from .pieces import ECHO_VERSIONS, program, shown_path, workload_entries
 from .server import ServerProcess, terminate
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples" / "tcp-echo"
@@ -64,9 +66,13 @@ class EchoProcess:
     addresses: list[tuple[str, int]]
 
     @classmethod
-    def start(cls, version: str, prefix: str, ports: int = 2, timeout: float = 10.0) -> EchoProcess:
+    def start(
+        cls, version: str, prefix: str, ports: int | Sequence[int] = 2, timeout: float = 10.0
+    ) -> EchoProcess:
+        """``ports``: how many free ports, or which ones."""
+        wanted = [0] * ports if isinstance(ports, int) else list(ports)
         cmd = [sys.executable, "-m", "xds_server.echo", "--quiet", "--prefix", prefix]
-        cmd += ["--ports", ",".join(["0"] * ports), "--host", HOST]
+        cmd += ["--ports", ",".join(map(str, wanted)), "--host", HOST]
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -89,13 +95,11 @@ class EchoProcess:
 
     def workload_entry(self) -> str:
         """The WorkloadEntry that registers this server, as Kubernetes would its pod."""
-        (host, p1), (_, p2) = self.addresses[:2]
-        return (
-            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\n"
-            f"metadata: {{name: tcp-echo-{self.version}}}\n"
-            f"spec:\n  address: {host}\n  labels: {{app: tcp-echo, version: {self.version}}}\n"
-            f"  ports: {{tcp: {p1}, tcp-other: {p2}}}\n"
-        )
+        return workload_entries([(self.version, self.addresses[0][0], self.ports)])
+
+    @property
+    def ports(self) -> list[int]:
+        return [port for _, port in self.addresses]
 
 
 def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -118,6 +122,12 @@ class Lab:
     Ports: ``None`` takes the task's (31400 ingress, 18000 xDS, 15000 Envoy admin) or a
     free one when taken; 0 takes a free one; any other number must be free.
 
+    ``echo_ports``: ``free`` (tests) or ``samples``: the ports of the sample WorkloadEntries
+    where free, so that samples/tcp-echo/tcp-echo-services.yaml is what is applied (the
+    demo). ``xdsctl``: process mode only; run the applies of the endpoints through it
+    (the demo prints and runs them), instead of silently through the admin API.
+    ``commands`` lists the shell commands that start the same pieces by hand.
+
     Every process it started is stopped by ``stop()``, also after a failed start.
     """
 
@@ -136,9 +146,17 @@ class Lab:
         server: str = "thread",
         server_args: Sequence[str] = (),
         progress: Callable[[str], None] | None = None,
+        echo_ports: str = "free",
+        xdsctl: Callable[[Lab, Sequence[str]], None] | None = None,
     ) -> None:
+        if echo_ports not in ("free", "samples"):
+            raise ValueError(f"echo_ports must be 'free' or 'samples' (got {echo_ports!r})")
         self.wanted = (ingress_port, xds_port, admin_port)
         self.admin_api_port = admin_api_port  # a server process's (None: 18001 or a free one)
+        self.echo_ports = echo_ports
+        self.xdsctl = xdsctl
+        self.commands: list[str] = []
+        self._workdir: str | None = None
         self.split = split
         self.drain_time_s = drain_time_s
         self.api_type = api_type
@@ -176,18 +194,40 @@ class Lab:
         )
         xds = choose_port(xds, 18000, "xDS", self.say, zero=0 if thread else -1)
         admin = choose_port(admin, 15000, "Envoy admin", self.say, zero=0)
-        for version, prefix in (("v1", "one"), ("v2", "two")):
-            echo = EchoProcess.start(version, prefix)
+        self._workdir = tempfile.mkdtemp(prefix="xds-lab-")
+        samples = self.echo_ports == "samples" and all(
+            port_is_free(port, HOST) for _, ports in ECHO_VERSIONS.values() for port in ports
+        )
+        if self.echo_ports == "samples" and not samples:
+            self.say(
+                "a port of the sample WorkloadEntries (9000-9003) is in use: "
+                "echo servers on free ports"
+            )
+        for version, (prefix, sample_ports) in ECHO_VERSIONS.items():
+            echo = EchoProcess.start(version, prefix, sample_ports if samples else 2)
             self.echoes.append(echo)
-            addrs = ", ".join(f"{h}:{p}" for h, p in echo.addresses)
-            self.say(f"tcp-echo {version} (prefix {prefix!r}) listening on {addrs}")
         endpoints = "---\n".join(e.workload_entry() for e in self.echoes)
+        endpoints_file = Path(self._workdir, "tcp-echo-endpoints.yaml")
         services = SAMPLES / "tcp-echo-services.yaml"
+        echo_cmd = ["xds-server", "echo"]
+        if not samples:
+            endpoints_file.write_text(endpoints, encoding="utf-8")
+            for echo in self.echoes:
+                echo_cmd += [f"--{echo.version}-ports", ",".join(map(str, echo.ports))]
+            echo_cmd += ["--endpoints", shown_path(endpoints_file)]
+        self._command(echo_cmd)
+        for echo in self.echoes:
+            addrs = ", ".join(f"{h}:{p}" for h, p in echo.addresses)
+            self.say(f"tcp-echo {echo.version} (replies {echo.prefix!r}) listening on {addrs}")
         if self.server_mode == "process":
             xds = self._start_server(xds)
             assert self.admin is not None
-            self.admin.apply([(str(services), services.read_text())])
-            self.admin.apply([("<lab endpoints>", endpoints)])
+            applies = [[str(services)]] + ([] if samples else [[str(endpoints_file)]])
+            for files in applies:
+                if self.xdsctl is not None:
+                    self.xdsctl(self, ["apply", *(a for f in files for a in ("-f", f))])
+                else:
+                    self.admin.apply([(f, Path(f).read_text()) for f in files])
         else:
             options = TranslateOptions(
                 split=self.split,
@@ -201,6 +241,15 @@ class Lab:
             self.say(f"control plane serving ADS on {HOST}:{xds} (split mode: {self.split})")
             self.apply([services], wait=False)
             self.cp.apply_yaml(endpoints, "<lab endpoints>")
+        envoy_cmd = ["xds-server", "envoy"]
+        if xds != 18000:
+            envoy_cmd += ["--xds", f"{HOST}:{xds}"]
+        if admin != 15000:
+            envoy_cmd += ["--admin-port", str(admin)]
+        envoy_cmd += ["--api", self.api_type] if self.api_type != "GRPC" else []
+        envoy_cmd += [] if self.ads else ["--no-ads"]
+        if self.server_mode == "process":
+            self._command(envoy_cmd)
         self.envoy = EnvoyProcess(
             xds,
             admin_port=admin,
@@ -216,15 +265,26 @@ class Lab:
             f"started in {self.envoy.startup_seconds * 1000:.0f} ms"
         )
 
+    def _command(self, argv: Sequence[str]) -> None:
+        """Record (and, in process mode, say) the shell command for a piece just started."""
+        command = shlex.join([program(argv[0]), *argv[1:]])
+        self.commands.append(command)
+        if self.server_mode == "process":
+            self.say(f"$ {command}")
+
     def _start_server(self, xds: int) -> int:
-        self._state_dir = tempfile.mkdtemp(prefix="xds-lab-state-")
+        assert self._workdir is not None
+        self._state_dir = str(Path(self._workdir, "state"))
         admin = choose_port(self.admin_api_port, 18001, "admin API", self.say)
-        self.server = ServerProcess(
-            *("--state-dir", self._state_dir, "--split", self.split),
-            *("--xds-port", str(xds), "--admin-port", str(admin)),
-            *("--port-map", f"{GATEWAY_PORT}={self._ingress_port}"),
-            *self.server_args,
-        )
+        args = ["--state-dir", shown_path(self._state_dir)]
+        args += ["--split", self.split] if self.split != "locality" else []
+        args += ["--xds-port", str(xds)] if xds != 18000 else []
+        args += ["--admin-port", str(admin)] if admin != 18001 else []
+        if self._ingress_port != GATEWAY_PORT:
+            args += ["--port-map", f"{GATEWAY_PORT}={self._ingress_port}"]
+        args += self.server_args
+        self._command(["xds-server", "serve", *args])
+        self.server = ServerProcess(*args)
         xds = self.server.wait_port("xDS")
         admin = self.server.wait_port("admin API")
         self.admin = AdminClient(f"{HOST}:{admin}")
@@ -250,8 +310,8 @@ class Lab:
             self.admin.close()
         if self.server is not None:
             self.server.stop()
-        if self._state_dir is not None:
-            shutil.rmtree(self._state_dir, ignore_errors=True)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
         for echo in self.echoes:
             echo.stop()
 

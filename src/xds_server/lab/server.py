@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 
 def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> int:
@@ -22,20 +26,37 @@ def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     return proc.returncode
 
 
-class ServerProcess:
-    """The daemon as a subprocess; its output lines can be awaited with a deadline, which is
-    how callers learn its ports and see it reload."""
+class LineProcess:
+    """A child process whose output lines (stdout and stderr) can be awaited with a
+    deadline: the readiness signal of every lab command, e.g. ``xds-server echo``'s
+    ``ready`` line. ``session=True`` gives it a process group of its own, so that
+    ``interrupt()`` is a terminal's Ctrl-C (SIGINT to the group) and reaches what a
+    shell started too."""
 
-    def __init__(self, *args: str) -> None:
-        cmd = [sys.executable, "-m", "xds_server", "serve", *args]
+    what = "the process"
+
+    def __init__(
+        self,
+        cmd: Sequence[str] | str,
+        *,
+        shell: bool = False,
+        cwd: str | os.PathLike[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        session: bool = False,
+    ) -> None:
         self.proc = subprocess.Popen(
             cmd,
+            shell=shell,
+            cwd=cwd,
+            env=None if env is None else dict(env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=session,
         )
+        self.session = session
         self.lines: list[str] = []
         self._queue: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -59,10 +80,47 @@ class ServerProcess:
             if self.proc.poll() is not None and self._queue.empty():
                 break
         raise RuntimeError(
-            f"xds-server printed no line with {needle!r}"
+            f"{self.what} printed no line with {needle!r}"
             + (f" and exited with {self.proc.returncode}" if self.proc.poll() is not None else "")
             + f"; its output:\n{''.join(self.lines)}"
         )
+
+    def output(self) -> str:
+        """Every line read so far, awaited or not."""
+        while True:
+            try:
+                self.lines.append(self._queue.get_nowait())
+            except queue.Empty:
+                return "".join(self.lines)
+
+    def interrupt(self, timeout: float = 10.0) -> int:
+        """Ctrl-C (SIGINT; to the whole group with ``session``) and wait; SIGKILL after
+        ``timeout``. Returns the exit code."""
+        if self.proc.poll() is None:
+            if self.session:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGINT)
+            else:
+                self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                if self.session:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+class ServerProcess(LineProcess):
+    """The daemon as a subprocess; its output lines can be awaited with a deadline, which is
+    how callers learn its ports and see it reload."""
+
+    what = "xds-server"
+
+    def __init__(self, *args: str) -> None:
+        super().__init__([sys.executable, "-m", "xds_server", "serve", *args])
 
     def wait_port(self, what: str) -> int:
         """The port from the daemon's ``<what> listening on HOST:PORT`` line."""
