@@ -271,7 +271,7 @@ def lab_cp(echoes) -> Iterator[tuple[ControlPlane, int]]:
 @pytest.mark.parametrize("mode", [[], ["--api", "DELTA_GRPC", "--no-ads"]], ids=["ads", "delta"])
 def test_envoy_joins_the_control_plane_and_serves_the_split(lab_cp, mode):
     cp, ingress = lab_cp
-    envoy = start("envoy", "--xds", f"127.0.0.1:{cp.port}", "--admin-port", "0", *mode)
+    envoy = start("envoy", "--xds", f"127.0.0.1:{cp.port}", "--envoy-admin-port", "0", *mode)
     try:
         first = envoy.wait_line("envoy pid")
         pid = int(re.search(r"envoy pid (\d+)", first).group(1))
@@ -308,7 +308,7 @@ def _zombie(pid: int) -> bool:
 
 def test_envoy_says_it_waits_for_a_control_plane_that_is_not_there():
     port = free_port()
-    envoy = start("envoy", "--xds", f"127.0.0.1:{port}", "--admin-port", "0")
+    envoy = start("envoy", "--xds", f"127.0.0.1:{port}", "--envoy-admin-port", "0")
     try:
         envoy.wait_line("envoy pid")
         line = envoy.wait_line("waiting for the control plane", timeout=20)
@@ -319,12 +319,12 @@ def test_envoy_says_it_waits_for_a_control_plane_that_is_not_there():
 
 
 def test_envoy_admin_port_in_use_is_one_line(busy_port):
-    result = run("envoy", "--admin-port", str(busy_port))
+    result = run("envoy", "--envoy-admin-port", str(busy_port))
     one_error_line(result, f"Envoy admin port {busy_port} is in use on 127.0.0.1")
 
 
 def test_envoy_bad_xds_address_is_one_line():
-    result = run("envoy", "--xds", "localhost:18000", "--admin-port", "0")
+    result = run("envoy", "--xds", "localhost:18000", "--envoy-admin-port", "0")
     one_error_line(result, "xds_host must be an IP address (got 'localhost')")
 
 
@@ -336,7 +336,13 @@ def test_own_envoy_from_the_printed_bootstrap(lab_cp, tmp_path):
     bootstrap = tmp_path / "envoy.yaml"
     assert (
         run(
-            "bootstrap", "--xds", f"127.0.0.1:{cp.port}", "--admin-port", "0", "-o", str(bootstrap)
+            "bootstrap",
+            "--xds",
+            f"127.0.0.1:{cp.port}",
+            "--envoy-admin-port",
+            "0",
+            "-o",
+            str(bootstrap),
         ).returncode
         == 0
     )

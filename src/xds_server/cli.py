@@ -358,7 +358,7 @@ def _run_envoy(args: argparse.Namespace) -> int:
         labels=_labels(args),
         api_type=args.api,
         ads=not args.no_ads,
-        admin_port=args.admin_port,
+        admin_port=args.envoy_admin_port,
         node_id=args.node_id,
         log_level=args.log_level,
     )
@@ -372,7 +372,7 @@ def _run_bootstrap(args: argparse.Namespace) -> int:
         labels=_labels(args),
         api_type=args.api,
         ads=not args.no_ads,
-        admin_port=args.admin_port,
+        admin_port=args.envoy_admin_port,
         node_id=args.node_id,
         output=args.output,
     )
@@ -456,7 +456,7 @@ def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
     )
     _envoy_flags(envoy)
     envoy.add_argument(
-        "--admin-port",
+        "--envoy-admin-port",
         type=_port,
         default=15000,
         help="Envoy's admin port on 127.0.0.1 (default: 15000, the task's; 0 = any free)",
@@ -478,7 +478,7 @@ def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
     )
     _envoy_flags(bootstrap)
     bootstrap.add_argument(
-        "--admin-port",
+        "--envoy-admin-port",
         type=_port,
         default=15000,
         help="Envoy's admin port on 127.0.0.1 (default: 15000; 0 = Envoy picks one)",

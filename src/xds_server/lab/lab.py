@@ -245,7 +245,7 @@ class Lab:
         if xds != 18000:
             envoy_cmd += ["--xds", f"{HOST}:{xds}"]
         if admin != 15000:
-            envoy_cmd += ["--admin-port", str(admin)]
+            envoy_cmd += ["--envoy-admin-port", str(admin)]
         envoy_cmd += ["--api", self.api_type] if self.api_type != "GRPC" else []
         envoy_cmd += [] if self.ads else ["--no-ads"]
         if self.server_mode == "process":

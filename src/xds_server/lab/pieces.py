@@ -323,7 +323,7 @@ def run_envoy(
     if admin_port and not port_is_free(admin_port):
         return _err(
             f"Envoy admin port {admin_port} is in use on 127.0.0.1 (another Envoy? "
-            "--admin-port 0 picks a free one)"
+            "--envoy-admin-port 0 picks a free one)"
         )
     envoy = EnvoyProcess(
         xds[1],
