@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import subprocess
 import sys
 import threading
 import urllib.request
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -192,6 +194,32 @@ def test_two_connections_with_one_node_id_are_two_proxies(cp):
         assert "stream" in cp.cp._sync_report(0)
 
 
+@contextlib.contextmanager
+def nacking(cp, count: int, text: str) -> Iterator[None]:
+    """``count`` proxies connected, each NACKing the 80/20 change's endpoints with ``text``."""
+    clients = [XdsClient(cp.port, f"proxy-{i}") for i in range(count)]
+    try:
+        for client in clients:
+            envoy_start(client, cp)
+        cp.apply(load_paths([V2_20]))
+        for client in clients:
+            client.nack(client.recv(), text, [ROUTE])
+        wait(cp, lambda c: all(p.state(ENDPOINT) == NACKED for p in c.proxies()))
+        yield
+    finally:
+        for client in clients:
+            client.close()
+
+
+def csds_errors(cp) -> list[str]:
+    return [
+        g.error_state.details
+        for c in csds(cp).config
+        for g in c.generic_xds_configs
+        if g.error_state.details
+    ]
+
+
 def test_huge_nack_texts_are_cut_and_status_still_answers():
     """Two proxies NACK with a 3 MB error_detail: what is kept is the text's head and its
     size, so proxy-status and CSDS answer within gRPC's default 4 MiB (they failed with
@@ -199,27 +227,12 @@ def test_huge_nack_texts_are_cut_and_status_still_answers():
     huge = "listener: bad (goo.gle/debugproto) " + "x" * 3_000_000
     with ControlPlane.start_in_thread(admin_port=0) as cp:
         cp.apply(load_paths([SERVICES, ALL_V1]))
-        clients = [XdsClient(cp.port, f"proxy-{i}") for i in range(2)]
-        try:
-            for client in clients:
-                envoy_start(client, cp)
-            cp.apply(load_paths([V2_20]))
-            for client in clients:
-                client.nack(client.recv(), huge, [ROUTE])
-            wait(cp, lambda c: all(p.state(ENDPOINT) == NACKED for p in c.proxies()))
+        with nacking(cp, 2, huge):
             with grpc.insecure_channel(f"127.0.0.1:{cp.cp.admin_port}") as channel:
                 stub = admin_pb2_grpc.ConfigAdminStub(channel)
                 status = stub.ProxyStatus(admin_pb2.ProxyStatusRequest(), timeout=5)
             errors = [t.error for p in status.proxies for t in p.types if t.error]
-            from_csds = [
-                g.error_state.details
-                for c in csds(cp).config
-                for g in c.generic_xds_configs
-                if g.error_state.details
-            ]
-        finally:
-            for client in clients:
-                client.close()
+            from_csds = csds_errors(cp)
     assert len(errors) == 2 and len(from_csds) == 2
     for text in errors + from_csds:
         assert text.startswith(huge[:100]) and f"[cut: {len(huge)} bytes in all]" in text
@@ -231,23 +244,8 @@ def test_many_nack_texts_share_what_one_answer_may_carry(cp, monkeypatch):
     cut to its share and still saying its full size."""
     monkeypatch.setattr(csds_module, "ANSWER_BUDGET", 4 * 1024)
     text = "endpoints: bad " + "y" * 3000
-    clients = [XdsClient(cp.port, f"proxy-{i}") for i in range(4)]
-    try:
-        for client in clients:
-            envoy_start(client, cp)
-        cp.apply(load_paths([V2_20]))
-        for client in clients:
-            client.nack(client.recv(), text, [ROUTE])
-        wait(cp, lambda c: all(p.state(ENDPOINT) == NACKED for p in c.proxies()))
-        details = [
-            g.error_state.details
-            for c in csds(cp).config
-            for g in c.generic_xds_configs
-            if g.error_state.details
-        ]
-    finally:
-        for client in clients:
-            client.close()
+    with nacking(cp, 4, text):
+        details = csds_errors(cp)
     assert len(details) == 4 and sum(len(d) for d in details) <= 4 * 1024
     assert all(d.startswith("endpoints: bad y") and "[cut: 3015 bytes" in d for d in details)
 
