@@ -54,21 +54,37 @@ def terminals(text: str) -> dict[int, list[str]]:
     """The shell lines of each ``<!-- docs-test: terminal N -->`` block (continuations
     joined, comments kept: sh ignores them)."""
     found: dict[int, list[str]] = {}
-    for match in re.finditer(
-        r"<!-- docs-test: terminal (\d+) -->\n```sh\n(.*?)```", text, flags=re.S
-    ):
+    for name, lines in readme_blocks(text).items():
+        if m := re.fullmatch(r"terminal (\d+)", name):
+            found[int(m[1])] = lines
+    return found
+
+
+def readme_blocks(text: str) -> dict[str, list[str]]:
+    """The shell lines of each ``<!-- docs-test: NAME -->`` block, by NAME."""
+    found: dict[str, list[str]] = {}
+    for match in re.finditer(r"<!-- docs-test: ([^>]+?) -->\n```sh\n(.*?)```", text, flags=re.S):
         lines = match.group(2).replace("\\\n", " ").splitlines()
-        found[int(match.group(1))] = [line for line in lines if line.strip()]
+        found[match.group(1)] = [line for line in lines if line.strip()]
     return found
 
 
 def test_readme_has_the_walkthrough_blocks():
-    blocks = terminals(README.read_text())
-    assert sorted(blocks) == [1, 2, 3, 4]
-    assert blocks[1] and blocks[1][0].startswith(".venv/bin/xds-server serve --state-dir")
-    assert blocks[2][0].startswith(".venv/bin/xds-server echo")
-    assert blocks[3][0].startswith(".venv/bin/xds-server envoy")
-    commands = " ".join(blocks[4])
+    text = README.read_text()
+    assert sorted(readme_blocks(text)) == [
+        "files",
+        "terminal 1",
+        "terminal 2",
+        "terminal 3",
+        "terminal 4",
+        "terminal 4, more",
+    ]
+    walk = terminals(text)
+    assert sorted(walk) == [1, 2, 3, 4]
+    assert walk[1] and walk[1][0].startswith(".venv/bin/xds-server serve --state-dir")
+    assert walk[2][0].startswith(".venv/bin/xds-server echo")
+    assert walk[3][0].startswith(".venv/bin/xds-server envoy")
+    commands = " ".join(walk[4])
     for needed in ("tcp-echo-services.yaml", "tcp-echo-all-v1.yaml", "tcp-echo-20-v2.yaml"):
         assert needed in commands
     assert "xds-server traffic" in commands and "| nc " in commands
@@ -139,6 +155,41 @@ def _replies(out: str) -> Counter[str]:
     lines = [line for line in out.splitlines() if line.strip()]
     assert all(re.match(r"(one|two) \w{3} \w{3} ", line) for line in lines), out
     return Counter(line.split()[0] for line in lines)
+
+
+def run_line(command: str, cwd: Path, env: dict[str, str]) -> str:
+    """One README line in sh; it must exit 0 without a traceback. Its output."""
+    result = subprocess.run(
+        command, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, f"$ {command}\n{result.stdout}{result.stderr}"
+    assert "Traceback" not in result.stdout + result.stderr
+    return result.stdout
+
+
+def test_serve_from_files_as_printed(repo_like, started):
+    """The README's --config server: it serves the sample files and refuses writes."""
+    (line,) = readme_blocks(README.read_text())["files"]
+    ports = Ports()
+    env = ports.env()
+    proc = LineProcess(
+        "exec " + ports.command(line, repo_like), shell=True, cwd=repo_like, env=env, session=True
+    )
+    started.append(proc)
+    proc.wait_line(READY[1], timeout=60)
+    out = run_line(".venv/bin/xdsctl get vs tcp-echo -o yaml", repo_like, env)
+    assert "weight: 100" in out or "subset: v1" in out, out
+    refused = subprocess.run(
+        ".venv/bin/xdsctl apply -f samples/tcp-echo/tcp-echo-20-v2.yaml",
+        shell=True,
+        cwd=repo_like,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "--config" in refused.stderr, refused.stderr
+    assert proc.interrupt(timeout=20) == 0, proc.output()
 
 
 def test_running_the_server_alone_walkthrough(repo_like, started, capsys):
@@ -220,6 +271,17 @@ def test_running_the_server_alone_walkthrough(repo_like, started, capsys):
         elif "proxy-status" in line:
             assert "ingressgateway" in out and "SYNCED" in out, out
     assert seen == {"traffic": 2, "nc": 2}
+
+    # The rest of xdsctl, on the same lab: get, proxy-config, then delete the 80/20 route.
+    more = readme_blocks(README.read_text())["terminal 4, more"]
+    outputs = [run_line(ports.command(line, repo_like), repo_like, env) for line in more]
+    for line, out in zip(more, outputs, strict=True):
+        if "get vs" in line:
+            assert "kind: VirtualService" in out and "weight: 20" in out, out
+        elif "proxy-config endpoints" in line:
+            assert "route|default/tcp-echo|tcp[0]" in out and "127.0.0.1" in out, out
+        elif "delete -f" in line:
+            assert "virtualservice.networking.istio.io/tcp-echo deleted" in out, out
 
     for proc in reversed(started):
         assert proc.interrupt(timeout=20) == 0, proc.output()
