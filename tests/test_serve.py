@@ -169,6 +169,26 @@ def test_config_file_saved_by_rename_deleted_and_recreated_keeps_reloading(tmp_p
         assert server.stop() == 0
 
 
+def test_a_config_dir_with_a_file_of_notes_keeps_reloading(tmp_path):
+    """A YAML file that never held a resource (notes, a placeholder) is not an emptied
+    file: edits to the others are applied."""
+    (tmp_path / "services.yaml").write_text((SAMPLES / "tcp-echo-services.yaml").read_text())
+    (tmp_path / "routing.yaml").write_text((SAMPLES / "tcp-echo-all-v1.yaml").read_text())
+    (tmp_path / "zz-notes.yaml").write_text("# routing is in routing.yaml\n")
+    server = ServerProcess("-c", str(tmp_path), "--xds-port", "0", "--admin-port", "0")
+    try:
+        with AdminClient(f"127.0.0.1:{server.wait_port('admin API')}") as client:
+            server.wait_line("watching")
+            all_v1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
+            gw_dr = all_v1.split("kind: VirtualService")[0].rsplit("---", 1)[0]
+            (tmp_path / "routing.yaml").write_text(gw_dr + "---\n" + VS_20)
+            server.wait_line("reloaded revision 2")
+            vs = json.loads(client.get("VirtualService", "tcp-echo").resources[0].json)
+            assert [d["weight"] for d in vs["spec"]["tcp"][0]["route"]] == [80, 20]
+    finally:
+        assert server.stop() == 0
+
+
 def test_taken_port_fails_before_the_state_dir_is_created(tmp_path):
     """Ports are bound before the disk is touched: a serve that cannot listen leaves no
     state directory behind (it used to create it, then fail); a damaged state file with

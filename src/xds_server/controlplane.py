@@ -122,8 +122,8 @@ class ControlPlane:
         self.admin_port: int | None = None
         self.read_only = read_only
         self._servers: list[grpc.aio.Server] = []
-        # The last translation per kind of proxy connected, reused where unchanged: always
-        # of the committed config (dropped when a translated proposal did not commit).
+        # The last translation per kind of proxy connected, reused where unchanged (one of
+        # a proposal that did not commit is told so: see Memo.committed).
         self._memos: dict[Hashable, Memo] = {}  # by translation_key
         self._prepared: Translation | None = None  # the proposal being committed
 
@@ -158,13 +158,10 @@ class ControlPlane:
                     "the admin API",
                     "--admin-port",
                 )
-            metrics = self.requested_metrics_port
-            if metrics and not port_is_free(metrics, self.metrics_address):
-                raise self._metrics_in_use(metrics)
+            if self.requested_metrics_port is not None:  # metrics of nothing, until restored
+                self.metrics_port = self._serve_metrics(self.requested_metrics_port)
             if self.state is not None:  # bound, not serving yet: no proxy sees a half state
                 self._restore_state(self.state)
-            if metrics is not None:
-                self.metrics_port = self._serve_metrics(metrics)
             for server in servers:
                 await server.start()
         except BaseException:
@@ -205,17 +202,18 @@ class ControlPlane:
                 e.todo,
             )
         if resources and not state.sealed:
-            log.info("state file %s was edited since the server wrote it: loaded", state.file)
-
-    def _metrics_in_use(self, port: int) -> PortInUseError:
-        return PortInUseError(
-            f"cannot serve metrics on {self.metrics_address}:{port}: address in use "
-            "(pick another with --metrics-port, or 0 for any free port)"
-        )
+            log.info(
+                "state file %s has no seal of ours (edited by hand, or written by an older "
+                "version): loaded",
+                state.file,
+            )
 
     def _serve_metrics(self, port: int) -> int:
         if port and not port_is_free(port, self.metrics_address):
-            raise self._metrics_in_use(port)
+            raise PortInUseError(
+                f"cannot serve metrics on {self.metrics_address}:{port}: address in use "
+                "(pick another with --metrics-port, or 0 for any free port)"
+            )
         return self.metrics.serve(port, self.metrics_address)
 
     async def stop(self, grace: float | None = 0.5) -> None:
@@ -386,7 +384,10 @@ class ControlPlane:
         except ConfigError as e:
             self._rejected(e)
             return
-        empty = self._empty_files(paths, resources)
+        # A file that held resources and holds none now was emptied (or is being written);
+        # one that never held any (a placeholder, notes) is no reason to refuse the rest.
+        served = {os.path.realpath(r.source.file) for r in self.store.resources()}
+        empty = [f for f in self._empty_files(paths, resources) if os.path.realpath(f) in served]
         if empty:
             log.error(
                 "rejected config change, still serving revision %d: %s holds no resource "
@@ -459,7 +460,7 @@ class ControlPlane:
         try:
             translation = self._translate(self.store.index, set())
         except BaseException:
-            self.options, self._memos = old, {}
+            self.options = old
             raise
         self._publish(translation)
 
@@ -470,11 +471,7 @@ class ControlPlane:
         self._prepared = None
         try:
             changes = change()
-        except BaseException:
-            if self._prepared is not None:  # translated, then not committed (persist failed)
-                self._memos = {}  # they remember a config that is not the store's
-            raise
-        finally:
+        finally:  # a proposal translated and then not committed (persist failed) is dropped
             translation, self._prepared = self._prepared, None
         if translation is not None:
             self._publish(translation)
@@ -487,10 +484,7 @@ class ControlPlane:
         a problem with the batch, and the store stays as it was."""
         try:
             self._prepared = self._translate(index, hint)
-        except BaseException as e:
-            self._memos = {}  # a run was cut short: what they hold is not to be trusted
-            if not isinstance(e, Exception):
-                raise
+        except Exception as e:  # the run that raised told its memo (Reuse.abandon)
             log.error("translation failed, nothing applied: %s: %s", type(e).__name__, e)
             log.debug("translation failure", exc_info=True)
             changed = sorted(hint or ())
@@ -530,6 +524,8 @@ class ControlPlane:
         """Hand a committed config's translation to the cache (the builder is kept for
         kinds of proxy that connect later)."""
         self._memos = translation.memos
+        for memo in self._memos.values():
+            memo.committed()
         changed = self.cache.update(translation.build)
         if changed:
             log.info(

@@ -26,7 +26,7 @@ M = TypeVar("M", bound=Message)
 
 class Memo:
     """One per translation in use (kinds of proxy served the same share one: see
-    translation_key and ControlPlane._push)."""
+    translation_key and ControlPlane._translate)."""
 
     def __init__(self) -> None:
         self.units: Reuse = Reuse()
@@ -47,8 +47,13 @@ class Memo:
         if options != self._options:  # every result read the options: none still holds
             self.units, self._options = Reuse(), options
         self.units.start_run(resources, hint)
-        self.units.committed()  # translation runs on committed configs only
         self.built = self.kept = 0
+
+    def committed(self) -> None:
+        """The last run's config became the store's: the next run's hint is relative to it.
+        Until then (a proposal translated and not committed: a write that failed) the next
+        run also looks again at what this one was told changed (see Reuse.committed)."""
+        self.units.committed()
 
     def settle(self, earlier: dict[str, Message], name: str, new: M) -> M:
         """``new``, or the earlier output of that name if equal to it."""
