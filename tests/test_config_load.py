@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from xds_server.config.errors import ConfigError, Problem
-from xds_server.config.load import load_paths, load_text, parse_duration
+from xds_server.config.load import describe, load_paths, load_text, parse_duration
 from xds_server.config.model import (
     API_VERSIONS,
     Destination,
@@ -646,6 +647,19 @@ def test_long_values_are_shortened_in_messages() -> None:
     [p] = problems(RESOURCE.replace("{name: g}", f"{{name: {name.upper()}}}"))
     assert p.field == "metadata.name" and len(p.message) < 300
     assert p.message.endswith('got "' + "X" * 100 + '... (1000000 bytes)"')
+
+
+def test_a_value_is_cut_before_it_is_quoted() -> None:
+    """A short string whose JSON form is long (non-ASCII escapes) was cut in the middle of
+    an escape and lost its closing quote; a long one is cut on its characters."""
+    short = "é" * 60  # 60 characters, 362 in JSON
+    assert describe(short) == json.dumps(short)
+    long = "é" * 150
+    assert describe(long) == '"' + "\\u00e9" * 100 + '... (300 bytes)"'
+    assert describe("x" * 150) == '"' + "x" * 100 + '... (150 bytes)"'
+    assert describe(10**120) == str(10**120)[:100] + "... (121 bytes)"
+    looks_cut = "y" * 150 + "... (7 bytes)"  # the user's own text: its real size is told
+    assert describe(looks_cut) == '"' + "y" * 100 + '... (163 bytes)"'
 
 
 def test_a_syntax_error_names_its_document() -> None:

@@ -16,11 +16,14 @@ from google.rpc import code_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..config.errors import ConfigError, Problem
-from ..config.load import load_text, shorten
+from ..config.load import load_text
 from ..config.model import DEFAULT_NAMESPACE, KINDS, resource_type
 from ..config.persist import StateWriteError
 from ..config.store import Change, ConflictError, NotFoundError
-from ..xds.status import node_synced, proxy_rows
+from ..text import shorten
+from ..xds.csds import nack_limit
+from ..xds.status import by_connection, node_synced, proxy_rows
+from ..xds.status import shorten as shorten_nack
 from .v1 import admin_pb2, admin_pb2_grpc
 
 # The largest apply or delete one call may carry: a 10k-service config is about 10 MiB of
@@ -203,13 +206,8 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
     async def ProxyStatus(self, request, context):
         # One Proxy per connection (two with one node id are two rows), with NACK texts cut
         # to what fits gRPC's 4 MiB however many proxies sent how much.
-        from ..xds.csds import ANSWER_BUDGET
-        from ..xds.status import by_connection, fit_texts
-        from ..xds.status import shorten as shorten_nack
-
         connections = by_connection(self.cp.proxies())
-        texts = [(st.nack, 1) for s in connections for p in s for st in p.types.values() if st.nack]
-        limit = fit_texts(texts, ANSWER_BUDGET)
+        limit = nack_limit(connections, per_resource=False)
         proxies = []
         for streams in connections:
             (row,) = proxy_rows(streams)

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..text import shorten
 from . import yamldata
 from .errors import ConfigError, Problem, Source
 from .model import (
@@ -82,24 +83,19 @@ def line_of(lines: Mapping[str, int], path: str, default: int | None) -> int | N
 SHOWN_CHARS = 100  # of a long value in a message: a problem list must stay readable
 
 
-def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
-    """A long text as its head and its size, so that a message about a 1 MB name is short."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}... ({len(text.encode(errors='replace'))} bytes)"
-
-
 def describe(value: object) -> str:
-    """A value the way the user wrote it in YAML, for ``got ...`` in messages."""
+    """A value the way the user wrote it in YAML, for ``got ...`` in messages; a long one
+    as its head and its size, so that a message about a 1 MB name is short. A string is
+    cut before it is quoted: its escapes and closing quote stay whole."""
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    if isinstance(value, str) and len(value) > SHOWN_CHARS:
-        return json.dumps(value[:SHOWN_CHARS])[:-1] + shorten(value)[SHOWN_CHARS:] + '"'
-    if isinstance(value, str | bool | int | float) or value is None:
-        return shorten(json.dumps(value))
-    return shorten(str(value))
+    if isinstance(value, str):
+        return json.dumps(shorten(value, SHOWN_CHARS))
+    if isinstance(value, bool | int | float) or value is None:
+        return shorten(json.dumps(value), SHOWN_CHARS)
+    return shorten(str(value), SHOWN_CHARS)
 
 
 def known_hint(word: str, choices: Iterable[str], what: str) -> str:

@@ -24,6 +24,7 @@ Matching: ``node_matchers[].node_id`` (exact, prefix, suffix, contains, safe_reg
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
@@ -153,6 +154,20 @@ def client_config(
     return config
 
 
+def nack_limit(connections: Iterable[list[ProxyStatus]], per_resource: bool) -> int:
+    """How many characters of each NACK text one status answer over ``connections`` may
+    carry, so that all of them fit ``ANSWER_BUDGET`` (``status.fit_texts``): CSDS carries
+    a type's text with each of its resources (``per_resource``), proxy-status once."""
+    texts = [
+        (st.nack, (len(st.sent) or 1) if per_resource else 1)
+        for streams in connections
+        for p in streams
+        for st in p.types.values()
+        if st.nack
+    ]
+    return fit_texts(texts, ANSWER_BUDGET)
+
+
 def client_status(
     board: StatusBoard, request: csds_pb2.ClientStatusRequest
 ) -> csds_pb2.ClientStatusResponse:
@@ -163,14 +178,7 @@ def client_status(
         for streams in by_connection(list(board.proxies.values()))
         if _selected(list(request.node_matchers), streams[0].node_id or streams[0].peer)
     ]
-    texts = [
-        (st.nack, len(st.sent) or 1)
-        for streams in chosen
-        for p in streams
-        for st in p.types.values()
-        if st.nack is not None
-    ]
-    limit = fit_texts(texts, ANSWER_BUDGET)
+    limit = nack_limit(chosen, per_resource=True)
     for streams in chosen:
         response.config.append(client_config(streams, not request.exclude_resource_contents, limit))
     return response

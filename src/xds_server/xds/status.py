@@ -12,7 +12,6 @@ board's ``ProxyStatus`` objects, or ``ProxyRow``s rebuilt from a CSDS answer
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from ..text import age, format_table
+from ..text import shorten as shorten_text
 from ..translate import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, SHORT_NAMES
 
 if TYPE_CHECKING:
@@ -37,19 +37,13 @@ NACKED = "NACKED"
 NACK_TEXT_LIMIT = 4096
 
 
-_CUT = re.compile(r"(.*)\.\.\. \[cut: (\d+) bytes in all\]", re.DOTALL)
+NACK_CUT = "... [cut: {size} bytes in all]"
 
 
 def shorten(text: str, limit: int = NACK_TEXT_LIMIT) -> str:
-    """``text`` if it is at most ``limit`` characters, else its head and its full size (of
-    the text first given, when a shortened one is cut again)."""
-    cut = _CUT.fullmatch(text)
-    head, size = (cut[1], int(cut[2])) if cut else (text, None)
-    if len(head) <= limit and cut is None:
-        return text
-    if size is None:
-        size = len(text.encode("utf-8", "replace"))
-    return f"{head[:limit]}... [cut: {size} bytes in all]"
+    """A NACK text: ``text`` if it is at most ``limit`` characters, else its head and its
+    full size (of the text first given, when a shortened one is cut again)."""
+    return shorten_text(text, limit, NACK_CUT, recut=True)
 
 
 def fit_texts(texts: Iterable[tuple[str, int]], room: int) -> int:
@@ -168,14 +162,6 @@ def node_synced(streams: Iterable[ProxyStatus], type_urls: Iterable[str] = PUSH_
         elif any(p.state(type_url) != SYNCED for p in having):
             return False
     return True
-
-
-def by_node(proxies: Iterable[ProxyStatus]) -> dict[str, list[ProxyStatus]]:
-    """Streams grouped by node id (the peer address if it sent none)."""
-    out: dict[str, list[ProxyStatus]] = {}
-    for p in sorted(proxies, key=lambda p: p.stream_id):
-        out.setdefault(p.node_id or p.peer, []).append(p)
-    return out
 
 
 def by_connection(proxies: Iterable[ProxyStatus]) -> list[list[ProxyStatus]]:
