@@ -154,13 +154,18 @@ KIND_HEADERS = {
 }
 
 
+def _dump(data: object, output: str) -> str:
+    """``-o json`` as JSON (indented by 2), any other output as YAML, keys in their order."""
+    if output == "json":
+        return json.dumps(data, indent=2)
+    return yaml.safe_dump(data, sort_keys=False).rstrip()
+
+
 def format_resources(resources: Sequence[admin_pb2.Resource], output: str, wide_ns: bool) -> str:
     docs = [json.loads(r.json) for r in resources]
     if output in ("yaml", "json"):
         data = docs[0] if len(docs) == 1 else {"apiVersion": "v1", "kind": "List", "items": docs}
-        if output == "json":
-            return json.dumps(data, indent=2)
-        return yaml.safe_dump(data, sort_keys=False).rstrip()
+        return _dump(data, output)
     blocks = []
     for kind in KIND_HEADERS:
         rows = []
@@ -238,10 +243,8 @@ PROXY_CONFIG_HEADERS = {
 
 def format_proxy_config(response: admin_pb2.ProxyConfigResponse, output: str) -> str:
     resources = [json.loads(j) for j in response.json]
-    if output == "json":
-        return json.dumps(resources, indent=2)
-    if output == "yaml":
-        return yaml.safe_dump(resources, sort_keys=False).rstrip()
+    if output in ("json", "yaml"):
+        return _dump(resources, output)
     rows = [
         [name, *_summary(response.type_url, res)]
         for name, res in zip(response.names, resources, strict=True)
@@ -311,9 +314,7 @@ def format_bootstrap(response: admin_pb2.ProxyConfigResponse, output: str) -> st
     bootstrap (``{"bootstrap": {"node": ...}}``): the control plane never sees the rest
     of a bootstrap. Default (table) output is YAML, the readable one."""
     data = {"bootstrap": {"node": json.loads(response.node_json or "{}")}}
-    if output == "json":
-        return json.dumps(data, indent=2)
-    return yaml.safe_dump(data, sort_keys=False).rstrip()
+    return _dump(data, output)
 
 
 def cmd_proxy_config(client: AdminClient, args: argparse.Namespace) -> int:
@@ -329,10 +330,7 @@ def cmd_proxy_config(client: AdminClient, args: argparse.Namespace) -> int:
     responses = [client.proxy_config(args.node, t) for t in (CLUSTER, ENDPOINT, LISTENER)]
     if output in ("json", "yaml"):
         data = {r.type_url: [json.loads(j) for j in r.json] for r in responses}
-        if output == "json":
-            print(json.dumps(data, indent=2))
-        else:
-            print(yaml.safe_dump(data, sort_keys=False).rstrip())
+        print(_dump(data, output))
         return 0
     print("\n\n".join(format_proxy_config(r, "") for r in responses))
     return 0
