@@ -46,3 +46,21 @@ def test_admin_port_means_the_admin_api_in_every_command():
         for action in p._actions:
             if "--admin-port" in action.option_strings and path.split()[-1] in ("serve", "demo"):
                 assert "admin API" in action.help, (path, action.help)
+
+
+def test_envoy_and_bootstrap_share_their_bootstrap_flags():
+    """`envoy` runs the bootstrap that `bootstrap` prints: the flags they share (the
+    bootstrap's choices, --envoy-admin-port among them) are one definition, one help."""
+    subs = dict(parsers(cli.build_parser(), "xds-server"))
+
+    def flags(p: argparse.ArgumentParser) -> dict[str, tuple[object, ...]]:
+        return {
+            a.dest: (tuple(a.option_strings), a.default, a.help)
+            for a in p._actions
+            if a.option_strings
+        }
+
+    envoy, bootstrap = flags(subs["xds-server envoy"]), flags(subs["xds-server bootstrap"])
+    shared = envoy.keys() & bootstrap.keys()
+    assert {"xds", "label", "api", "no_ads", "node_id", "envoy_admin_port"} <= shared
+    assert {k: envoy[k] for k in shared} == {k: bootstrap[k] for k in shared}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -116,6 +117,14 @@ def test_echo_port_in_use_is_one_line_and_binds_nothing(busy_port):
     assert port_is_free(free)  # v1, bound first, was released
 
 
+def test_echo_endpoints_file_it_cannot_write_is_one_line():
+    result = run(
+        *("echo", "-q", "--v1-ports", "0,0", "--v2-ports", "0,0"),
+        *("--endpoints", "/nonexistent/x.yaml"),
+    )
+    one_error_line(result, "cannot write /nonexistent/x.yaml: No such file or directory")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -189,6 +198,12 @@ def test_traffic_counts_connections_closed_without_a_reply():
         (["traffic", "-n", "0"], "invalid count '0'"),
         (["traffic", "127.0.0.1:x"], "invalid address"),
         (["traffic", "--hold", "-1"], "invalid seconds"),
+        (
+            ["traffic", "--hold", "3600"],
+            "invalid seconds '3600': expected 0 or more and less than 3600",
+        ),
+        (["traffic", "--timeout", "0"], "invalid seconds '0': expected more than 0 and less than"),
+        (["traffic", "--timeout", "x"], "invalid seconds 'x': expected more than 0 and less than"),
     ],
 )
 def test_traffic_bad_flags(args, message):
@@ -321,6 +336,49 @@ def test_envoy_says_it_waits_for_a_control_plane_that_is_not_there():
 def test_envoy_admin_port_in_use_is_one_line(busy_port):
     result = run("envoy", "--envoy-admin-port", str(busy_port))
     one_error_line(result, f"Envoy admin port {busy_port} is in use on 127.0.0.1")
+
+
+def test_envoy_second_ctrl_c_while_envoy_stops_is_harmless(monkeypatch, capsys):
+    """A Ctrl-C while Envoy is being stopped (the first one's stop, or an error's) must not
+    cut the stop short with a KeyboardInterrupt and leave Envoy running. In process, with a
+    stand-in Envoy whose stop() gets the second Ctrl-C, and an outer SIGINT handler that
+    records one escaping (instead of pytest's KeyboardInterrupt)."""
+    from xds_server import cli
+    from xds_server.lab import pieces
+
+    stops = []
+
+    class StandInEnvoy:
+        pid, admin_url, log_path = 4242, "http://127.0.0.1:1", "/dev/null"
+
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def stop(self) -> None:
+            signal.raise_signal(signal.SIGINT)  # the second Ctrl-C, while Envoy stops
+            stops.append("stopped")
+
+    def first_ctrl_c(*args: object) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+    class Escaped(Exception):
+        pass
+
+    def outer(signum: int, frame: object) -> None:
+        raise Escaped(signal.Signals(signum).name)
+
+    monkeypatch.setattr(pieces, "EnvoyProcess", StandInEnvoy)
+    monkeypatch.setattr(pieces, "_wait_live", first_ctrl_c)
+    previous = signal.signal(signal.SIGINT, outer)
+    try:
+        code = cli.main(["envoy", "--xds", "127.0.0.1:1", "--envoy-admin-port", "0"])
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert code == 0 and stops == ["stopped"]
+    assert "stopped Envoy (pid 4242)" in capsys.readouterr().out
 
 
 def test_envoy_bad_xds_address_is_one_line():

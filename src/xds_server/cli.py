@@ -6,16 +6,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .config.errors import ConfigError
 from .config.load import load_paths
 from .config.persist import StateError
 from .controlplane import ControlPlane, PortInUseError
 from .translate import ISTIO, LOCALITY, TranslateOptions
+
+if TYPE_CHECKING:
+    from .lab.pieces import EnvoyOptions
 
 log = logging.getLogger("xds_server")
 
@@ -288,7 +293,7 @@ def _ports_pair(text: str) -> list[int]:
 
 
 def _envoy_flags(p: argparse.ArgumentParser) -> None:
-    """What ``envoy`` and ``bootstrap`` share: the bootstrap's choices."""
+    """What ``envoy`` and ``bootstrap`` share: the bootstrap's choices (_envoy_options)."""
     from .lab.pieces import XDS
 
     p.add_argument(
@@ -328,14 +333,26 @@ def _envoy_flags(p: argparse.ArgumentParser) -> None:
         default="ingressgateway",
         help="node id, what xdsctl proxy-status shows (default: ingressgateway)",
     )
+    p.add_argument(
+        "--envoy-admin-port",
+        type=_port,
+        default=15000,
+        help="Envoy's admin port on 127.0.0.1 (default: 15000, the task's; 0 = any free)",
+    )
 
 
-def _labels(args: argparse.Namespace) -> dict[str, str] | None:
-    from .lab.pieces import INGRESS_LABELS
+def _envoy_options(args: argparse.Namespace) -> EnvoyOptions:
+    """The bootstrap's choices from the flags of _envoy_flags."""
+    from .lab.pieces import INGRESS_LABELS, EnvoyOptions
 
-    if args.no_labels:
-        return None
-    return dict(args.label) if args.label else dict(INGRESS_LABELS)
+    return EnvoyOptions(
+        xds=args.xds,
+        labels=None if args.no_labels else dict(args.label or INGRESS_LABELS),
+        api_type=args.api,
+        ads=not args.no_ads,
+        admin_port=args.envoy_admin_port,
+        node_id=args.node_id,
+    )
 
 
 def _run_echo(args: argparse.Namespace) -> int:
@@ -353,29 +370,13 @@ def _run_echo(args: argparse.Namespace) -> int:
 def _run_envoy(args: argparse.Namespace) -> int:
     from .lab.pieces import run_envoy
 
-    return run_envoy(
-        xds=args.xds,
-        labels=_labels(args),
-        api_type=args.api,
-        ads=not args.no_ads,
-        admin_port=args.envoy_admin_port,
-        node_id=args.node_id,
-        log_level=args.log_level,
-    )
+    return run_envoy(_envoy_options(args), log_level=args.log_level)
 
 
 def _run_bootstrap(args: argparse.Namespace) -> int:
     from .lab.pieces import print_bootstrap
 
-    return print_bootstrap(
-        xds=args.xds,
-        labels=_labels(args),
-        api_type=args.api,
-        ads=not args.no_ads,
-        admin_port=args.envoy_admin_port,
-        node_id=args.node_id,
-        output=args.output,
-    )
+    return print_bootstrap(_envoy_options(args), args.output)
 
 
 def _run_traffic(args: argparse.Namespace) -> int:
@@ -396,14 +397,27 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
-def _seconds(text: str) -> float:
+MAX_SECONDS = 3600
+
+
+def _seconds(text: str, *, zero_ok: bool = True) -> float:
+    """SECONDS from 0 (or, with ``zero_ok=False``, above 0) to below MAX_SECONDS."""
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not 0 <= value < 3600:
-        raise argparse.ArgumentTypeError(f"invalid seconds {text!r}: expected 0 or more")
+        value = math.nan  # fails both bounds
+    low_ok = value >= 0 if zero_ok else value > 0
+    if not (low_ok and value < MAX_SECONDS):
+        low = "0 or more" if zero_ok else "more than 0"
+        raise argparse.ArgumentTypeError(
+            f"invalid seconds {text!r}: expected {low} and less than {MAX_SECONDS}"
+        )
     return value
+
+
+def _timeout(text: str) -> float:
+    """A socket timeout: 0 would make the connection non-blocking, not patient."""
+    return _seconds(text, zero_ok=False)
 
 
 def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
@@ -456,12 +470,6 @@ def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
     )
     _envoy_flags(envoy)
     envoy.add_argument(
-        "--envoy-admin-port",
-        type=_port,
-        default=15000,
-        help="Envoy's admin port on 127.0.0.1 (default: 15000, the task's; 0 = any free)",
-    )
-    envoy.add_argument(
         "--log-level",
         default="warning",
         choices=("trace", "debug", "info", "warning", "error", "critical", "off"),
@@ -477,12 +485,6 @@ def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
         "control plane with a retry back-off (back within 0.5 s of a restarted server).",
     )
     _envoy_flags(bootstrap)
-    bootstrap.add_argument(
-        "--envoy-admin-port",
-        type=_port,
-        default=15000,
-        help="Envoy's admin port on 127.0.0.1 (default: 15000; 0 = Envoy picks one)",
-    )
     bootstrap.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     bootstrap.set_defaults(run=_run_bootstrap)
 
@@ -522,10 +524,10 @@ def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
     )
     traffic.add_argument(
         "--timeout",
-        type=_seconds,
+        type=_timeout,
         default=5.0,
         metavar="SECONDS",
-        help="give up on a connection after this long (default: 5)",
+        help="give up on a connection after this long (more than 0; default: 5)",
     )
     traffic.set_defaults(run=_run_traffic)
 

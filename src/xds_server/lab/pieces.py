@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
@@ -31,6 +32,7 @@ from .envoy import EnvoyError, EnvoyProcess, poll_live, render_bootstrap
 
 __all__ = [
     "ECHO_VERSIONS",
+    "EnvoyOptions",
     "INGRESS",
     "INGRESS_LABELS",
     "NC_LOOP",
@@ -117,20 +119,47 @@ class _Stop(Exception):
     """SIGINT or SIGTERM arrived: stop what was started and exit 0."""
 
 
+class _Signals:
+    """SIGINT and SIGTERM while ``_stop_on_signals`` is in force: the first raises _Stop;
+    one after it, or after ``shutting_down()``, is ignored."""
+
+    def __init__(self) -> None:
+        self.armed = True
+
+    def shutting_down(self) -> None:
+        """From here on the block only cleans up (stops a child): no signal may cut that short."""
+        self.armed = False
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        if self.armed:
+            self.armed = False
+            raise _Stop(signal.Signals(signum).name)
+
+
 @contextmanager
-def _stop_on_signals() -> Iterator[None]:
+def _stop_on_signals() -> Iterator[_Signals]:
     """Turn SIGINT and SIGTERM into _Stop, so a terminal's Ctrl-C and a supervisor's
-    SIGTERM take the same clean way out (no traceback, children stopped)."""
+    SIGTERM take the same clean way out (no traceback, children stopped).
 
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise _Stop(signal.Signals(signum).name)
-
-    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    Only the first: a second Ctrl-C while the first one's cleanup runs (Envoy stopping) is
+    ignored, as is one after ``shutting_down()``; so the cleanup belongs inside the block,
+    which restores the previous handlers only once it is done."""
+    signals = _Signals()
+    old = {sig: signal.signal(sig, signals.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield signals
     finally:
         for sig, previous in old.items():
             signal.signal(sig, previous)
+
+
+def _write(path: str, text: str) -> int | None:
+    """Write ``text`` to the file ``path``: None, or the exit code of the one-line error."""
+    try:
+        Path(path).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        return _err(f"cannot write {path}: {exc.strerror or exc}")
+    return None
 
 
 def _err(text: str) -> int:
@@ -239,7 +268,8 @@ async def _echo(
             shown = ", ".join(format_address(h, p) for h, p in addresses)
             print(f"tcp-echo {version} (replies {prefix!r}) listening on {shown}", flush=True)
         if endpoints_file:
-            Path(endpoints_file).write_text(workload_entries(bound), encoding="utf-8")
+            if failed := _write(endpoints_file, workload_entries(bound)):
+                return failed
             print(f"wrote WorkloadEntries for these ports to {endpoints_file}", flush=True)
         elif any(tuple(p) != ECHO_VERSIONS[v][1] or h != "127.0.0.1" for v, h, p in bound):
             print(
@@ -258,36 +288,41 @@ async def _echo(
 # --- xds-server envoy / bootstrap ------------------------------------------------------------
 
 
-def print_bootstrap(
-    *,
-    xds: tuple[str, int],
-    labels: Mapping[str, str] | None,
-    api_type: str,
-    ads: bool,
-    admin_port: int,
-    node_id: str,
-    output: str | None,
-) -> int:
+@dataclass(frozen=True)
+class EnvoyOptions:
+    """The bootstrap's choices, which ``xds-server envoy`` runs and ``bootstrap`` prints
+    (defaults: the sample ingress gateway of ``xds-server serve``'s defaults)."""
+
+    xds: tuple[str, int] = XDS
+    labels: Mapping[str, str] | None = field(default_factory=lambda: dict(INGRESS_LABELS))
+    api_type: str = "GRPC"
+    ads: bool = True
+    admin_port: int = 15000
+    node_id: str = "ingressgateway"
+
+    def bootstrap_args(self) -> dict[str, object]:
+        """The keywords of render_bootstrap and EnvoyProcess, after the xDS port."""
+        return dict(
+            xds_host=self.xds[0],
+            node_id=self.node_id,
+            admin_port=self.admin_port,
+            api_type=self.api_type,
+            labels=self.labels,
+            ads=self.ads,
+        )
+
+
+def print_bootstrap(options: EnvoyOptions, output: str | None = None) -> int:
     """The bootstrap ``xds-server envoy`` would run, for an Envoy of the user's own."""
     try:
-        text = render_bootstrap(
-            node_id,
-            xds[1],
-            xds_host=xds[0],
-            admin_port=admin_port,
-            api_type=api_type,
-            labels=labels,
-            ads=ads,
-        )
+        text = render_bootstrap(xds_port=options.xds[1], **options.bootstrap_args())
     except ValueError as exc:
         return _err(str(exc))
     if output is None or output == "-":
         sys.stdout.write(text)
         return 0
-    try:
-        Path(output).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        return _err(f"cannot write {output}: {exc.strerror or exc}")
+    if failed := _write(output, text):
+        return failed
     print(f"wrote {output}; run it with: envoy -c {output}", file=sys.stderr)
     return 0
 
@@ -304,68 +339,53 @@ def _listeners(envoy: EnvoyProcess) -> dict[str, str]:
     return found
 
 
-def run_envoy(
-    *,
-    xds: tuple[str, int],
-    labels: Mapping[str, str] | None,
-    api_type: str,
-    ads: bool,
-    admin_port: int,
-    node_id: str,
-    log_level: str,
-    wait_note_after: float = 2.0,
-) -> int:
-    """Run the wheel's Envoy against the control plane at ``xds`` until Ctrl-C.
+def run_envoy(options: EnvoyOptions, *, log_level: str, wait_note_after: float = 2.0) -> int:
+    """Run the wheel's Envoy against the control plane at ``options.xds`` until Ctrl-C.
 
     Prints its pid and admin URL, LIVE once the control plane has sent its config (with a
     hint while it waits for one that is not there), and each gateway listener as it comes
-    and goes, so a user (or a test) knows when traffic can flow."""
+    and goes, so a user (or a test) knows when traffic can flow. A Ctrl-C while Envoy stops
+    is ignored: Envoy is always stopped."""
+    xds, admin_port = options.xds, options.admin_port
     if admin_port and not port_is_free(admin_port):
         return _err(
             f"Envoy admin port {admin_port} is in use on 127.0.0.1 (another Envoy? "
             "--envoy-admin-port 0 picks a free one)"
         )
-    envoy = EnvoyProcess(
-        xds[1],
-        xds_host=xds[0],
-        node_id=node_id,
-        admin_port=admin_port,
-        api_type=api_type,
-        ads=ads,
-        labels=labels,
-        log_level=log_level,
-    )
-    mode = ("ADS " if ads else "per-type ") + ("Delta" if api_type == "DELTA_GRPC" else "SotW")
+    envoy = EnvoyProcess(xds[1], log_level=log_level, **options.bootstrap_args())
+    api = "Delta" if options.api_type == "DELTA_GRPC" else "SotW"
+    mode = f"{'ADS' if options.ads else 'per-type'} {api}"
     stopping = False
-    try:
-        with _stop_on_signals():
+    with _stop_on_signals() as signals:  # around the stop too: see _stop_on_signals
+        try:
             try:
                 envoy.start()
             except ValueError as exc:  # from render_bootstrap: an address that is not an IP
                 return _err(str(exc))
             print(
                 f"envoy pid {envoy.pid}: admin {envoy.admin_url}, xDS {format_address(*xds)} "
-                f"({mode}), node {node_id!r}, labels {_labels_text(labels)}",
+                f"({mode}), node {options.node_id!r}, labels {_labels_text(options.labels)}",
                 flush=True,
             )
             print(f"log: {envoy.log_path}", flush=True)
             _wait_live(envoy, xds, wait_note_after)
             print("Ctrl-C stops Envoy", flush=True)
             _follow_listeners(envoy)
-    except _Stop:
-        stopping = True
-    except EnvoyError as exc:
-        lines = str(exc).strip().splitlines()
-        _err(lines[0] if lines else "Envoy failed")
-        tail = [line for line in lines[1:] if not line.startswith("command:")]
-        if tail:
-            print("\n".join(tail[-10:]), file=sys.stderr)
-        return 1
-    finally:
-        pid = envoy.pid
-        envoy.stop()
-        if pid is not None:
-            print(f"stopped Envoy (pid {pid})", flush=True)
+        except _Stop:
+            stopping = True
+        except EnvoyError as exc:
+            lines = str(exc).strip().splitlines()
+            _err(lines[0] if lines else "Envoy failed")
+            tail = [line for line in lines[1:] if not line.startswith("command:")]
+            if tail:
+                print("\n".join(tail[-10:]), file=sys.stderr)
+            return 1
+        finally:
+            signals.shutting_down()
+            pid = envoy.pid
+            envoy.stop()
+            if pid is not None:
+                print(f"stopped Envoy (pid {pid})", flush=True)
     return 0 if stopping else 1
 
 
@@ -375,16 +395,19 @@ def _labels_text(labels: Mapping[str, str] | None) -> str:
     return ",".join(f"{k}={v}" for k, v in labels.items())
 
 
+def _check_running(envoy: EnvoyProcess) -> None:
+    """Raise EnvoyError, with the end of its log, if Envoy has exited."""
+    if not envoy.running:
+        raise EnvoyError(f"Envoy exited with code {envoy.returncode}\n{envoy.log_tail()}")
+
+
 def _wait_live(envoy: EnvoyProcess, xds: tuple[str, int], note_after: float) -> None:
     started = time.monotonic()
-
-    def alive() -> None:
-        if not envoy.running:
-            raise EnvoyError(f"Envoy exited with code {envoy.returncode}\n{envoy.log_tail()}")
-
     noted = False
     while True:
-        state = poll_live(envoy.ready_state, alive, note_after if not noted else 3600.0)
+        state = poll_live(
+            envoy.ready_state, lambda: _check_running(envoy), note_after if not noted else 3600.0
+        )
         if state == "LIVE":
             break
         if not noted:
@@ -404,8 +427,7 @@ def _follow_listeners(envoy: EnvoyProcess, interval: float = 0.2) -> None:
     """Print gateway listeners as Envoy binds and drops them, until Envoy exits or a signal."""
     seen: dict[str, str] = {}
     while True:
-        if not envoy.running:
-            raise EnvoyError(f"Envoy exited with code {envoy.returncode}\n{envoy.log_tail()}")
+        _check_running(envoy)
         try:
             now = _listeners(envoy)
         except (OSError, http.client.HTTPException, EnvoyError, ValueError):
