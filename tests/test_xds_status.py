@@ -172,26 +172,27 @@ def test_two_connections_with_one_node_id_are_two_proxies(cp):
     """A second stream borrowing a proxy's node id (it asks for listeners and never ACKs)
     neither hides the first nor blocks waiting for it: status has a row per connection
     (each ADS stream), told apart by connection id and peer address."""
-    with XdsClient(cp.port, "shared") as real, XdsClient(cp.port, "shared") as other:
-        envoy_start(real, cp)
-        other.request(LISTENER)
-        other.recv()  # never ACKed
-        wait(cp, lambda c: len(c.proxies()) == 2 and all(p.types for p in c.proxies()))
-        cp.wait_synced(timeout=5, node_id="shared")  # the synced one
-        assert not cp.synced(node_id="shared", min_proxies=2)  # not both
-        assert not cp.synced()  # nor everyone
-        rows = proxy_rows(cp.proxies())
-        assert [r.name for r in rows] == ["shared", "shared"]
-        assert len({r.connection for r in rows}) == 2 and all(r.peer for r in rows)
-        assert [r.states[LISTENER] for r in rows] == [SYNCED, "STALE"]  # oldest first
-        table = format_proxy_status(cp.proxies())
-        lines = [line for line in table.splitlines() if line.startswith("shared")]
-        labels = [f"shared#{r.connection}" for r in rows]
-        assert [line.split()[0] for line in lines] == labels + [f"{n}:" for n in labels]
-        assert lines[2] == f"{labels[0]}: connection {rows[0].connection} from {rows[0].peer}"
-        assert format_proxy_status(rows_from_csds(csds(cp))) == table
-        assert len(csds(cp).config) == 2
-        assert "stream" in cp.cp._sync_report(0)
+    with XdsClient(cp.port, "shared") as real:
+        envoy_start(real, cp)  # first, so that its stream is the older one
+        with XdsClient(cp.port, "shared") as other:
+            other.request(LISTENER)
+            other.recv()  # never ACKed
+            wait(cp, lambda c: len(c.proxies()) == 2 and all(p.types for p in c.proxies()))
+            cp.wait_synced(timeout=5, node_id="shared")  # the synced one
+            assert not cp.synced(node_id="shared", min_proxies=2)  # not both
+            assert not cp.synced()  # nor everyone
+            rows = proxy_rows(cp.proxies())
+            assert [r.name for r in rows] == ["shared", "shared"]
+            assert len({r.connection for r in rows}) == 2 and all(r.peer for r in rows)
+            assert [r.states[LISTENER] for r in rows] == [SYNCED, "STALE"]  # oldest first
+            table = format_proxy_status(cp.proxies())
+            lines = [line for line in table.splitlines() if line.startswith("shared")]
+            labels = [f"shared#{r.connection}" for r in rows]
+            assert [line.split()[0] for line in lines] == labels + [f"{n}:" for n in labels]
+            assert lines[2] == f"{labels[0]}: connection {rows[0].connection} from {rows[0].peer}"
+            assert format_proxy_status(rows_from_csds(csds(cp))) == table
+            assert len(csds(cp).config) == 2
+            assert "stream" in cp.cp._sync_report(0)
 
 
 @contextlib.contextmanager
