@@ -76,11 +76,6 @@ def _seal(count: int, size: int, checksum: int) -> bytes:
     return f"# xds-server seal: {count} documents, {size} bytes, checksum {checksum:08x}\n".encode()
 
 
-def _sum(chunk: bytes) -> tuple[int, int]:
-    """A document's part of the seal: its size and its CRC-32 (the seal adds them up)."""
-    return len(chunk), zlib.crc32(chunk)
-
-
 class StateError(Exception):
     """The state directory cannot be used as it is; the message is one line naming the path
     and what to do."""
@@ -158,8 +153,8 @@ def _sealed(seal: re.Match[str], chunks: list[str]) -> bool:
     count, size, checksum = int(seal[1]), int(seal[2]), int(seal[3], 16)
     if count != len(chunks):
         return False
-    sums = [_sum(c.encode()) for c in chunks]
-    total = sum(n for n, _ in sums), sum(c for _, c in sums) & 0xFFFFFFFF
+    encoded = [c.encode() for c in chunks]
+    total = sum(map(len, encoded)), sum(map(zlib.crc32, encoded)) & 0xFFFFFFFF
     return total == (size, checksum)
 
 
@@ -184,8 +179,9 @@ class StateDir:
         self.path = Path(path)
         self.file = self.path / STATE_FILE
         self._texts: dict[Key, bytes] = {}  # each resource's document as written
-        self._sums: dict[Key, tuple[int, int]] = {}  # _sum of each text
-        self._totals = (0, 0)  # the sums of _sums: the seal of _texts
+        # The seal sums each document's size and CRC-32: the CRC of each text is kept.
+        self._crcs: dict[Key, int] = {}
+        self._totals = (0, 0)  # the seal of _texts: their bytes, and their CRCs summed
         self._made: dict[Key, tuple[Resource, ObjectState]] = {}  # what it was rendered from
         self._order: list[Key] = []  # the keys of _texts, sorted: the file's order
         # What we last wrote, and its digest once a watcher asked (see edited).
@@ -259,7 +255,7 @@ class StateDir:
         changed are looked at (all of them on the first save), and only those that did
         change are rendered again; the file is the texts joined in key order, sealed.
         Raises StateWriteError, and changes nothing, if the file cannot be written."""
-        texts, sums, made = dict(self._texts), dict(self._sums), dict(self._made)
+        texts, crcs, made = dict(self._texts), dict(self._crcs), dict(self._made)
         size, checksum = self._totals
         whole = proposal.changed is None or not self._order
         if whole:
@@ -269,11 +265,10 @@ class StateDir:
             keys, order = proposal.changed, list(self._order)
         for key in keys:
             if key not in proposal.resources:
-                if texts.pop(key, None) is not None:
+                if (gone := texts.pop(key, None)) is not None:
                     if not whole:
                         del order[bisect.bisect_left(order, key)]
-                    n, c = sums.pop(key)
-                    size, checksum = size - n, checksum - c
+                    size, checksum = size - len(gone), checksum - crcs.pop(key)
                 made.pop(key, None)
                 continue
             s = proposal.stored(key)
@@ -283,14 +278,16 @@ class StateDir:
             if hit is None or hit[0] is not s.resource or hit[1] != s.state:
                 doc, loaded = s.document(), self._loaded.get(key)
                 text = loaded[1] if loaded is not None and loaded[0] == doc else render(doc)
+                old = texts.get(key, b"")
                 chunk = texts[key] = text.encode()
                 made[key] = (s.resource, s.state)
-                n, c = sums.get(key, (0, 0))
-                sums[key] = new = _sum(chunk)
-                size, checksum = size - n + new[0], checksum - c + new[1]
+                crc = zlib.crc32(chunk)
+                size += len(chunk) - len(old)
+                checksum += crc - crcs.get(key, 0)
+                crcs[key] = crc
         seal = _seal(len(order), size, checksum & 0xFFFFFFFF)
         self._write([_HEADER, *map(texts.__getitem__, order), seal])
-        self._texts, self._sums, self._made, self._order = texts, sums, made, order
+        self._texts, self._crcs, self._made, self._order = texts, crcs, made, order
         self._totals = (size, checksum)
         self._loaded = {}
 
