@@ -384,10 +384,7 @@ class ControlPlane:
         except ConfigError as e:
             self._rejected(e)
             return
-        # A file that held resources and holds none now was emptied (or is being written);
-        # one that never held any (a placeholder, notes) is no reason to refuse the rest.
-        served = {os.path.realpath(r.source.file) for r in self.store.resources()}
-        empty = [f for f in self._empty_files(paths, resources) if os.path.realpath(f) in served]
+        empty = self._emptied_files(resources)
         if empty:
             log.error(
                 "rejected config change, still serving revision %d: %s holds no resource "
@@ -420,21 +417,16 @@ class ControlPlane:
             return None
         return st.st_ino, st.st_size, st.st_mtime_ns
 
-    @staticmethod
-    def _empty_files(paths: list[Path], resources: list[Resource]) -> list[str]:
-        """The config files (given, or in a given directory) that hold no resource."""
-        from .config.load import YAML_SUFFIXES
-
+    def _emptied_files(self, resources: list[Resource]) -> list[str]:
+        """The files that held served resources, are still there, and hold none in
+        ``resources``: emptied, or being written. (A file removed from a config directory
+        takes its resources with it; one that never held any, notes or a placeholder, is
+        no reason to refuse the rest.)"""
         used = {os.path.realpath(r.source.file) for r in resources}
-        files = []
-        for p in paths:
-            files += sorted(p.glob("*")) if p.is_dir() else [p]
-        return [
-            str(f)
-            for f in files
-            if f.suffix in YAML_SUFFIXES or f in paths
-            if f.is_file() and os.path.realpath(f) not in used
-        ]
+        served = {os.path.realpath(r.source.file): r.source.file for r in self.store.resources()}
+        return sorted(
+            name for real, name in served.items() if real not in used and os.path.isfile(real)
+        )
 
     def proxy_config(self, node_id: str, type_url: str) -> tuple[str, list[tuple[str, Message]]]:
         """The resources of one type the control plane has for a proxy (the names it asked
