@@ -139,15 +139,7 @@ class Compose:
                 command = command.replace(f"127.0.0.1 {port}", f"127.0.0.1 {self.ports[name]}")
         assert not any(str(p) in command for p in README_PORTS.values()), command
         started = time.monotonic()
-        done = subprocess.run(
-            ["bash", "-c", command],
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        done = self._exec(["bash", "-c", command], timeout)
         self.times.append((readme_command[:60], time.monotonic() - started))
         if done.returncode != 0:
             raise AssertionError(
@@ -158,8 +150,17 @@ class Compose:
 
     def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         cmd = [*self.command, *args]
-        done = subprocess.run(
-            cmd,
+        done = self._exec(cmd, timeout)
+        if done.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
+            )
+        return done
+
+    def _exec(self, argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+        """A command in the repository, with this lab's environment and no terminal."""
+        return subprocess.run(
+            argv,
             cwd=ROOT,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -167,11 +168,6 @@ class Compose:
             text=True,
             timeout=timeout,
         )
-        if done.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(cmd)} exited with {done.returncode}:\n{done.stdout}{done.stderr}"
-            )
-        return done
 
     def wait_synced(self) -> None:
         """Through the admin API's published port: Envoy ACKed the current config."""
