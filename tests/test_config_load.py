@@ -11,8 +11,8 @@ from textwrap import dedent
 import pytest
 import yaml
 
-from xds_server.config.errors import ConfigError, Problem
-from xds_server.config.load import describe, load_paths, load_text, parse_duration
+from xds_server.config.errors import ConfigError, Problem, describe
+from xds_server.config.load import load_paths, load_text
 from xds_server.config.model import (
     API_VERSIONS,
     Destination,
@@ -26,6 +26,7 @@ from xds_server.config.model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
+from xds_server.config.schema import parse_duration
 from xds_server.config.validate import validate
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples" / "tcp-echo"

@@ -1,8 +1,24 @@
-"""Errors a user can cause with configuration, each pointing at file, document and field."""
+"""Problems a user can cause with configuration, and how each is reported.
+
+A problem points at file, document, line and field (``spec.tcp[0].route``); the helpers
+below build those field paths, pin a problem to the line of its field and word the values
+and hints it quotes. Shape checks (schema.py, parse.py) and Istio's rules (validate.py)
+report through them, so every problem reads the same way.
+"""
 
 from __future__ import annotations
 
+import difflib
+import json
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..text import shorten
+
+if TYPE_CHECKING:
+    from .model import Resource
 
 
 @dataclass(frozen=True)
@@ -59,3 +75,95 @@ class ConfigError(Exception):
         lines = [f"{len(self.problems)} problems:"]
         lines += [f"  - {p}" for p in self.problems]
         return "\n".join(lines)
+
+
+# --- Field paths ---------------------------------------------------------------------------
+
+
+def join(path: str, key: object) -> str:
+    """Field paths read like the YAML: ``spec.tcp[0].route``; an empty key shows as ``""``."""
+    if key == "":
+        key = '""'
+    return f"{path}.{key}" if path else str(key)
+
+
+def item(path: str, index: int) -> str:
+    return f"{path}[{index}]"
+
+
+_LAST_STEP = re.compile(r"(\.[^.\[]*|\[\d+\])$")
+
+
+def line_of(lines: Mapping[str, int], path: str, default: int | None) -> int | None:
+    """Line of ``path``, or of its nearest recorded parent: a missing field is reported on
+    the line of the mapping that should hold it."""
+    while path:
+        if path in lines:
+            return lines[path]
+        parent = _LAST_STEP.sub("", path)
+        path = "" if parent == path else parent
+    return default
+
+
+# --- Wording -------------------------------------------------------------------------------
+
+SHOWN_CHARS = 100  # of a long value in a message: a problem list must stay readable
+
+
+def describe(value: object) -> str:
+    """A value the way the user wrote it in YAML, for ``got ...`` in messages; a long one
+    as its head and its size, so that a message about a 1 MB name is short. A string is
+    cut before it is quoted: its escapes and closing quote stay whole."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return json.dumps(shorten(value, SHOWN_CHARS))
+    if isinstance(value, bool | int | float) or value is None:
+        return shorten(json.dumps(value), SHOWN_CHARS)
+    return shorten(str(value), SHOWN_CHARS)
+
+
+def known_hint(word: str, choices: Iterable[str], what: str) -> str:
+    """'did you mean "x"?' for a near miss, else the list of valid choices."""
+    choices = sorted(set(choices))
+    close = difflib.get_close_matches(word, choices, n=1)
+    if close:
+        return f'did you mean "{close[0]}"?'
+    return f"known {what}: {', '.join(choices)}" if choices else f"no {what} are defined"
+
+
+# --- Collecting ----------------------------------------------------------------------------
+
+
+def sort_problems(problems: list[Problem], files_in_order: Iterable[str] = ()) -> list[Problem]:
+    """Problems in reading order: files in the order given (else as first seen), then
+    document, then line."""
+    files: dict[str, int] = {}
+    for file in files_in_order:
+        files.setdefault(file, len(files))
+    for p in problems:
+        files.setdefault(p.source.file, len(files))
+    return sorted(problems, key=lambda p: (files[p.source.file], p.source.doc, p.source.line or 0))
+
+
+@dataclass
+class Reporter:
+    """Collects problems about one document, pinning each to the line of its field."""
+
+    source: Source
+    problems: list[Problem]
+    lines: dict[str, int] = field(default_factory=dict)
+    kind: str | None = None
+    name: str | None = None  # "namespace/name"
+
+    @classmethod
+    def for_resource(cls, resource: Resource, problems: list[Problem]) -> Reporter:
+        return cls(resource.source, problems, resource.lines, resource.kind, resource.ref)
+
+    def add(self, path: str, message: str, hint: str | None = None) -> None:
+        line = line_of(self.lines, path, self.source.line)
+        self.problems.append(
+            Problem(self.source.at(line), message, self.kind, self.name, path or None, hint)
+        )

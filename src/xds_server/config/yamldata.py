@@ -13,17 +13,21 @@ does the same in one pass over libyaml's composed nodes, recording the line of e
   nodes (a "billion laughs" bomb of a few hundred bytes builds millions) and documents
   longer than ``MAX_DOCUMENT_CHARS`` are refused before they cost time or memory.
 
-Merge keys (``<<: *base``) are resolved, as kube-apiserver's YAML decoder does.
+Merge keys (``<<: *base``) are resolved, as kube-apiserver's YAML decoder does. A syntax
+error ends the text; ``syntax_problem`` says where it is: document, line and column.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+
+from .errors import Problem, Source, join
 
 MAX_DEPTH = 100  # Istio resources nest about 10 deep; Python recursion ends near 1000
 MAX_ALIAS_NODES = 10_000  # nodes a document may build through aliases
@@ -67,17 +71,6 @@ class LineLoader(_Loader):  # type: ignore[misc,valid-type]
 
     def ascend_resolver(self):  # type: ignore[no-untyped-def]
         pass
-
-
-def join(path: str, key: object) -> str:
-    """Field paths read like the YAML: ``spec.tcp[0].route``; an empty key shows as ``""``."""
-    if key == "":
-        key = '""'
-    return f"{path}.{key}" if path else str(key)
-
-
-def item(path: str, index: int) -> str:
-    return f"{path}[{index}]"
 
 
 def short_tag(tag: str) -> str:
@@ -144,7 +137,8 @@ def build(node: yaml.Node, loader: LineLoader, anchors: bool) -> Document:
 
     def key_of(k: yaml.Node, path: str) -> str | None:
         if isinstance(k, yaml.ScalarNode) and (k.tag in _JSON_SCALARS or k.tag == _TIMESTAMP):
-            return k.value  # `80: x` is the key "80", as in JSON
+            key: str = k.value  # `80: x` is the key "80", as in JSON
+            return key
         what = f'"{short_tag(k.tag)}"' if isinstance(k, yaml.ScalarNode) else "a collection"
         refuse(path, k, f"keys must be strings, got {what}: {PLAIN_DATA}")
         return None
@@ -173,7 +167,7 @@ def build(node: yaml.Node, loader: LineLoader, anchors: bool) -> Document:
         if anchors:
             inside.add(ident)
         if isinstance(n, yaml.MappingNode):
-            out = mapping(n, path, depth)
+            out: Any = mapping(n, path, depth)
         elif n.tag != _SEQ:
             refuse(path, n, f'YAML tag "{short_tag(n.tag)}" is not supported: {PLAIN_DATA}')
             out = None
@@ -187,12 +181,12 @@ def build(node: yaml.Node, loader: LineLoader, anchors: bool) -> Document:
             inside.discard(ident)
         return out
 
-    def mapping(n: yaml.MappingNode, path: str, depth: int) -> dict | None:
+    def mapping(n: yaml.MappingNode, path: str, depth: int) -> dict[str, Any] | None:
         if n.tag != _MAP:
             refuse(path, n, f'YAML tag "{short_tag(n.tag)}" is not supported: {PLAIN_DATA}')
             return None
-        out: dict = {}
-        merged: dict | None = None
+        out: dict[str, Any] = {}
+        merged: dict[str, Any] | None = None
         for k, value in n.value:
             if k.tag == _STR:
                 key = k.value
@@ -210,11 +204,13 @@ def build(node: yaml.Node, loader: LineLoader, anchors: bool) -> Document:
             out[key] = walk(value, child, depth + 1)
         return out if merged is None else {**merged, **out}
 
-    def merge(value: yaml.Node, path: str, depth: int, merged: dict | None) -> dict:
+    def merge(
+        value: yaml.Node, path: str, depth: int, merged: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """``<<: *base`` or ``<<: [*a, *b]``: keys of the mapping itself win, then the
         first merged mapping that has the key."""
         sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
-        out: dict = {}
+        out: dict[str, Any] = {}
         for source in reversed(sources):
             if not isinstance(source, yaml.MappingNode):
                 refuse(path, source, "a merge key (<<) must name a mapping or a list of them")
@@ -264,3 +260,37 @@ def documents(text: str) -> Iterator[Document]:
             index += 1
     finally:
         loader.dispose()
+
+
+# --- Syntax errors -------------------------------------------------------------------------
+
+_MARKER = re.compile(r"^---", re.MULTILINE)
+
+
+def _document_at(text: str, position: int) -> int:
+    """The document holding ``position``: one more than the ``---`` markers before it,
+    the first not counted if only comments precede it."""
+    starts = [m.start() for m in _MARKER.finditer(text, 0, position)]
+    before = text[: starts[0]].splitlines() if starts else []
+    if starts and all(not t.strip() or t.lstrip().startswith("#") for t in before):
+        return len(starts)
+    return len(starts) + 1
+
+
+def syntax_problem(error: Exception, text: str, file: str, doc: int) -> Problem:
+    """The problem for a document's ``error``: document, line and column of a syntax error."""
+    mark = getattr(error, "problem_mark", None)
+    if isinstance(error, RecursionError):
+        return Problem(Source(file, doc), "YAML nested too deeply to read")
+    if isinstance(error, yaml.reader.ReaderError):  # a character YAML does not allow
+        doc = _document_at(text, error.position)  # libyaml checks the whole text first
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - text.rfind("\n", 0, error.position)
+        message = f"YAML syntax error: {error.reason}, got #x{error.character:04x}"
+        return Problem(Source(file, doc, line), f"{message} (column {column})")
+    if mark is None:
+        return Problem(Source(file, doc), f"YAML syntax error: {str(error).splitlines()[0]}")
+    text = getattr(error, "problem", None) or str(error)
+    return Problem(
+        Source(file, doc, mark.line + 1), f"YAML syntax error: {text} (column {mark.column + 1})"
+    )

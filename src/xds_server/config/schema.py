@@ -1,0 +1,250 @@
+"""What an Istio document may hold: its fields, their types and the rules of their values.
+
+The keys each mapping may hold (``Shape``: parsed, ignored, or rejected with a reason; any
+other key is a typo), the DNS-1123 naming rules, durations and the enumerations, and
+``Reader``, which reads a field with the type it must have and reports one that is wrong.
+Rules that need other fields or other resources are Istio's, in validate.py.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .errors import Reporter, describe, item, join, known_hint
+
+_T = TypeVar("_T")
+
+# --- Names ---------------------------------------------------------------------------------
+
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS1123_LABEL = re.compile(_LABEL)
+_DNS1123_SUBDOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+DNS1123_LABEL_RULE = "must be a DNS-1123 label (at most 63 lowercase letters, digits and '-')"
+DNS1123_SUBDOMAIN_RULE = "must be a DNS-1123 subdomain (lowercase letters, digits, '-' and '.')"
+
+
+def is_dns1123_label(value: str) -> bool:
+    """Kubernetes namespaces and Istio subset names must be DNS-1123 labels."""
+    return len(value) <= 63 and _DNS1123_LABEL.fullmatch(value) is not None
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    """Kubernetes object names (and host names) must be DNS-1123 subdomains."""
+    return len(value) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(value) is not None
+
+
+# --- Durations -----------------------------------------------------------------------------
+
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs)")
+_DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in a Go/protobuf style duration ("10s", "250ms", "1.5s", "1m30s"), or None."""
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(text))
+
+
+# --- Which keys each mapping may hold ------------------------------------------------------
+
+NOT_SUPPORTED = "not supported by this control plane"
+TCP_ONLY = "not supported: this control plane routes TCP only (spec.tcp)"
+TCP_POOL_ONLY = "not supported: only trafficPolicy.connectionPool.tcp is implemented"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The keys a mapping may hold: parsed ones, Istio ones accepted and ignored, and Istio
+    ones rejected with a reason. Anything else is a typo, as Istio's strict decoding says."""
+
+    parsed: tuple[str, ...]
+    ignored: tuple[str, ...] = ()
+    unsupported: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (*self.parsed, *self.ignored, *self.unsupported)
+
+
+def _shape(parsed: str, ignored: str = "", unsupported: Mapping[str, str] | None = None) -> Shape:
+    return Shape(tuple(parsed.split()), tuple(ignored.split()), dict(unsupported or {}))
+
+
+def _all(keys: str, message: str) -> dict[str, str]:
+    return dict.fromkeys(keys.split(), message)
+
+
+DOCUMENT = _shape("apiVersion kind metadata spec", ignored="status")
+METADATA = _shape(
+    "name namespace labels annotations",
+    ignored="uid resourceVersion generation creationTimestamp deletionTimestamp "
+    "deletionGracePeriodSeconds managedFields ownerReferences finalizers generateName selfLink",
+)
+PORT = _shape("number name protocol targetPort")
+GATEWAY = _shape("selector servers")
+SERVER = _shape(
+    "port hosts",
+    ignored="bind name",
+    unsupported={"tls": "not supported: only plain TCP servers", "defaultEndpoint": NOT_SUPPORTED},
+)
+VIRTUAL_SERVICE = _shape(
+    "hosts gateways tcp", ignored="exportTo", unsupported=_all("http tls", TCP_ONLY)
+)
+TCP_ROUTE = _shape("match route")
+L4_MATCH = _shape(
+    "port gateways",
+    unsupported=_all("destinationSubnets sourceLabels sourceNamespace sourceSubnet", NOT_SUPPORTED),
+)
+ROUTE_DESTINATION = _shape("destination weight")
+DESTINATION = _shape("host subset port")
+PORT_SELECTOR = _shape("number")
+DESTINATION_RULE = _shape(
+    "host trafficPolicy subsets",
+    ignored="exportTo",
+    unsupported={"workloadSelector": NOT_SUPPORTED},
+)
+TRAFFIC_POLICY = _shape(
+    "connectionPool",
+    unsupported=_all(
+        "loadBalancer outlierDetection tls portLevelSettings tunnel proxyProtocol", TCP_POOL_ONLY
+    ),
+)
+CONNECTION_POOL = _shape("tcp", unsupported={"http": TCP_POOL_ONLY})
+TCP_SETTINGS = _shape(
+    "connectTimeout maxConnections",
+    unsupported=_all("tcpKeepalive idleTimeout maxConnectionDuration", NOT_SUPPORTED),
+)
+SUBSET = _shape("name labels trafficPolicy")
+SERVICE_ENTRY = _shape(
+    "hosts ports resolution location endpoints workloadSelector",
+    ignored="addresses exportTo subjectAltNames",
+)
+WORKLOAD = _shape("address ports labels weight", ignored="network locality serviceAccount")
+WORKLOAD_SELECTOR = _shape("labels")
+
+RESOLUTIONS = ("STATIC", "DNS", "NONE")
+LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
+
+
+# --- Typed reading of one document ---------------------------------------------------------
+
+
+class Reader:
+    """Typed access to a document's fields: a wrong type is reported and read as absent, so
+    one pass finds every problem. ``null`` means "not written", as in Kubernetes."""
+
+    def __init__(self, rep: Reporter) -> None:
+        self.rep = rep
+
+    def mapping(self, value: Any, path: str, shape: Shape) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            self.rep.add(path, f"must be a mapping, got {describe(value)}")
+            return {}
+        for key in value:
+            self._check_key(str(key), path, shape)
+        return value
+
+    def _check_key(self, key: str, path: str, shape: Shape) -> None:
+        if key in shape.parsed or key in shape.ignored:
+            return
+        if key in shape.unsupported:
+            self.rep.add(join(path, key), shape.unsupported[key])
+        else:
+            self.rep.add(
+                join(path, key), f'unknown field "{key}"', known_hint(key, shape.all, "fields")
+            )
+
+    def _typed(
+        self,
+        obj: dict[str, Any],
+        path: str,
+        key: str,
+        ok: type[_T],
+        expected: str,
+        required: bool,
+    ) -> _T | None:
+        value = obj.get(key)
+        if value is None:
+            if required:
+                self.rep.add(join(path, key), "required")
+            return None
+        if isinstance(value, ok) and not (ok is int and isinstance(value, bool)):
+            return value
+        self._wrong_type(join(path, key), value, expected)
+        return None
+
+    def _wrong_type(self, path: str, value: Any, expected: str) -> None:
+        quotable = expected == "a string" and isinstance(value, int | float | bool)
+        hint = f'quote it: "{describe(value)}"' if quotable else None
+        self.rep.add(path, f"must be {expected}, got {describe(value)}", hint)
+
+    def string(
+        self, obj: dict[str, Any], path: str, key: str, required: bool = False
+    ) -> str | None:
+        return self._typed(obj, path, key, str, "a string", required)
+
+    def integer(
+        self, obj: dict[str, Any], path: str, key: str, required: bool = False
+    ) -> int | None:
+        return self._typed(obj, path, key, int, "an integer", required)
+
+    def items(self, obj: dict[str, Any], path: str, key: str) -> list[tuple[str, Any]]:
+        """(field path, element) of a list, so callers can report on each element."""
+        values = self._typed(obj, path, key, list, "a list", False) or []
+        return [(item(join(path, key), i), v) for i, v in enumerate(values)]
+
+    def strings(self, obj: dict[str, Any], path: str, key: str) -> list[str]:
+        out = []
+        for p, value in self.items(obj, path, key):
+            if isinstance(value, str):
+                out.append(value)
+            else:
+                self._wrong_type(p, value, "a string")
+        return out
+
+    def string_map(self, obj: dict[str, Any], path: str, key: str) -> dict[str, str]:
+        return self._map(obj, path, key, str, "a string")
+
+    def int_map(self, obj: dict[str, Any], path: str, key: str) -> dict[str, int]:
+        return self._map(obj, path, key, int, "an integer")
+
+    def _map(
+        self, obj: dict[str, Any], path: str, key: str, ok: type[Any], expected: str
+    ) -> dict[str, Any]:
+        values = self._typed(obj, path, key, dict, "a mapping", False) or {}
+        out = {}
+        for k, v in values.items():
+            if not isinstance(k, str):
+                self._wrong_type(join(path, key), k, "a mapping with string keys")
+            elif isinstance(v, ok) and not isinstance(v, bool):
+                out[k] = v
+            else:
+                self._wrong_type(join(join(path, key), k), v, expected)
+        return out
+
+    def choice(
+        self, obj: dict[str, Any], path: str, key: str, choices: tuple[str, ...]
+    ) -> str | None:
+        value = self.string(obj, path, key)
+        if value is None or value in choices:
+            return value
+        hint = known_hint(value.upper(), choices, "values")
+        self.rep.add(
+            join(path, key), f"must be one of {', '.join(choices)}, got {describe(value)}", hint
+        )
+        return None
+
+    def duration(self, obj: dict[str, Any], path: str, key: str) -> float | None:
+        value = obj.get(key)
+        seconds = parse_duration(value) if isinstance(value, str) else None
+        if value is not None and seconds is None:
+            expected = 'a duration like "10s", "250ms" or "1m"'
+            self.rep.add(join(path, key), f"must be {expected}, got {describe(value)}")
+        return seconds
