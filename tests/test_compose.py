@@ -41,6 +41,7 @@ from xds_server.admin.client import AdminClient
 from xds_server.lab import traffic
 from xds_server.ports import free_port
 from xds_server.testing.runtime import in_ci, require_docker
+from xds_server.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -202,17 +203,10 @@ def envoy_admin(port: int, path: str) -> tuple[int, str]:
 
 
 def wait_for(what: str, check, timeout: float = 60.0) -> None:
-    """Poll ``check()`` until it is true, with a deadline (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (OSError, http.client.HTTPException) as exc:
-            last = exc
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not within {timeout}s (last error: {last})")
+    """Poll ``check()`` until it is true (an HTTP error counts as not yet)."""
+    wait_until(
+        check, timeout, interval=0.05, what=what, ignore=(OSError, http.client.HTTPException)
+    )
 
 
 def settled(admin_port: int) -> bool:

@@ -8,9 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 from xds_server.ports import free_port
+from xds_server.waiting import wait_until
 
 DEMO = [sys.executable, "-m", "xds_server", "demo"]
 FREE = ["--ingress-port", "0", "--xds-port", "0", "--admin-port", "0", "--envoy-admin-port", "0"]
@@ -79,10 +79,13 @@ def test_ctrl_c_stops_every_process():
         assert proc.wait(30) == 130
         rest = proc.stdout.read()
         assert "stopped every process" in rest
-        deadline = time.monotonic() + 10
-        while any(os.path.exists(f"/proc/{k}") for k in kids) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not [k for k in kids if os.path.exists(f"/proc/{k}")]
+        wait_until(
+            lambda: [k for k in kids if os.path.exists(f"/proc/{k}")],
+            10,
+            check=lambda left: not left,
+            interval=0.05,
+            what="the demo's children to be gone",
+        )
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -40,10 +39,10 @@ def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
 
 
 def _wait_exit(process: subprocess.Popen[str], timeout: float) -> int | None:
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return process.poll()
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 class EchoProcess:

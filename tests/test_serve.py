@@ -8,7 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from conftest import ServerProcess, locality_split_ok
@@ -18,6 +17,7 @@ from xds_server.lab import traffic
 from xds_server.lab.envoy import EnvoyProcess
 from xds_server.lab.lab import SAMPLES, EchoProcess
 from xds_server.ports import free_port
+from xds_server.waiting import wait_until
 
 VS_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
 
@@ -65,11 +65,13 @@ def test_invalid_change_on_disk_keeps_last_good_config(tmp_path, echoes):
             gw_dr = all_v1.split("kind: VirtualService")[0].rsplit("---", 1)[0]
             (tmp_path / "10-routing.yaml").write_text(gw_dr + "---\n" + VS_20)
             server.wait_line("reloaded revision 2")
-            deadline = time.monotonic() + 10
-            counts = {}
-            while time.monotonic() < deadline and not locality_split_ok(counts):
-                counts = traffic.split(traffic.send_many("127.0.0.1", ingress, 100))
-            assert locality_split_ok(counts), counts
+            wait_until(  # 100 connections a sample: no pause between them
+                lambda: traffic.split(traffic.send_many("127.0.0.1", ingress, 100)),
+                10,
+                check=locality_split_ok,
+                interval=0,
+                what="the 80/20 split",
+            )
     finally:
         assert server.stop() == 0
     assert line  # the rejection was reported once the change was made

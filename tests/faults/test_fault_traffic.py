@@ -21,6 +21,7 @@ from conftest import locality_split_ok
 
 from xds_server.lab import traffic
 from xds_server.lab.lab import HOST, EchoProcess
+from xds_server.waiting import wait_until
 
 from .traffic_rig import Load, Rig, acked, weights_yaml
 
@@ -56,10 +57,12 @@ def wait_load(load: Load, more: int, timeout: float = 30.0) -> None:
     """Let the load run until it has opened ``more`` new connections from now (its own
     pacing is the clock: ``more`` / rate seconds)."""
     target = load.report.new_ok + len(load.report.new_failed) + more
-    deadline = time.monotonic() + timeout
-    while load.report.new_ok + len(load.report.new_failed) < target:
-        assert time.monotonic() < deadline, f"load stalled: {load.report}"
-        time.sleep(0.01)
+    wait_until(
+        lambda: load.report,
+        timeout,
+        check=lambda report: report.new_ok + len(report.new_failed) >= target,
+        what=f"{more} new connections of the load (stalled?)",
+    )
 
 
 def no_drain_stats(rig: Rig) -> dict[str, int]:
@@ -69,10 +72,14 @@ def no_drain_stats(rig: Rig) -> dict[str, int]:
 
 def wait_nothing_draining(rig: Rig, timeout: float = 60.0) -> None:
     """Until Envoy drains no listener or filter chain (at once if nothing was updated)."""
-    deadline = time.monotonic() + timeout
-    while any(rig.envoy_stat(f"listener_manager.total_{what}_draining") for what in DRAINING):
-        assert time.monotonic() < deadline, "Envoy still draining listeners"
-        time.sleep(0.01)
+    wait_until(
+        lambda: {
+            what: rig.envoy_stat(f"listener_manager.total_{what}_draining") for what in DRAINING
+        },
+        timeout,
+        check=lambda draining: not any(draining.values()),
+        what="Envoy to drain nothing",
+    )
 
 
 def test_kill_9_under_load_fails_no_connection_and_resyncs_same_versions(
@@ -129,10 +136,13 @@ def test_envoy_kill_9_and_restart_gets_the_current_split(rig: Rig, fault_figure:
     old = acked(rig.wait_synced())
     bootstrap = rig.kill_envoy()
     killed = time.monotonic()
-    deadline = killed + 10
-    while rig.proxies():
-        assert time.monotonic() < deadline, f"dead Envoy still in proxy-status: {rig.proxies()}"
-        time.sleep(0.005)
+    wait_until(
+        rig.proxies,
+        10,
+        check=lambda rows: not rows,
+        interval=0.005,
+        what="the dead Envoy to leave proxy-status",
+    )
     gone = time.monotonic()
     rig.client.apply([("weights.yaml", weights_yaml(20, 80))])
     started = time.monotonic()

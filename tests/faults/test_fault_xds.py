@@ -11,6 +11,7 @@ import pytest
 
 from xds_server.lab import traffic
 from xds_server.lab.lab import SAMPLES, Lab
+from xds_server.waiting import wait_until
 from xds_server.xds.metrics import LATENCY_BUCKETS
 from xds_server.xds.status import SYNCED
 
@@ -58,13 +59,14 @@ def envoy_clusters(lab: Lab) -> tuple[dict[str, str], list[str]]:
 def wait_cluster_timeout(lab: Lab, timeout: str, deadline: float) -> float:
     """Seconds until every dynamic cluster in Envoy has ``timeout`` and none is warming."""
     start = time.monotonic()
-    while True:
-        active, warming = envoy_clusters(lab)
-        if active and not warming and set(active.values()) == {timeout}:
-            return time.monotonic() - start
-        if time.monotonic() - start > deadline:
-            pytest.fail(f"after {deadline}s: active {active}, warming {warming}")
-        time.sleep(0.005)
+    wait_until(
+        lambda: envoy_clusters(lab),
+        deadline,
+        check=lambda c: c[0] and not c[1] and set(c[0].values()) == {timeout},
+        interval=0.005,
+        what=f"every cluster at connect_timeout {timeout}, none warming (active, warming)",
+    )
+    return time.monotonic() - start
 
 
 @pytest.mark.parametrize("split", ["locality", "istio"])

@@ -27,6 +27,7 @@ from xds_server.lab.envoy import EnvoyProcess
 from xds_server.lab.lab import HOST, INGRESS_LABELS, SAMPLES, EchoProcess
 from xds_server.lab.traffic import date_line
 from xds_server.ports import free_port
+from xds_server.waiting import wait_until
 
 NODE = "ingressgateway"
 SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
@@ -183,15 +184,15 @@ class Rig:
         """Poll proxy-status until exactly one row of our node id is synced (ACKed the
         current CDS, EDS and LDS) and, with ``changed_from``, ACKed versions other than
         those: i.e. the change just applied, not the config before it."""
-        deadline = time.monotonic() + timeout
-        rows: list[admin_pb2.Proxy] = []
-        while time.monotonic() < deadline:
-            rows = self.proxies()
+
+        def changed(rows: list[admin_pb2.Proxy]) -> bool:
             one = len(rows) == 1 and rows[0].synced
-            if one and (changed_from is None or acked(rows[0]) != changed_from):
-                return rows[0]
-            time.sleep(0.005)
-        raise TimeoutError(f"{NODE} not in sync after {timeout:g}s: {rows}")
+            return one and (changed_from is None or acked(rows[0]) != changed_from)
+
+        rows = wait_until(
+            self.proxies, timeout, check=changed, interval=0.005, what=f"{NODE} in sync"
+        )
+        return rows[0]
 
     def close(self) -> None:
         for envoy in [self.envoy, *self.old_envoys]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable
 
 import grpc
 from grpc_status import rpc_status
 
+from ..waiting import wait_until
 from .v1 import admin_pb2, admin_pb2_grpc
 
 DEFAULT_ADMIN = "127.0.0.1:18001"
@@ -136,19 +136,19 @@ class AdminClient:
     ) -> admin_pb2.ProxyStatusResponse:
         """Poll proxy-status until the proxies (with that node id) have ACKed the current
         config; also waits through a server restart. Raises TimeoutError with the status."""
-        deadline = time.monotonic() + timeout
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                status = self.proxy_status()
-            except ServerUnavailable:
-                status = None
-            else:
-                mine = [p for p in status.proxies if node_id is None or p.node_id == node_id]
-                if len(mine) >= min_proxies and all(p.synced for p in mine):
-                    return status
-            time.sleep(0.02)
-        raise TimeoutError(f"proxies not in sync after {timeout:g}s: {status}")
+
+        def synced(status: admin_pb2.ProxyStatusResponse) -> bool:
+            mine = [p for p in status.proxies if node_id is None or p.node_id == node_id]
+            return len(mine) >= min_proxies and all(p.synced for p in mine)
+
+        return wait_until(
+            self.proxy_status,
+            timeout,
+            check=synced,
+            interval=0.02,
+            ignore=ServerUnavailable,
+            what="the proxies in sync" if node_id is None else f"{node_id!r}'s proxies in sync",
+        )
 
     def proxy_config(self, node_id: str, type_url: str) -> admin_pb2.ProxyConfigResponse:
         request = admin_pb2.ProxyConfigRequest(node_id=node_id, type_url=type_url)

@@ -21,6 +21,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
@@ -33,6 +34,7 @@ from ..lab.envoy import EnvoyProcess
 from ..lab.lab import GATEWAY_PORT, HOST, SAMPLES, Lab
 from ..translate import TranslateOptions, translate
 from ..translate.listeners import listener_name
+from ..waiting import wait_until
 from .common import metric_sum, metrics_url, scrape
 from .stats import ms
 
@@ -56,12 +58,11 @@ def eds_updates(envoy: EnvoyProcess) -> int:
     )
 
 
-def _until(predicate, timeout: float = 10.0) -> float:
-    deadline = time.perf_counter() + timeout
-    while not predicate():
-        if time.perf_counter() > deadline:
-            raise TimeoutError("the change did not arrive")
-        time.sleep(0.0005)  # Envoy's admin shares its main thread with xDS: poll gently
+def _until(predicate: Callable[..., bool], timeout: float = 10.0) -> float:
+    """When ``predicate()`` came to hold (a perf_counter() time). ``...``: the callers'
+    lambdas bind their loop variable as a default argument."""
+    # Envoy's admin shares its main thread with xDS: poll gently.
+    wait_until(predicate, timeout, interval=0.0005, what="the change")
     return time.perf_counter()
 
 
@@ -181,7 +182,7 @@ def _changes(lab: Lab, files: FileEnvoy, url: str, changes: int) -> dict:
     own (the server times it; this process only asks the server's /metrics, every 2 ms),
     and the connection and stat timings each get theirs, where both sides are polled alike."""
     assert lab.admin is not None and lab.envoy is not None
-    port = lab.ingress_port
+    envoy, port = lab.envoy, lab.ingress_port  # a local: the lambdas below keep its type
     ack, stat, conn, f_stat, f_conn = [], [], [], [], []
     v2s = [100 if i % 2 == 0 else 0 for i in range(changes)]
     for v2 in v2s:
@@ -196,10 +197,10 @@ def _changes(lab: Lab, files: FileEnvoy, url: str, changes: int) -> dict:
         files.change(v2)
         f_conn.append(_until(lambda v=v2: _answered_by(files.port, VERSION[v])) - started)
     for v2 in v2s:
-        updates = eds_updates(lab.envoy)
+        updates = eds_updates(envoy)
         started = time.perf_counter()
         lab.admin.apply([("<bench>", route(v2))])
-        stat.append(_until(lambda u=updates: eds_updates(lab.envoy) > u) - started)
+        stat.append(_until(lambda u=updates: eds_updates(envoy) > u) - started)
         updates = eds_updates(files.envoy)
         started = time.perf_counter()
         files.change(v2)
@@ -217,13 +218,13 @@ def _changes(lab: Lab, files: FileEnvoy, url: str, changes: int) -> dict:
 def _acked(url: str, before: dict[str, float]) -> float:
     """Push -> ACK of the next EDS push after ``before``, from the server's histogram."""
     count = metric_sum(before, "xds_push_ack_seconds_count", type="EDS")
-    after = before
-    deadline = time.perf_counter() + 10
-    while metric_sum(after, "xds_push_ack_seconds_count", type="EDS") <= count:
-        if time.perf_counter() > deadline:
-            raise TimeoutError("Envoy did not ACK the change")
-        time.sleep(0.002)
-        after = scrape(url)
+    after = wait_until(
+        lambda: scrape(url),
+        10,
+        check=lambda now: metric_sum(now, "xds_push_ack_seconds_count", type="EDS") > count,
+        interval=0.002,
+        what="Envoy's ACK of the change",
+    )
     return metric_sum(after, "xds_push_ack_seconds_sum", type="EDS") - metric_sum(
         before, "xds_push_ack_seconds_sum", type="EDS"
     )

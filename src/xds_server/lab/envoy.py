@@ -30,6 +30,7 @@ from string import Template
 from types import TracebackType
 from typing import IO
 
+from ..waiting import WaitTimeout, wait_until
 from .server import terminate
 
 __all__ = [
@@ -228,16 +229,18 @@ def admin_http(
 def poll_live(ready_state: Callable[[], str], alive: Callable[[], None], timeout: float) -> str:
     """Poll an Envoy's ``/ready`` until it says LIVE or ``timeout`` passes; ``alive`` raises
     if the Envoy is gone. Returns the last state seen (an admin error counts as one)."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def state() -> str:
         alive()
         try:
-            state = ready_state()
+            return ready_state()
         except (OSError, http.client.HTTPException) as exc:
-            state = f"admin error: {exc}"
-        if state == "LIVE" or time.monotonic() > deadline:
-            return state
-        time.sleep(0.01)
+            return f"admin error: {exc}"
+
+    try:
+        return wait_until(state, timeout, check=lambda s: s == "LIVE", what="/ready to say LIVE")
+    except WaitTimeout as exc:
+        return str(exc.last)
 
 
 class EnvoyProcess:
@@ -397,27 +400,30 @@ class EnvoyProcess:
         )
 
     def _wait_admin(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        delay = 0.005
-        last_error: Exception | None = None
-        while True:
+        def answered() -> bool:
             if self.process is None or self.process.poll() is not None:
                 raise self._died("before its admin endpoint came up")
             if self._admin is None:
                 self._admin = self._read_admin_address()
-            if self._admin is not None:
-                try:
-                    self.admin_request("GET", "/ready", timeout=1.0)
-                    return
-                except (OSError, http.client.HTTPException) as exc:
-                    last_error = exc
-            if time.monotonic() > deadline:
-                raise EnvoyError(
-                    f"Envoy's admin endpoint did not answer within {timeout}s "
-                    f"(address {self._admin}, last error {last_error}).\n{self.log_tail()}"
-                )
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            if self._admin is None:
+                return False
+            self.admin_request("GET", "/ready", timeout=1.0)  # any status: it answers
+            return True
+
+        try:
+            wait_until(
+                answered,
+                timeout,
+                interval=0.005,
+                max_interval=0.05,
+                ignore=(OSError, http.client.HTTPException),
+                what="Envoy's admin endpoint",
+            )
+        except WaitTimeout as exc:
+            raise EnvoyError(
+                f"Envoy's admin endpoint did not answer within {timeout}s "
+                f"(address {self._admin}, last error {exc.error}).\n{self.log_tail()}"
+            ) from exc
 
     def _read_admin_address(self) -> tuple[str, int] | None:
         try:
@@ -551,16 +557,13 @@ class EnvoyProcess:
 
     def wait_listener(self, name: str, timeout: float = 10.0) -> int:
         """Poll until the listener exists (it arrives by LDS) and return its port."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def ports() -> dict[str, int]:
             if self.process is None or self.process.poll() is not None:
                 raise self._died(f"while waiting for listener {name!r}")
-            ports = self.listener_ports()
-            if name in ports:
-                return ports[name]
-            if time.monotonic() > deadline:
-                known = ", ".join(sorted(ports)) or "none"
-                raise TimeoutError(
-                    f"Envoy has no listener {name!r} after {timeout}s (listeners: {known})"
-                )
-            time.sleep(0.01)
+            return self.listener_ports()
+
+        found = wait_until(
+            ports, timeout, check=lambda p: name in p, what=f"Envoy's listener {name!r}"
+        )
+        return found[name]

@@ -36,13 +36,13 @@ import importlib.metadata
 import importlib.resources
 import ipaddress
 import json
+import math
 import os
 import platform
 import shutil
 import socket
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -53,8 +53,10 @@ from urllib.parse import quote, urlparse
 import docker
 import docker.errors
 from testcontainers.core.container import DockerContainer
+from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
 from ..lab.envoy import admin_http, find_envoy_binary, poll_live, render_bootstrap
+from ..waiting import WaitTimeout, wait_until
 
 __all__ = [
     "ADMIN_PORT",
@@ -357,13 +359,21 @@ class EchoContainer(_Container):
         return self
 
     def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while b"READY " not in self.get_wrapped_container().logs(stderr=False):
-            if not self.running():
-                raise self._error(f"tcp-echo {self.prefix!r} exited before it was READY")
-            if time.monotonic() > deadline:
-                raise self._error(f"tcp-echo {self.prefix!r} not READY in {self.startup_timeout}s")
-            time.sleep(0.02)
+        # testcontainers' own log wait: it re-reads the logs and raises RuntimeError as soon
+        # as the container has exited. Its timeout is whole seconds (rounded up here).
+        ready = (
+            LogMessageWaitStrategy("READY ")
+            .with_startup_timeout(math.ceil(self.startup_timeout))
+            .with_poll_interval(0.02)
+        )
+        try:
+            ready.wait_until_ready(self)
+        except TimeoutError as exc:
+            raise self._error(
+                f"tcp-echo {self.prefix!r} not READY in {self.startup_timeout}s"
+            ) from exc
+        except RuntimeError as exc:
+            raise self._error(f"tcp-echo {self.prefix!r} exited before it was READY") from exc
 
 
 def container_bootstrap(
@@ -461,19 +471,25 @@ class EnvoyContainer(_Container):
         return self
 
     def _wait_admin(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        last: Exception | None = None
-        while True:
+        # Not testcontainers' HttpWaitStrategy: it goes on polling a container that exited
+        # (a bad bootstrap would be reported only after the whole startup_timeout), and it
+        # dials get_container_host_ip(), not the loopback address the ports are published on.
+        def answered() -> bool:
             if not self.running():
                 raise self._error("Envoy exited before its admin endpoint came up")
-            try:
-                self.admin_request("GET", "/ready", timeout=1.0)
-                return
-            except (OSError, http.client.HTTPException) as exc:
-                last = exc
-            if time.monotonic() > deadline:
-                raise self._error(f"Envoy's admin endpoint did not answer ({last})")
-            time.sleep(0.02)
+            self.admin_request("GET", "/ready", timeout=1.0)  # any status: it answers
+            return True
+
+        try:
+            wait_until(
+                answered,
+                self.startup_timeout,
+                interval=0.02,
+                ignore=(OSError, http.client.HTTPException),
+                what="Envoy's admin endpoint",
+            )
+        except WaitTimeout as exc:
+            raise self._error(f"Envoy's admin endpoint did not answer ({exc.error})") from exc
 
     def address(self, gateway_port: int = 31400) -> tuple[str, int]:
         """(host, port) on this host where Envoy's listener for ``gateway_port`` is."""

@@ -24,6 +24,7 @@ from ..lab import traffic
 from ..lab.envoy import EnvoyProcess
 from ..ports import free_port
 from ..translate import TranslateOptions
+from ..waiting import wait_until
 from .runtime import PROCESS, RUNTIMES
 
 __all__ = [
@@ -239,20 +240,19 @@ class XdsLab:
 
     def wait_synced(self, timeout: float = 20.0) -> None:
         """Envoy ACKed the current config, and no cluster or listener is still warming."""
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
         self.control_plane.wait_synced(timeout)
-        while not self._settled():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Envoy still warming after {timeout}s: {self._warming()}")
-            time.sleep(0.01)
+        wait_until(
+            self._warming,
+            timeout - (time.monotonic() - started),  # what is left of the one deadline
+            check=lambda warming: not any(warming.values()),
+            what="Envoy to finish warming",
+        )
 
     def _warming(self) -> dict[str, int]:
         pattern = quote("^(" + "|".join(s.replace(".", r"\.") for s in SETTLED_STATS) + ")$")
         body = self.envoy.admin_get(f"/stats?format=json&filter={pattern}")
         return {s["name"]: s["value"] for s in json.loads(body).get("stats", []) if "value" in s}
-
-    def _settled(self) -> bool:
-        return not any(self._warming().values())
 
     def address(self, port: int = GATEWAY_PORT) -> tuple[str, int]:
         """(host, port) on this host where Envoy serves the Gateway's ``port``."""
