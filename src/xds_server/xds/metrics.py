@@ -80,6 +80,9 @@ class XdsMetrics:
 
     def serve(self, port: int, address: str = "127.0.0.1") -> int:
         """Serve /metrics over HTTP (in a daemon thread); returns the bound port."""
+        # Not prometheus_client's start_http_server: its thread runs serve_forever() with the
+        # default 0.5 s poll, so close() (shutdown(), from ControlPlane.stop on the event loop)
+        # would block the loop for up to half a second; the poll cannot be passed to it.
         server_class = _Server6 if ":" in address else _Server
         server = make_server(
             address, port, make_wsgi_app(self.registry), server_class, _QuietHandler
