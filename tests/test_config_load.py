@@ -100,7 +100,7 @@ def test_samples_load_in_file_and_document_order() -> None:
         "127.0.0.1", {"tcp": 9000, "tcp-other": 9001}, {"app": "tcp-echo", "version": "v1"}
     )
     assert v2.endpoint.ports == {"tcp": 9002, "tcp-other": 9003}
-    assert validate(resources) == []
+    assert validate(resources)[0] == []
 
 
 def test_samples_20_v2_replaces_the_virtual_service() -> None:
@@ -112,7 +112,7 @@ def test_samples_20_v2_replaces_the_virtual_service() -> None:
         ("v1", 80),
         ("v2", 20),
     ]
-    assert validate(applied) == []
+    assert validate(applied)[0] == []
 
 
 def test_directory_means_its_yaml_files_sorted(tmp_path: Path) -> None:

@@ -86,7 +86,7 @@ def resource(kind: str, name: str, spec: str) -> str:
 
 def run(*docs: str, base: tuple[str, ...] = BASE) -> list[Problem]:
     text = "---\n".join((*base, *docs))
-    return validate(load_text(text, "mesh.yaml"))
+    return validate(load_text(text, "mesh.yaml"))[0]
 
 
 def brief(p: Problem) -> str:

@@ -1,7 +1,8 @@
-"""Incremental work gives the answers a fresh run gives: translation reused through a Memo,
-per-resource checks reused through a CheckMemory, packed resources reused by the snapshot
-cache. Each step of a sequence of changes (weights, endpoints, policies, ports, deletions)
-is compared with a from-scratch run, and the reuse itself is counted."""
+"""Incremental work gives the answers a fresh run gives: per-resource results (checks and
+translations) kept in config/results.py while the change sets leave them true, outputs
+patched by the translation's Assembler, packed resources reused by the snapshot cache.
+Each step of a sequence of changes (weights, endpoints, policies, ports, deletions) is
+compared with a from-scratch run, and the reuse itself is counted."""
 
 from __future__ import annotations
 
@@ -13,22 +14,22 @@ from xds_server.bench.common import BASE_PORT, config_yaml, route_yaml
 from xds_server.config.errors import ConfigError
 from xds_server.config.index import ConfigIndex
 from xds_server.config.load import load_text
-from xds_server.config.reuse import Reuse
+from xds_server.config.results import Results
 from xds_server.config.store import ConfigStore
-from xds_server.config.validate import CheckMemory, validate
+from xds_server.config.validate import CHECK, validate
 from xds_server.lab.lab import SAMPLES
 from xds_server.translate import (
     ANY_NODE,
     ISTIO,
     LOCALITY,
     PUSH_ORDER,
+    Assembler,
     NodeProfile,
     TranslateOptions,
     translate,
 )
-from xds_server.translate.memo import Memo
-from xds_server.translate.types import CLUSTER, ENDPOINT, LISTENER, Patch, Resources
-from xds_server.xds.cache import SnapshotCache, content_version
+from xds_server.translate.types import CLUSTER, ENDPOINT, LISTENER
+from xds_server.xds.cache import TypeSnapshot, content_version
 
 SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
@@ -175,8 +176,8 @@ def test_the_steps_change_what_they_say():
 
 def through_a_store():
     """Each step replaces the whole config of one ConfigStore, as a reloaded config
-    directory does: unchanged resources keep their objects, so the memories reuse what
-    they can. Yields (label, the step's resources, what the store found wrong, store)."""
+    directory does: the store works out what changed, and only that is worked out again.
+    Yields (label, the step's resources, what the store found wrong, store)."""
     store = ConfigStore()
     for label, text in STEPS:
         resources = load_text(text)
@@ -191,9 +192,9 @@ def through_a_store():
 def test_check_memory_finds_what_a_fresh_validation_finds():
     checked = {}
     for label, resources, problems, store in through_a_store():
-        assert problems == validate(resources), label
-        checked[label] = store.checks.checked
-    invalid = [label for label, text in STEPS if validate(load_text(text))]
+        assert problems == validate(resources)[0], label
+        checked[label] = store.last_run.computed[CHECK]
+    invalid = [label for label, text in STEPS if validate(load_text(text))[0]]
     assert invalid == [label for label, _ in STEPS if "(invalid)" in label]
     assert len(invalid) == 13
     # Not fresh runs in disguise: a weight change checks its VirtualService only.
@@ -201,17 +202,18 @@ def test_check_memory_finds_what_a_fresh_validation_finds():
 
 
 def test_check_memory_rechecks_an_unchanged_resource_whose_reference_went_away():
-    memory = CheckMemory()
+    store = ConfigStore()
     resources = load_text(config())
-    assert validate(resources, memory) == []
-    no_subsets = [r for r in resources if r.kind != "DestinationRule"]
-    problems = validate(no_subsets, memory)  # the same VirtualService object
-    assert [p.field for p in problems] == [
+    store.apply(resources)
+    [rule] = [r.key for r in resources if r.kind == "DestinationRule"]
+    with pytest.raises(ConfigError) as e:
+        store.delete([rule])  # the VirtualService is unchanged, its subsets gone
+    assert [p.field for p in e.value.problems] == [
         f"spec.tcp[0].route[{i}].destination.subset" for i in (0, 1)
     ]
-    assert validate(resources, memory) == []
-    # The VirtualService (its subsets are back) and the rule (absent from the last run).
-    assert memory.checked == 2 and memory.reused == len(resources) - 2
+    # The VirtualService and the ServiceEntry require the rule: they alone were checked again.
+    assert store.last_run.computed[CHECK] == 2
+    assert store.apply(load_text(config()))[0].action == "unchanged"
 
 
 NODES = [
@@ -221,17 +223,50 @@ NODES = [
 ]
 
 
+class Translating:
+    """What the control plane does with one kind of proxy: an Assembler fed the store's
+    proposals, committed with them."""
+
+    def __init__(self, options, node) -> None:
+        self.assembler = Assembler(options, node)
+        self.pending = None
+
+    def prepare(self, proposal) -> None:
+        self.pending = self.assembler.propose(proposal.index, proposal.run)
+
+    def committed(self) -> None:
+        if self.pending is not None:
+            self.assembler.commit(self.pending)
+        self.pending = None
+
+
 @pytest.mark.parametrize("split", [LOCALITY, ISTIO])
 @pytest.mark.parametrize("node", NODES)
 def test_memo_translation_equals_a_fresh_one(split, node):
     options = TranslateOptions(split=split)
-    memo = Memo()
-    for label, resources, problems, store in through_a_store():
-        if problems:
+    translating = Translating(options, node)
+    store = ConfigStore(prepare=translating.prepare)
+    for label, text in STEPS:
+        resources = load_text(text)
+        try:
+            store.replace(resources)
+        except ConfigError:
+            translating.pending = None
             continue  # translation runs on valid configs only
-        assert serialized(translate(store.index, options, node, memo)) == serialized(
+        translating.committed()
+        assert serialized(translating.assembler.resources) == serialized(
             translate(resources, options, node)
         ), label
+
+
+def changed_keys(before: ConfigIndex | None, after: ConfigIndex) -> set:
+    """The change set from ``before`` to ``after``, as the store works it out."""
+    old = before.by_key if before is not None else {}
+    return {
+        k
+        for k in old.keys() | after.by_key.keys()
+        if k not in old or k not in after.by_key or old[k].raw != after.by_key[k].raw
+    }
 
 
 @pytest.mark.parametrize("split", [LOCALITY, ISTIO])
@@ -240,7 +275,6 @@ def test_a_route_shadowed_by_another_stays_shadowed_through_changes(split):
     entries for one host), the first in namespace/name order is served. Which one that is
     depends on order, so a change to either must not be patched into the last output."""
     options = TranslateOptions(split=split)
-    memo = Memo()
     shadowed = V2_20.replace("weight: 80", "weight: 50").replace("weight: 20", "weight: 50")
     steps = [
         docs(config(), route_named("a-first")),  # a-first serves 31400
@@ -253,30 +287,32 @@ def test_a_route_shadowed_by_another_stays_shadowed_through_changes(split):
         # A second entry for the host, on another port: left out, though no name clashes.
         config() + SECOND_ENTRY.replace("number: 9000", "number: 9099"),
     ]
-    held: dict = {}
+    results, assembler, before = Results(), Assembler(options, ANY_NODE), None
     for i, text in enumerate(steps):
-        # Unchanged documents keep their objects, as in the store: their results are kept.
         fresh = load_text(text)
-        held = {r.key: held[r.key] if _same(held.get(r.key), r) else r for r in fresh}
-        ours = translate(list(held.values()), options, ANY_NODE, memo)
-        assert serialized(ours) == serialized(translate(fresh, options)), i
-
-
-def _same(old, new) -> bool:
-    return old is not None and old.raw == new.raw
+        index = ConfigIndex(fresh)
+        stale = None if before is None else index.stale(changed_keys(before, index), before)
+        run = results.run(stale)
+        assembler.commit(assembler.propose(index, run))
+        run.commit()
+        before = index
+        assert serialized(assembler.resources) == serialized(translate(fresh, options)), i
 
 
 def test_a_weight_change_builds_one_assignment_and_keeps_the_rest():
-    """Translated again (new objects in, so nothing is reused whole), the route's cluster
-    and listener come out equal and are the earlier objects; the assignment is new."""
-    memo = Memo()
-    first = translate(load_text(STEPS[0][1]), TranslateOptions(), ANY_NODE, memo)
-    second = translate(load_text(STEPS[1][1]), TranslateOptions(), ANY_NODE, memo)
-    assert (memo.built, memo.kept) == (1, 2)
-    [name] = first.clusters
-    assert second.endpoints[name] is not first.endpoints[name]
-    assert second.clusters[name] is first.clusters[name]
-    assert all(second.listeners[n] is first.listeners[n] for n in first.listeners)
+    """Translated again from scratch (nothing kept), the route's cluster and listener come
+    out equal to what was committed and are not sent again; the assignment is."""
+    assembler = Assembler(TranslateOptions(), ANY_NODE)
+    first = assembler.propose(ConfigIndex(load_text(STEPS[0][1])), Results().run(None))
+    assembler.commit(first)
+    second = assembler.propose(ConfigIndex(load_text(STEPS[1][1])), Results().run(None))
+    [name] = first.upserts[CLUSTER]
+    assert {t: set(m) for t, m in second.upserts.items()} == {
+        CLUSTER: set(),
+        ENDPOINT: {name},
+        LISTENER: set(),
+    }
+    assert not any(second.removals.values())
 
 
 def test_one_weight_among_many_services_repacks_one_resource():
@@ -294,52 +330,64 @@ def test_one_weight_among_many_services_repacks_one_resource():
     assert sum(len(names) for names in changed.values()) == 1
     [(type_url, [name])] = [(t, n) for t, n in changed.items() if n]
     assert type_url.endswith("ClusterLoadAssignment") and name == "route|default/svc-00007|tcp[0]"
-    assert cp.store.checks.checked == 1  # only the changed VirtualService was checked again
-    [memo] = cp._memos.values()
-    assert memo.units.computed == 1  # and translated again
+    run = cp.store.last.run
+    assert run.computed[CHECK] == 1  # only the changed VirtualService was checked again
+    assert sum(n for slot, n in run.computed.items() if slot != CHECK) == 1  # translated
 
 
-def test_a_patch_is_repacked_only_against_the_translation_it_patches():
-    """A translation that says how it differs from another is repacked at those names only
-    by a group that took that other one; any other group packs it whole."""
-    cache = SnapshotCache()
-    cache.set_resources(Resources(clusters={"a": Cluster(name="a")}))
-    base = Resources(clusters={"a": Cluster(name="a"), "b": Cluster(name="b")})
-    only_c = {CLUSTER: {"b", "c"}, ENDPOINT: set(), LISTENER: set()}
-    patched = Resources(clusters={"c": Cluster(name="c")}, patch=Patch(base, only_c))
-    cache.set_resources(patched)  # the group took {a}, not base: whole
-    assert set(cache.snapshot(CLUSTER).entries) == {"c"}
-    cache.set_resources(base)
-    cache.set_resources(patched)  # now the group took base: b and c looked at, a kept
-    assert set(cache.snapshot(CLUSTER).entries) == {"a", "c"}
+def test_an_updated_snapshot_packs_only_the_names_it_is_given():
+    """``TypeSnapshot.updated`` serializes the upserts, drops the removals, keeps every
+    other entry as the same object, and keeps its version the content version."""
+    base = TypeSnapshot.of({n: Cluster(name=n) for n in "abc"})
+    new = base.updated({"c": Cluster(name="c", alt_stat_name="x"), "d": Cluster(name="d")}, ["a"])
+    assert set(new.entries) == {"b", "c", "d"}
+    assert new.entries["b"] is base.entries["b"]
+    assert new.entries["c"].version != base.entries["c"].version
+    assert (
+        new.version
+        == content_version(new.entries)
+        == TypeSnapshot.of(
+            {
+                "b": Cluster(name="b"),
+                "c": Cluster(name="c", alt_stat_name="x"),
+                "d": Cluster(name="d"),
+            }
+        ).version
+    )
+    assert [e.name for e in new.changed_since(base.entries)] == ["c", "d"]
+    assert new.gone_since(base.entries) == ["a"]
 
 
 def test_reuse_works_again_when_a_selected_workload_changes():
-    """A result that read a ServiceEntry's selected WorkloadEntries depends on every entry
-    of the namespace: reused while they are the same objects, worked out again when one
-    changes."""
+    """A ServiceEntry with a selector requires the WorkloadEntries of its namespace: its
+    results are kept while they are unchanged and worked out again when one changes, and
+    so are the results of the VirtualService routing to its host."""
     resources = load_text(config())
     [se] = [r for r in resources if r.kind == "ServiceEntry"]
-    reuse: Reuse[list] = Reuse()
-    for _ in range(2):
+    [vs] = [r for r in resources if r.kind == "VirtualService"]
+    results = Results()
+    for stale in (None, set()):
         index = ConfigIndex(resources)
-        reuse.start_run(index.by_key)
-        first = reuse.get(se, index, ConfigIndex.selected, index, se)
-    assert (reuse.computed, reuse.reused) == (0, 1)
+        run = results.run(stale)
+        first = run.get(se.key, "selected", lambda index=index: index.selected(se))
+        run.commit()
+    assert (run.computed["selected"], run.reused["selected"]) == (0, 1)
     relabelled = load_text(config(services=SERVICES.replace("version: v2", V1)))
     changed = [r for r in resources if r.kind != "WorkloadEntry"] + [
         r for r in relabelled if r.kind == "WorkloadEntry"
     ]
-    index = ConfigIndex(changed)
-    reuse.start_run(index.by_key)
-    again = reuse.get(se, index, ConfigIndex.selected, index, se)
-    assert reuse.computed == 1 and again != first
+    new_index = ConfigIndex(changed)
+    stale = new_index.stale(changed_keys(index, new_index), index)
+    assert se.key in stale and vs.key in stale
+    run = results.run(stale)
+    again = run.get(se.key, "selected", lambda: new_index.selected(se))
+    assert run.computed["selected"] == 1 and again != first
     assert [we.endpoint.labels["version"] for we in again] == ["v1", "v1"]
 
 
 def test_a_run_stopped_by_an_exception_leaves_no_resource_unchecked():
-    """A run that stops half way (a check raised) has not worked out the resources after
-    the failing one: the next run must, though nothing changed in between."""
+    """A run that stops half way (a check raised) is not committed: the next run works out
+    what it had not, though nothing changed in between, and keeps the rest."""
     seen: list = []
 
     def work(r, fail: bool):
@@ -349,23 +397,22 @@ def test_a_run_stopped_by_an_exception_leaves_no_resource_unchecked():
         return r.key
 
     first = {r.key: r for r in load_text(config())}
-    reuse: Reuse[tuple] = Reuse()
-    reuse.start_run(first)
-    for r in reuse.missing(work):
-        reuse.get(r, ConfigIndex(first.values()), work, r, False)
+    results = Results()
+    run = results.run(None)
+    for r in first.values():
+        run.get(r.key, "work", lambda r=r: work(r, False))
+    run.commit()
     routes = [k for k in first if k[0] == "VirtualService"]
-    changed = {**first, **{r.key: r for r in load_text(config()) if r.key[0] == "Gateway"}}
-    index = ConfigIndex(changed.values())
-    reuse.start_run(changed, hint={k for k in changed if k[0] == "Gateway"})
-    todo = reuse.missing(work)
-    assert [r.key[0] for r in todo] == ["Gateway"]
+    gateways = {k for k in first if k[0] == "Gateway"}
+    run = results.run(gateways)
     with pytest.raises(RuntimeError):
-        reuse.get(todo[0], index, work, todo[0], True)
+        for r in first.values():
+            run.get(r.key, "work", lambda r=r: work(r, r.key in gateways))
     seen.clear()
-    reuse.start_run(changed, hint=set())
-    for r in reuse.missing(work):
-        reuse.get(r, index, work, r, False)
-    assert [k for k in seen if k[0] == "Gateway"] == [todo[0].key]
+    run = results.run(gateways)
+    for r in first.values():
+        run.get(r.key, "work", lambda r=r: work(r, False))
+    assert set(seen) == gateways
     assert not [k for k in seen if k in routes]  # the rest is kept, not worked out again
 
 
@@ -413,7 +460,7 @@ def test_steps_as_applies_and_deletes_give_what_a_fresh_run_gives(split):
                 cp.delete_keys(gone)
         except ConfigError as e:
             assert "(invalid)" in label
-            assert _what(e.problems) == _what(validate(list(target.values()))), label
+            assert _what(e.problems) == _what(validate(list(target.values()))[0]), label
             continue
         assert "(invalid)" not in label
         committed = target
@@ -467,7 +514,7 @@ def test_kinds_of_proxy_served_the_same_share_one_translation_and_its_snapshots(
         assert ingress.snapshot(PUSH_ORDER[0]).entries  # not empty: the task's cluster
         assert not any(nobody.snapshot(t).entries for t in PUSH_ORDER)
         cp.apply(load_text(V2_20.replace("weight: 80", "weight: 50")))
-    assert len(cp._memos) == 2
+    assert len(cp._assemblers) == 2
 
 
 BAD_RULE = """\
@@ -493,5 +540,5 @@ def test_what_a_rejected_proposal_was_checked_against_is_not_reused():
     with pytest.raises(ConfigError) as e:
         cp.apply(load_text(route_named("tcp-echo-second")))
     committed = [r for r in cp.store.resources()] + load_text(route_named("tcp-echo-second"))
-    assert _what(e.value.problems) == _what(validate(committed))
+    assert _what(e.value.problems) == _what(validate(committed)[0])
     assert any("already routed by" in p.message for p in e.value.problems)

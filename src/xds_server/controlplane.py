@@ -25,13 +25,21 @@ from google.protobuf.message import Message
 from .config.errors import ConfigError, Problem, Source
 from .config.index import ConfigIndex
 from .config.load import load_paths, load_text
-from .config.model import Key, Resource
+from .config.model import Resource
 from .config.persist import StateDamagedError, StateDir, StateWriteError
-from .config.store import Change, ConfigStore
+from .config.results import Run
+from .config.store import Change, ConfigStore, Proposal
 from .ports import port_is_free
-from .translate import NodeProfile, Resources, TranslateOptions, translate, translation_key
-from .translate.memo import Memo
+from .translate import (
+    PUSH_ORDER,
+    Assembler,
+    NodeProfile,
+    TranslateOptions,
+    Update,
+    translation_key,
+)
 from .xds import ProxyStatus, SnapshotCache, StatusBoard, add_xds_services
+from .xds.cache import Snapshots, TypeSnapshot
 from .xds.metrics import XdsMetrics
 
 log = logging.getLogger("xds_server")
@@ -39,10 +47,12 @@ T = TypeVar("T")
 
 
 class Translation(NamedTuple):
-    """A config translated for the kinds of proxy connected, not yet in the cache."""
+    """A config translated for one kind of proxy (a scope: see translation_key), not yet
+    committed or in the cache; ``profiles``: the connected ones it serves."""
 
-    build: Callable[[NodeProfile], Resources]
-    memos: dict[Hashable, Memo]
+    assembler: Assembler
+    update: Update
+    profiles: list[NodeProfile]
 
 
 class PortInUseError(OSError):
@@ -111,6 +121,7 @@ class ControlPlane:
             persist=self.state.save if self.state else None, prepare=self._prepare
         )
         self.cache = SnapshotCache()
+        self.cache.on_new.append(self._profile_wanted)
         self.board = StatusBoard()
         self.metrics = XdsMetrics(self.cache, self.board)
         self.metrics_address = metrics_address
@@ -122,10 +133,13 @@ class ControlPlane:
         self.admin_port: int | None = None
         self.read_only = read_only
         self._servers: list[grpc.aio.Server] = []
-        # The last translation per kind of proxy connected, reused where unchanged (one of
-        # a proposal that did not commit is told so: see Memo.committed).
-        self._memos: dict[Hashable, Memo] = {}  # by translation_key
-        self._prepared: Translation | None = None  # the proposal being committed
+        # The committed translation per kind of proxy connected, by translation_key.
+        self._assemblers: dict[Hashable, Assembler] = {}
+        self._prepared: dict[Hashable, Translation] | None = None  # the proposal's
+        # One change at a time, whichever thread it comes from (the admin API and the file
+        # watcher work them out off the event loop).
+        self.lock = threading.RLock()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -135,6 +149,8 @@ class ControlPlane:
         touches the disk (the state directory is not even created). Raises ConfigError if
         the saved state is invalid, StateError (persist.py) if it is cut short or empty or
         the directory unusable, PortInUseError if a port is taken."""
+        self._loop = asyncio.get_running_loop()
+        self.cache.bind(self._loop)
         xds = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         add_xds_services(xds, self.cache, self.board, self.metrics)
         servers = [xds]
@@ -346,13 +362,11 @@ class ControlPlane:
             return
         if state.writes != writes:
             return  # an apply wrote the file meanwhile: what was read is older
-        self._reload(resources)
+        await self._reload(resources)
 
     async def _state_damaged(self, state: StateDir, e: StateDamagedError) -> None:
         """Refuse a state file that is gone, empty or cut short, and write it back."""
         import shutil
-
-        from .config.store import Proposal
 
         log.error(
             "state file %s %s: refused, still serving revision %d (to remove resources, "
@@ -371,8 +385,9 @@ class ControlPlane:
                 shutil.copyfile(state.file, kept)
                 log.error("kept the refused file as %s", kept)
         current = {r.key: r for r in self.store.resources()}
+        proposal = Proposal(current, {k: self.store.state(k) for k in current})
         try:
-            state.save(Proposal(current, {k: self.store.state(k) for k in current}))
+            await self.in_thread(state.save, proposal)
         except StateWriteError as w:
             log.error("%s", w)
             return
@@ -393,11 +408,11 @@ class ControlPlane:
                 ", ".join(empty),
             )
             return
-        self._reload(resources)
+        await self._reload(resources)
 
-    def _reload(self, resources: list[Resource]) -> None:
+    async def _reload(self, resources: list[Resource]) -> None:
         try:
-            applied = self.replace(resources)
+            applied = await self.in_thread(self.replace, resources)
         except (ConfigError, StateWriteError) as e:
             self._rejected(e)
             return
@@ -448,38 +463,50 @@ class ControlPlane:
 
     @_collector_paused
     def set_options(self, options: TranslateOptions) -> None:
-        old, self.options = self.options, options
-        try:
-            translation = self._translate(self.store.index, set())
-        except BaseException:
-            self.options = old
-            raise
-        self._publish(translation)
+        with self.lock:
+            old, self.options = self.options, options
+            self._assemblers = {}  # every translation read the options
+            try:
+                run = self.store.results.run(None)
+                translations = self._translate(self.store.index, run)
+            except BaseException:
+                self.options = old
+                raise
+            run.commit()
+            self._publish(translations)
+
+    async def in_thread(self, change: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a change (``apply``, ``delete_keys``, ...) off the event loop, so that the
+        streams and the admin API go on meanwhile; the new snapshots are swapped in as one
+        when it is done (see SnapshotCache.install)."""
+        return await asyncio.to_thread(functools.partial(change, *args, **kwargs))
 
     def _commit(self, change: Callable[[], list[Change]]) -> list[Change]:
         """Run a store change; the store calls ``_prepare`` (translation) before it persists
         and commits, so nothing that translation finds wrong is ever committed or saved,
         and the cache gets the new translation only once the store holds its config."""
-        self._prepared = None
-        try:
-            changes = change()
-        finally:  # a proposal translated and then not committed (persist failed) is dropped
-            translation, self._prepared = self._prepared, None
-        if translation is not None:
-            self._publish(translation)
-        return changes
+        with self.lock:
+            self._prepared = None
+            try:
+                changes = change()
+            finally:  # a proposal translated and then not committed (persist failed) is dropped
+                translations, self._prepared = self._prepared, None
+            if translations is not None and self.store.last is not None:
+                self._publish(translations)
+            return changes
 
-    def _prepare(self, index: ConfigIndex, hint: set[Key] | None) -> None:
+    def _prepare(self, proposal: Proposal) -> None:
         """The store's ``prepare`` hook: translate the validated proposal for every kind of
         proxy connected. An exception here is a bug of ours (validation should have caught
         what the config lacks), and it must not leave a commit behind: it is reported as
         a problem with the batch, and the store stays as it was."""
+        assert proposal.index is not None and proposal.run is not None
         try:
-            self._prepared = self._translate(index, hint)
-        except Exception as e:  # the run that raised told its memo (Reuse.abandon)
+            self._prepared = self._translate(proposal.index, proposal.run)
+        except Exception as e:  # the run is dropped with the proposal
             log.error("translation failed, nothing applied: %s: %s", type(e).__name__, e)
             log.debug("translation failure", exc_info=True)
-            changed = sorted(hint or ())
+            changed = sorted(proposal.changed or ())
             what = f"{changed[0][0]} {changed[0][1]}/{changed[0][2]}" if changed else "the config"
             if len(changed) > 1:
                 what += f" and {len(changed) - 1} more"
@@ -491,41 +518,87 @@ class ControlPlane:
             )
             raise ConfigError([problem]) from None
 
-    def _translate(self, index: ConfigIndex, hint: set[Key] | None) -> Translation:
+    def _translate(self, index: ConfigIndex, run: Run) -> dict[Hashable, Translation]:
         """Translate ``index`` once per kind of proxy connected (node labels, gRPC or Envoy:
-        see xds/cache.py), and once for kinds that would get the same (translation_key).
-        ``hint``: the keys in which it differs from the config the memos last translated."""
-        options = self.options
-        keys = {p: translation_key(index, p) for p in self.cache.groups}
-        # Memos of the translations still in use (a later one gets its own).
-        memos = {k: self._memos.get(k) or Memo() for k in keys.values()}
-        done: dict[Hashable, Resources] = {}
+        see xds/cache.py), once for kinds that would get the same (translation_key)."""
+        scopes: dict[Hashable, list[NodeProfile]] = {}
+        for profile in list(self.cache.groups):
+            scopes.setdefault(translation_key(index, profile), []).append(profile)
+        out = {}
+        for scope, profiles in scopes.items():
+            assembler = self._assemblers.get(scope) or Assembler(self.options, profiles[0], scope)
+            out[scope] = Translation(assembler, assembler.propose(index, run), profiles)
+        return out
 
-        def build(node: NodeProfile) -> Resources:
-            key = keys.get(node) or translation_key(index, node)
-            if key not in done:
-                memo = memos.setdefault(key, Memo())
-                done[key] = translate(index, options, node, memo, hint)
-            return done[key]
-
-        for profile in keys:  # now, before anything is committed: a failure stops the batch
-            build(profile)
-        return Translation(build, memos)
-
-    def _publish(self, translation: Translation) -> set[str]:
-        """Hand a committed config's translation to the cache (the builder is kept for
-        kinds of proxy that connect later)."""
-        self._memos = translation.memos
-        for memo in self._memos.values():
-            memo.committed()
-        changed = self.cache.update(translation.build)
+    def _publish(self, translations: dict[Hashable, Translation]) -> None:
+        """Hand a committed config's translations to the cache: each change packed once
+        per scope, and swapped in for every kind of proxy it serves."""
+        installs: dict[NodeProfile, tuple[Hashable, Snapshots]] = {}
+        for scope, (assembler, update, profiles) in translations.items():
+            assembler.commit(update)
+            packed: dict[tuple[int, str], TypeSnapshot] = {}
+            for profile in profiles:
+                group = self.cache.groups.get(profile)
+                if group is None:
+                    continue
+                types = {}
+                for t in PUSH_ORDER:
+                    old = group.snapshot(t)
+                    if (id(old), t) not in packed:
+                        packed[(id(old), t)] = (
+                            old.updated(update.upserts[t], update.removals[t])
+                            if group.scope == scope and group.ready
+                            else TypeSnapshot.of(assembler.resources.by_type()[t], old)
+                        )
+                    types[t] = packed[(id(old), t)]
+                installs[profile] = (scope, types)
+        self._keep(translations)
+        changed = self.cache.install(installs)
         if changed:
             log.info(
                 "config revision %d: new versions for %s",
                 self.store.revision,
                 ", ".join(sorted(t.rsplit(".", 1)[-1] for t in changed)),
             )
-        return changed
+
+    def _keep(self, translations: dict[Hashable, Translation]) -> None:
+        """Keep the assemblers in use; forget the results of the others."""
+        for scope in self._assemblers.keys() - translations.keys():
+            self.store.results.drop(lambda slot, scope=scope: slot[0] == scope)
+        self._assemblers = {scope: t.assembler for scope, t in translations.items()}
+
+    def _profile_wanted(self, profile: NodeProfile) -> None:
+        """A proxy of a kind not served yet connected: translate for it, off the event loop
+        when there is one (its streams wait for the cache to be ready)."""
+        loop = self._loop
+        if loop is not None and loop.is_running():
+            loop.run_in_executor(None, self._serve_profile, profile)
+        else:
+            self._serve_profile(profile)
+
+    def _serve_profile(self, profile: NodeProfile) -> None:
+        with self.lock:
+            group = self.cache.groups.get(profile)
+            if group is None or group.ready:
+                return  # gone already, or served by a commit meanwhile
+            index = self.store.index
+            scope = translation_key(index, profile)
+            twin = next(
+                (g for g in list(self.cache.groups.values()) if g.ready and g.scope == scope),
+                None,
+            )
+            if twin is not None and scope in self._assemblers:
+                self.cache.install({profile: (scope, dict(twin.types))})
+                return
+            assembler = self._assemblers.get(scope)
+            if assembler is None:
+                assembler = Assembler(self.options, profile, scope)
+                run = self.store.results.run(())
+                assembler.commit(assembler.propose(index, run))
+                run.commit()
+                self._assemblers[scope] = assembler
+            types = {t: TypeSnapshot.of(m) for t, m in assembler.resources.by_type().items()}
+            self.cache.install({profile: (scope, types)})
 
     # --- status ----------------------------------------------------------------------------
 
@@ -607,8 +680,11 @@ class BackgroundControlPlane:
 
         return self._run(_call())
 
+    # Changes run in the calling thread, not on the loop: the streams go on meanwhile (the
+    # control plane takes one change at a time, and swaps the new snapshots in as one).
+
     def apply(self, resources: Iterable[Resource]) -> list[Change]:
-        return self.call(self.cp.apply, list(resources))
+        return self.cp.apply(list(resources))
 
     def apply_yaml(self, text: str, file: str = "<input>") -> list[Change]:
         return self.apply(load_text(text, file))
@@ -617,10 +693,10 @@ class BackgroundControlPlane:
         return self.apply(load_paths(paths))
 
     def replace(self, resources: Iterable[Resource]) -> list[Change]:
-        return self.call(self.cp.replace, list(resources))
+        return self.cp.replace(list(resources))
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> list[Change]:
-        return self.call(self.cp.delete, kind, name, namespace)
+        return self.cp.delete(kind, name, namespace)
 
     def get(self, kind: str, name: str, namespace: str = "default") -> Resource | None:
         return self.call(self.cp.store.get, kind, namespace, name)

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-import xds_server.controlplane
 from xds_server import ConfigError, ControlPlane
 from xds_server.admin.client import AdminClient, AdminError
 from xds_server.controlplane import BackgroundControlPlane
 from xds_server.lab.lab import SAMPLES
-from xds_server.translate import ANY_NODE, translate
+from xds_server.translate import ANY_NODE, Assembler, translate
 
 SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
@@ -95,15 +94,15 @@ def test_out_of_range_numbers_are_rejected_through_the_admin_api(cp, fault_figur
 
 def test_a_translation_failure_commits_nothing(cp, monkeypatch) -> None:
     before = snapshot(cp)
-    real = xds_server.controlplane.translate
+    real = Assembler.propose
 
-    def failing(index, *args, **kwargs):
+    def failing(self, index, run):
         vs = index.by_key.get(("VirtualService", "default", "tcp-echo"))
         if vs is not None and vs.tcp[0].route[-1].weight == 33:
             raise ValueError("Value out of range: 4294967296")
-        return real(index, *args, **kwargs)
+        return real(self, index, run)
 
-    monkeypatch.setattr(xds_server.controlplane, "translate", failing)
+    monkeypatch.setattr(Assembler, "propose", failing)
     with pytest.raises(ConfigError) as err:
         cp.apply_yaml(weights(67, 33), "shift.yaml")
     message = str(err.value)

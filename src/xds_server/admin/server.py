@@ -111,24 +111,30 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         self.cp = cp
         self.read_only = read_only  # why writes are refused, or None
 
-    async def _guard(self, context, call) -> tuple[list, admin_pb2.Refusal | None]:
-        """The changes ``call`` made, or why it made none: a refusal for the response body
-        when the input is at fault (see admin.proto), a gRPC error otherwise."""
+    async def _guard(self, context, call) -> tuple[list, int, admin_pb2.Refusal | None]:
+        """The changes ``call`` made and the revision they made, or why it made none: a
+        refusal for the response body when the input is at fault (see admin.proto), a gRPC
+        error otherwise."""
         if self.read_only:
             await _abort(context, code_pb2.FAILED_PRECONDITION, self.read_only)
-        try:
-            return call(), None
+        try:  # parsed, validated, saved and translated off the event loop: streams go on
+            changes, revision = await self.cp.in_thread(call)
+            return changes, revision, None
         except ConfigError as e:
-            return [], refusal_pb(code_pb2.INVALID_ARGUMENT, e.problems)
+            return [], self.cp.store.revision, refusal_pb(code_pb2.INVALID_ARGUMENT, e.problems)
         except ConflictError as e:
-            return [], refusal_pb(code_pb2.ABORTED, e.problems)
+            return [], self.cp.store.revision, refusal_pb(code_pb2.ABORTED, e.problems)
         except NotFoundError as e:
             await _abort(context, code_pb2.NOT_FOUND, str(e))
         except StateWriteError as e:  # disk full or read-only: the change was not applied
             # In the body, like any refusal: UNAVAILABLE as a gRPC status would read as "no
             # server there", and FAILED_PRECONDITION is the read-only server's (--config).
             message = printable(shorten(str(e), MESSAGE_CHARS))
-            return [], admin_pb2.Refusal(code=code_pb2.UNAVAILABLE, message=message)
+            return (
+                [],
+                self.cp.store.revision,
+                admin_pb2.Refusal(code=code_pb2.UNAVAILABLE, message=message),
+            )
 
     @staticmethod
     def _parse(documents) -> list:
@@ -145,12 +151,13 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
     async def Apply(self, request, context):
         def call():
             resources = self._parse(request.documents)
-            return self.cp.apply(resources, dry_run=request.dry_run)
+            with self.cp.lock:  # the revision this change made, not a later one's
+                return self.cp.apply(resources, dry_run=request.dry_run), self.cp.store.revision
 
-        changes, refusal = await self._guard(context, call)
+        changes, revision, refusal = await self._guard(context, call)
         return admin_pb2.ApplyResponse(
             changes=[change_pb(c) for c in changes],
-            revision=self.cp.store.revision,
+            revision=revision,
             refusal=refusal,
         )
 
@@ -159,14 +166,16 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             keys = [r.key for r in self._parse(request.documents)]
             for ref in request.refs:
                 keys.append((ref.kind, ref.namespace or DEFAULT_NAMESPACE, ref.name))
-            return self.cp.delete_keys(
-                keys, ignore_not_found=request.ignore_not_found, dry_run=request.dry_run
-            )
+            with self.cp.lock:
+                changes = self.cp.delete_keys(
+                    keys, ignore_not_found=request.ignore_not_found, dry_run=request.dry_run
+                )
+                return changes, self.cp.store.revision
 
-        changes, refusal = await self._guard(context, call)
+        changes, revision, refusal = await self._guard(context, call)
         return admin_pb2.DeleteResponse(
             changes=[change_pb(c) for c in changes],
-            revision=self.cp.store.revision,
+            revision=revision,
             refusal=refusal,
         )
 
@@ -174,12 +183,16 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         store = self.cp.store
         if request.kind and request.kind not in KINDS:
             await _abort(context, code_pb2.INVALID_ARGUMENT, f"unknown kind {request.kind!r}")
-        found = [
-            r
-            for r in store.of_kind(request.kind or None)
-            if (not request.namespace or r.meta.namespace == request.namespace)
-            and (not request.name or r.meta.name == request.name)
-        ]
+        if request.kind and request.namespace and request.name:  # one look-up, not a scan
+            one = store.get(request.kind, request.namespace, request.name)
+            found = [one] if one is not None else []
+        else:
+            found = [
+                r
+                for r in store.of_kind(request.kind or None)
+                if (not request.namespace or r.meta.namespace == request.namespace)
+                and (not request.name or r.meta.name == request.name)
+            ]
         if request.name and not found:
             ns = request.namespace or DEFAULT_NAMESPACE
             await _abort(

@@ -1,14 +1,16 @@
 """Look-ups across resources (host -> service, subset, gateway), shared by validation and
 translation so that both resolve a reference the same way.
 
-Each look-up names what it depends on (a ``Dep``: the gateway ``ns/name``, the service or
-rule of a host, the selectors or workloads of a namespace); ``provides`` says which of
-those a resource can answer. While tracking (``track``), the index notes the deps of the
-look-ups made, so that config/reuse.py can keep a result until one of them changes."""
+What a resource's results (its checks, what it translates to) can depend on is declared
+here, beside the look-ups: ``requires`` names the deps a resource looks up (a ``Dep``: the
+gateway ``ns/name``, the service or rule of a host, the selectors or workloads of a
+namespace), ``provides`` the deps it answers. ``ConfigIndex.stale`` turns a change set
+(the keys a commit changed) into every key whose results may no longer hold."""
 
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Callable, Hashable, Iterable
 
 from .model import (
@@ -69,13 +71,33 @@ def provides(r: Resource) -> list[Dep]:
     return []  # nothing looks a VirtualService up
 
 
+def requires(r: Resource) -> list[Dep]:
+    """The deps of every look-up that checking or translating ``r`` makes (besides ``r``
+    itself), declared from the document alone. A ServiceEntry's endpoints and subsets reach
+    the VirtualServices routing to it through its host (see ``ConfigIndex.stale``)."""
+    ns = r.meta.namespace
+    if isinstance(r, VirtualService):
+        deps: list[Dep] = []
+        refs = [*r.gateways, *(g for route in r.tcp for m in route.match for g in m.gateways)]
+        deps += [("gateway", split_ref(ref, ns)) for ref in refs]
+        for route in r.tcp:
+            for dest in route.route:
+                host = canonical_host(dest.destination.host, ns)
+                deps += [("host", host), ("rule", host)]
+        return deps
+    if isinstance(r, ServiceEntry):
+        deps = [("rule", canonical_host(h, ns)) for h in r.hosts]
+        return deps + [("workloads", ns)] if r.workload_selector is not None else deps
+    if isinstance(r, WorkloadEntry):
+        return [("selectors", ns)]
+    return []
+
+
 class ConfigIndex:
     """An immutable view over one set of resources. Where validation reports a clash
     (a duplicate name, two rules for one host), the first in namespace/name order wins."""
 
     def __init__(self, resources: Iterable[Resource]) -> None:
-        self.deps: list[Dep] | None = None  # notes while tracking
-        self._whole = False  # a whole table was read while tracking
         self.resources = list(resources)
         self.by_key = {r.key: r for r in self.resources}
         self._gateways: dict[tuple[str, str], Gateway] = {}
@@ -123,7 +145,7 @@ class ConfigIndex:
         differs; the shared caches hold what the shared tables say)."""
         view = ConfigIndex.__new__(ConfigIndex)
         view.__dict__.update(self.__dict__)
-        view.deps, view._whole = None, False
+        view.__dict__.pop("_requirers", None)
         view.by_key, view.resources = by_key, list(by_key.values())
         return view
 
@@ -158,33 +180,49 @@ class ConfigIndex:
         view._gateways = {k: gw for k, gw in self._gateways.items() if selects(gw)}
         return view
 
-    def track(self) -> list[Dep]:
-        """Note the deps of every look-up from now on, in the list returned."""
-        self.deps, self._whole = [], False
-        return self.deps
-
-    def untrack(self) -> bool:
-        """Stop noting; True if the notes are complete (no whole table was read, which any
-        change could answer differently)."""
-        self.deps = None
-        return not self._whole
-
     @property
     def gateways(self) -> dict[tuple[str, str], Gateway]:
-        self._whole = True
         return self._gateways
 
     @property
     def services(self) -> dict[str, ServiceEntry]:
         """Host -> the ServiceEntry that declares it."""
-        self._whole = True
         return self._services
 
+    def stale(self, changed: Iterable[Key], before: ConfigIndex) -> set[Key]:
+        """The keys whose results may differ from those worked out over ``before``, when
+        this index differs from it at ``changed``: those keys, the resources requiring a
+        dep one of them provides (before or now), and, through a ServiceEntry made stale
+        so (its endpoints or subsets moved), those requiring its hosts."""
+        stale = set(changed)
+        deps: set[Dep] = set()
+        for key in stale:
+            for index in (before, self):
+                if (r := index.by_key.get(key)) is not None:
+                    deps.update(provides(r))
+        requirers = self._requirers
+        while deps:
+            found = {k for dep in deps for k in requirers.get(dep, ())} - stale
+            stale |= found
+            deps = {
+                ("host", canonical_host(h, k[1]))
+                for k in found
+                if k[0] == ServiceEntry.kind
+                for h in self.by_key[k].hosts  # type: ignore[attr-defined]
+            }
+        return stale
+
+    @functools.cached_property
+    def _requirers(self) -> dict[Dep, list[Key]]:
+        """Dep -> the keys requiring it (built when a change set first needs it)."""
+        out: dict[Dep, list[Key]] = {}
+        for r in self.resources:
+            for dep in requires(r):
+                out.setdefault(dep, []).append(r.key)
+        return out
+
     def gateway(self, ref: str, namespace: str) -> Gateway | None:
-        key = split_ref(ref, namespace)
-        if self.deps is not None:
-            self.deps.append(("gateway", key))
-        return self._gateways.get(key)
+        return self._gateways.get(split_ref(ref, namespace))
 
     def server_ports(self, gw: Gateway) -> dict[int, None]:
         """A gateway's server port numbers, each once, in order (a dict: ordered, and a
@@ -195,16 +233,10 @@ class ConfigIndex:
         return ports
 
     def service(self, host: str, namespace: str) -> ServiceEntry | None:
-        host = canonical_host(host, namespace)
-        if self.deps is not None:
-            self.deps.append(("host", host))
-        return self._services.get(host)
+        return self._services.get(canonical_host(host, namespace))
 
     def destination_rule(self, host: str, namespace: str) -> DestinationRule | None:
-        host = canonical_host(host, namespace)
-        if self.deps is not None:
-            self.deps.append(("rule", host))
-        return self.destination_rules.get(host)
+        return self.destination_rules.get(canonical_host(host, namespace))
 
     def subset(self, host: str, namespace: str, name: str) -> Subset | None:
         dr = self.destination_rule(host, namespace)
@@ -230,8 +262,6 @@ class ConfigIndex:
         selector = se.workload_selector
         if selector is None:
             return []
-        if self.deps is not None:
-            self.deps.append(("workloads", se.meta.namespace))
         found = self._selected.get(se.key)
         if found is None:
             ns = se.meta.namespace
@@ -246,8 +276,6 @@ class ConfigIndex:
 
     def selecting(self, we: WorkloadEntry) -> list[ServiceEntry]:
         """The ServiceEntries whose ``workloadSelector`` picks ``we``."""
-        if self.deps is not None:
-            self.deps.append(("selectors", we.meta.namespace))
         return self._selecting.get(we.key, [])
 
     def all_services(self) -> list[ServiceEntry]:

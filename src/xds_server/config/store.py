@@ -23,7 +23,8 @@ from typing import NamedTuple
 from .errors import ConfigError, Problem
 from .index import ConfigIndex
 from .model import Key, Resource, resource_type
-from .validate import CheckMemory, duplicates, validate
+from .results import Results, Run
+from .validate import PortClaims, duplicates, validate
 
 CREATED, CONFIGURED, UNCHANGED, DELETED = "created", "configured", "unchanged", "deleted"
 SERVER_FIELDS = ("resourceVersion", "generation", "creationTimestamp", "uid")
@@ -78,13 +79,18 @@ class Stored:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A state about to become current, for the ``persist`` hook. ``changed``: the keys in
-    which it may differ from the current state (None: any), so that a hook can redo only
-    those."""
+    """A validated state about to become current, for the ``prepare`` and ``persist``
+    hooks. ``changed``: the keys in which it differs from the current state, the change
+    set (None: it may differ anywhere, as the first config does), so that a hook redoes
+    only those. ``run``: the per-resource results of this proposal (config/results.py),
+    kept from the current state where they still hold; a hook adds its own."""
 
     resources: Mapping[Key, Resource]
     state: Mapping[Key, ObjectState]
-    changed: set[Key] | None = None
+    changed: frozenset[Key] | None = None
+    index: ConfigIndex | None = None
+    run: Run | None = None
+    revision: int = 0
 
     def stored(self, key: Key) -> Stored:
         return Stored(self.resources[key], self.state[key])
@@ -122,34 +128,44 @@ def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
     return clean, given
 
 
-Persist = Callable[[Proposal], None]
-Prepare = Callable[[ConfigIndex, "set[Key] | None"], None]
+Hook = Callable[[Proposal], None]
 
 
 class ConfigStore:
     """The current, always-valid set of resources, and a revision that counts commits.
 
-    ``prepare``, if given, receives each validated proposal's index and the keys in which it
-    may differ from the current state (None: any), before ``persist``; ``persist`` receives
-    the proposed state (a Proposal). If either raises, nothing changes. An unchanged
-    resource keeps its object across commits, so a persist hook (or a translation cache)
-    can tell what changed by identity, and the Proposal says which keys to look at.
+    ``prepare``, if given, receives each validated Proposal before ``persist`` does. If
+    either raises, nothing changes.
     """
 
-    def __init__(self, persist: Persist | None = None, prepare: Prepare | None = None) -> None:
-        self._resources: dict[Key, Resource] = {}
-        self._state: dict[Key, ObjectState] = {}
+    def __init__(self, persist: Hook | None = None, prepare: Hook | None = None) -> None:
+        # The current resources and their state, swapped as one: a reader on another thread
+        # (the admin API, while a change is worked out off the event loop) sees one or the
+        # other commit, never half of each. A current dict is never written to.
+        self._current: tuple[dict[Key, Resource], dict[Key, ObjectState]] = ({}, {})
         self.revision = 0
         self.persist = persist
         self.prepare = prepare
-        self.checks = CheckMemory()  # clean per-resource checks, reused while unchanged
+        self.results = Results()  # per-resource results of the current state
+        self.claims = PortClaims()  # its VirtualServices' claims on gateway ports
+        self.last: Proposal | None = None  # the last proposal committed
+        self.last_run: Run | None = None  # the results of the last proposal validated
         self.index = ConfigIndex([])  # look-ups over the current set, for translation too
+
+    @property
+    def _resources(self) -> dict[Key, Resource]:
+        return self._current[0]
+
+    @property
+    def _state(self) -> dict[Key, ObjectState]:
+        return self._current[1]
 
     # --- reading ---------------------------------------------------------------------------
 
     def document(self, key: Key) -> dict:
         """The resource as ``kubectl get -o yaml`` shows it."""
-        return Stored(self._resources[key], self._state[key]).document()
+        resources, state = self._current
+        return Stored(resources[key], state[key]).document()
 
     def state(self, key: Key) -> ObjectState:
         return self._state[key]
@@ -185,15 +201,15 @@ class ConfigStore:
             proposed[r.key] = clean
         if conflicts:
             raise ConflictError(conflicts)
-        touched = [r.key for r in batch]
-        return self._commit(proposed, touched, dry_run=dry_run, hint=set(touched))
+        return self._commit(proposed, [r.key for r in batch], dry_run=dry_run)
 
     def replace(self, resources: Iterable[Resource]) -> list[Change]:
         """Make the store hold exactly ``resources`` (a config directory reloaded)."""
         resources = list(resources)
         self._reject_duplicates(resources)
         proposed = {r.key: _strip_server_fields(r)[0] for r in resources}
-        return self._commit(proposed, list(proposed))
+        gone = [k for k in self._resources if k not in proposed]
+        return self._commit(proposed, list(proposed), gone)
 
     def restore(self, resources: Iterable[Resource]) -> list[Change]:
         """Load a saved state: like ``replace``, but keep the resourceVersion, generation and
@@ -213,7 +229,8 @@ class ConfigStore:
             except (KeyError, ValueError):
                 continue  # written by hand: gets fresh metadata like any new resource
         self.revision = max([self.revision, *(s.resource_version for s in saved.values())])
-        return self._commit(proposed, list(proposed), saved=saved)
+        gone = [k for k in self._resources if k not in proposed]
+        return self._commit(proposed, list(proposed), gone, saved=saved)
 
     def delete(
         self, keys: Iterable[Key], *, ignore_not_found: bool = False, dry_run: bool = False
@@ -232,8 +249,8 @@ class ConfigStore:
                 )
             changes.append(Change(*key, DELETED))
         if changes:
-            hint = {(c.kind, c.namespace, c.name) for c in changes}
-            self._commit(proposed, [], dry_run=dry_run, hint=hint)
+            gone = [(c.kind, c.namespace, c.name) for c in changes]
+            self._commit(proposed, [], gone, dry_run=dry_run)
         return changes
 
     @staticmethod
@@ -260,22 +277,22 @@ class ConfigStore:
         self,
         proposed: dict[Key, Resource],
         touched: list[Key],
+        gone: list[Key] = (),  # type: ignore[assignment]
         *,
         dry_run: bool = False,
         saved: dict[Key, ObjectState] | None = None,
-        hint: set[Key] | None = None,
     ) -> list[Change]:
-        """``hint``: every key in which ``proposed`` may differ from the current state
-        (None: any), so that the memories compare only those (config/reuse.py)."""
+        """Validate ``proposed`` (the current state with ``touched`` written and ``gone``
+        removed), hand it to the hooks and make it current. Only the change set, the keys
+        whose document changed, is validated and translated again."""
         revision = self.revision + 1
         now = _now()
-        # Keys not touched keep their object and state; deleted ones go.
-        maybe = self._resources if hint is None else hint
-        gone = sorted(k for k in maybe if k in self._resources and k not in proposed)
         state = dict(self._state)
         for key in gone:
             del state[key]
         actions: dict[Key, str] = {}
+        changed: set[Key] = set(gone)
+        moved: list[Key] = []  # unchanged, written elsewhere: messages point at the new place
         for key in touched:
             r = proposed[key]
             old, old_state = self._resources.get(key), self._state.get(key)
@@ -291,28 +308,33 @@ class ConfigStore:
             else:
                 state[key], actions[key] = old_state, UNCHANGED
                 if old.source == r.source and old.lines == r.lines:
-                    # The very object held: memories reuse by identity. Written elsewhere
-                    # (moved in its file), it is a new one, so messages point at it.
                     proposed[key] = old
-        if hint is None:
-            index = ConfigIndex(proposed.values())
-        else:
-            index = self.index.updated(proposed, hint)
-        resources = index.resources  # unchanged ones as the objects already held
-        problems = validate(resources, self.checks, index, hint)
-        if problems:
-            raise ConfigError(problems)
-        changes = [Change(*k, DELETED) for k in gone] + [
+                else:
+                    moved.append(key)
+                continue
+            changed.add(key)
+        changes = [Change(*k, DELETED) for k in sorted(gone)] + [
             Change(*k, actions[k], state[k].resource_version) for k in touched
         ]
-        changed = any(c.action != UNCHANGED for c in changes)
-        if dry_run or not changed:
+        if not changed:
             return changes
+        first = not self._resources
+        index = self.index.updated(proposed, [*changed, *moved])
+        stale = None if first else index.stale(changed, self.index)
+        run = self.last_run = self.results.run(stale)
+        problems, claims = validate(index.resources, index, run, None if first else self.claims)
+        if problems:
+            raise ConfigError(problems)
+        if dry_run:
+            return changes
+        proposal = Proposal(
+            proposed, state, None if first else frozenset(changed), index, run, revision
+        )
         if self.prepare is not None:
-            self.prepare(index, hint)
+            self.prepare(proposal)
         if self.persist is not None:
-            self.persist(Proposal(proposed, state, hint))
-        self._resources, self._state, self.revision = proposed, state, revision
-        self.index = index
-        self.checks.committed()
+            self.persist(proposal)
+        self._current, self.revision = (proposed, state), revision
+        self.index, self.claims, self.last = index, claims, proposal
+        run.commit()
         return changes

@@ -11,19 +11,17 @@ import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 
-from .errors import ConfigError, Problem
-from .index import ConfigIndex, canonical_host, split_ref
-from .load import (
-    DNS1123_LABEL_RULE,
+from .errors import (
+    ConfigError,
+    Problem,
     Reporter,
     describe,
-    is_dns1123_label,
-    is_dns1123_subdomain,
     item,
     join,
     known_hint,
     sort_problems,
 )
+from .index import ConfigIndex, canonical_host, split_ref
 from .model import (
     DestinationRule,
     Gateway,
@@ -39,8 +37,9 @@ from .model import (
     WorkloadEndpoint,
     WorkloadEntry,
 )
-from .reuse import Reuse
+from .results import Results, Run
 from .routing import MESH, route_bindings
+from .schema import DNS1123_LABEL_RULE, is_dns1123_label, is_dns1123_subdomain
 
 MAX_PORT = 65535
 # Each number Envoy is sent must fit its type there and in Istio's API: route weights and
@@ -274,30 +273,6 @@ def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex
 
 Claim = tuple[int, Gateway, int]  # (position in spec.tcp, gateway, server port)
 ClaimKey = tuple[Key, int]  # (gateway key, server port)
-Claimed = dict[Key, list[ClaimKey]]  # VirtualService key -> what it claims
-
-
-def _route_owners(
-    claimants: Iterable[tuple[VirtualService, list[Claim]]], problems: list[Problem]
-) -> tuple[dict[ClaimKey, Key], Claimed]:
-    """Each (gateway, port) is served by one VirtualService: the first in namespace/name
-    order, as translation does. Later claims are errors, not silently ignored routes.
-    ``claimants``: VirtualServices in that order, with their claims. Returns who owns each
-    (gateway, port) and what each VirtualService claims."""
-    owners: dict[ClaimKey, VirtualService] = {}
-    claimed: Claimed = {}
-    for vs, claims in claimants:
-        reported = set()
-        keys = claimed[vs.key] = []
-        for i, gw, port in claims:
-            key = (gw.key, port)
-            keys.append(key)
-            owner = owners.setdefault(key, vs)
-            if owner.key != vs.key and key not in reported:  # same key: a duplicate
-                reported.add(key)
-                message = f"gateway {gw.ref} port {port} is already routed by {_ref(owner)}"
-                Reporter.for_resource(vs, problems).add(item("spec.tcp", i), message)
-    return {k: vs.key for k, vs in owners.items()}, claimed
 
 
 def _claims(index: ConfigIndex, vs: VirtualService) -> list[Claim]:
@@ -452,101 +427,62 @@ CHECKS: dict[type, Callable[..., None]] = {
 }
 
 
-class CheckMemory:
-    """A resource's own checks, kept between runs when they found nothing: they are not run
-    again while the resource is unchanged and nothing its look-ups depend on (a gateway by
-    name, the service of a host, ...) changed (config/reuse.py). Applying one weight to a
-    10k-service config then checks one VirtualService, not 30k resources.
+CHECK = "check"  # the results slot of a resource's own checks (config/results.py)
 
-    The same for the routes' claims on gateway ports: the committed state has no conflict,
-    so a run looks only at the VirtualServices whose claims may have changed since, and at
-    the owners of what those claim (or claimed)."""
 
-    def __init__(self) -> None:
-        self._reuse: Reuse[tuple[list[Problem], list[Claim]]] = Reuse()
-        # The committed state's owner of each (gateway, port), and each VirtualService's
-        # claims (None: no commit yet, every claim is compared).
-        self._owners: dict[ClaimKey, Key] | None = None
-        self._claimed: Claimed = {}
-        self._dirty: set[Key] = set()  # VirtualServices whose claims may differ from those
-        self._next: Callable[[], None] | None = None  # commits the last run's claims
+class PortClaims:
+    """Which VirtualServices claim each (gateway, server port) in the committed config, so
+    that a change compares only the claims it touches: those its VirtualServices made
+    before or make now."""
 
-    @property
-    def checked(self) -> int:
-        return self._reuse.computed
+    def __init__(self, claimants: dict[ClaimKey, list[Key]] | None = None) -> None:
+        self.claimants = claimants  # None: nothing committed, every claim is compared
 
-    @property
-    def reused(self) -> int:
-        return self._reuse.reused
-
-    def committed(self) -> None:
-        """The last run's resources became the store's state (see Reuse.committed)."""
-        self._reuse.committed()
-        if self._next is not None:
-            self._next()
-        self._next, self._dirty = None, set()
-
-    def run(
-        self,
-        resources: Sequence[Resource],
-        index: ConfigIndex,
-        problems: list[Problem],
-        hint: set[Key] | None = None,
-    ) -> None:
-        """Check what has no clean result kept, and the claims that may conflict
-        (``hint``: see Reuse.start_run)."""
-        reuse = self._reuse
-        reuse.start_run(index.by_key, hint)
-        fresh: dict[int, list[Claim]] = {}  # by id: a key may come twice
-        twice = len(resources) != len(index.by_key)  # some key twice: check each document
-        try:
-            for r in reuse.missing(_check, resources if twice else None):
-                found, claims = reuse.get(r, index, _check, r, index, keep=_clean)
-                problems += found
-                if isinstance(r, VirtualService):
-                    fresh[id(r)] = claims
-                    self._dirty.add(r.key)
-        except BaseException:
-            reuse.abandon()
-            raise
-        self._dirty.update(k for k in hint or () if k[0] == VirtualService.kind)
+    def check(self, index: ConfigIndex, run: Run, problems: list[Problem]) -> PortClaims:
+        """Report every claim that a VirtualService earlier in namespace/name order made
+        first, among the claims this run may change; returns the claims as they would
+        be once the run's proposal is committed."""
 
         def claims_of(vs: VirtualService) -> list[Claim]:
-            claims = fresh.get(id(vs))
-            return claims if claims is not None else reuse.kept(vs, _check)[1]  # type: ignore[index]
+            return run.get(vs.key, CHECK, lambda: _check(vs, index))[1]
 
-        owners = self._owners
-        if twice or hint is None or owners is None:
-            pairs = [(vs, claims_of(vs)) for vs in index.virtual_services]
-            self._next = functools.partial(self._replace, *_route_owners(pairs, problems))
-            return
-        by_key, dirty = index.by_key, self._dirty
-        touched = {c for key in dirty for c in self._claimed.get(key, ())}
-        for key in dirty:
-            if key in by_key:
-                touched.update((gw.key, port) for _i, gw, port in claims_of(by_key[key]))
-        involved = dirty | {owners[c] for c in touched if c in owners}
-        pairs = [(by_key[k], claims_of(by_key[k])) for k in sorted(involved) if k in by_key]  # type: ignore[misc]
-        new_owners, claimed = _route_owners(pairs, problems)
-        self._next = functools.partial(self._update, new_owners, claimed, touched, set(dirty))
-
-    def _replace(self, owners: dict[ClaimKey, Key], claimed: Claimed) -> None:
-        self._owners, self._claimed = owners, claimed
-
-    def _update(
-        self, owners: dict[ClaimKey, Key], claimed: Claimed, touched: set[ClaimKey], dirty: set[Key]
-    ) -> None:
-        assert self._owners is not None
-        for c in touched:
-            if c in owners:
-                self._owners[c] = owners[c]
-            else:
-                self._owners.pop(c, None)
-        for key in dirty:
-            if key in claimed:
-                self._claimed[key] = claimed[key]
-            else:
-                self._claimed.pop(key, None)
+        if run.stale is None or self.claimants is None:
+            claimants: dict[ClaimKey, list[Key]] = {}
+            for vs in index.virtual_services:
+                for claim in {(gw.key, port): None for _i, gw, port in claims_of(vs)}:
+                    keys = claimants.setdefault(claim, [])
+                    if vs.key not in keys:  # a key twice is reported as a duplicate
+                        keys.append(vs.key)
+            touched: Iterable[ClaimKey] = claimants
+        else:
+            changed = {k for k in run.stale if k[0] == VirtualService.kind}
+            touched = set()
+            now: dict[ClaimKey, list[Key]] = {}  # the changed ones' claims, in this run
+            for key in changed:
+                before = run.committed(key, CHECK)
+                if before is not None:
+                    touched.update((gw.key, port) for _i, gw, port in before[1])
+                if (vs := index.by_key.get(key)) is not None:
+                    for claim in {(gw.key, port): None for _i, gw, port in claims_of(vs)}:  # type: ignore[arg-type]
+                        now.setdefault(claim, []).append(key)
+            touched |= now.keys()
+            claimants = dict(self.claimants)
+            for claim in touched:
+                kept = [k for k in self.claimants.get(claim, ()) if k not in changed]
+                kept += now.get(claim, ())
+                if kept:
+                    claimants[claim] = sorted(kept)
+                else:
+                    claimants.pop(claim, None)
+        for claim in touched:
+            owner, *others = claimants.get(claim) or (None,)
+            for key in others:
+                vs = index.by_key[key]
+                i, gw, port = next(c for c in claims_of(vs) if (c[1].key, c[2]) == claim)  # type: ignore[arg-type]
+                message = f"gateway {gw.ref} port {port} is already routed by "
+                message += _ref(index.by_key[owner])
+                Reporter.for_resource(vs, problems).add(item("spec.tcp", i), message)
+        return PortClaims(claimants)
 
 
 def _check(r: Resource, index: ConfigIndex) -> tuple[list[Problem], list[Claim]]:
@@ -555,39 +491,46 @@ def _check(r: Resource, index: ConfigIndex) -> tuple[list[Problem], list[Claim]]
     return found, _claims(index, r) if isinstance(r, VirtualService) else []
 
 
-def _clean(result: tuple[list[Problem], list[Claim]]) -> bool:
-    return not result[0]
-
-
 # --- Public API ----------------------------------------------------------------------------
 
 
 def validate(
     resources: Sequence[Resource],
-    memory: CheckMemory | None = None,
     index: ConfigIndex | None = None,
-    hint: set[Key] | None = None,
-) -> list[Problem]:
-    """Every problem in one consistent set of resources, in reading order. ``memory``: the
-    clean results of an earlier run, reused for resources whose look-ups give the same
-    answers (the problems found are the same either way). ``index``: the look-ups over
-    ``resources``, if the caller has built them already. ``hint``: the keys in which
-    ``resources`` may differ from the last set the caller committed (config/reuse.py)."""
+    run: Run | None = None,
+    claims: PortClaims | None = None,
+) -> tuple[list[Problem], PortClaims]:
+    """Every problem in one consistent set of resources, in reading order, and the port
+    claims it makes. ``index``: the look-ups over ``resources``, if the caller has built
+    them. ``run``: results kept from the committed config, for a proposal that differs
+    from it where ``run.stale`` says; ``claims``: that config's port claims. Only what may
+    have changed is checked again: the problems found are the same either way."""
     problems: list[Problem] = []
     index = index if index is not None else ConfigIndex(resources)
-    if len(index.by_key) != len(resources):  # some key twice
+    if len(index.by_key) != len(resources):  # some key twice: check every document
         _check_duplicates(resources, problems)
-    memory = memory if memory is not None else CheckMemory()
-    memory.run(resources, index, problems, hint)
-    # A hint's base validated clean: with the same Gateways, their ports still do.
-    if hint is None or any(k[0] == Gateway.kind for k in hint):
+        for r in resources:
+            problems += _check(r, index)[0]
+        run, claims = Results().run(None), None
+    else:
+        run = run if run is not None else Results().run(None)
+        todo: Iterable[Key] = index.by_key if run.stale is None else run.stale
+        for key in todo:
+            r = index.by_key.get(key)
+            if r is not None:
+                problems += run.get(r.key, CHECK, functools.partial(_check, r, index))[0]
+    claimed = (claims or PortClaims()).check(index, run, problems)
+    # A committed config validated clean: with the same Gateways, their ports still do.
+    if run.stale is None or any(k[0] == Gateway.kind for k in run.stale):
         _check_gateway_ports(index, problems)
     _check_shared_hosts(index, problems)
-    return sort_problems(problems, [r.source.file for r in resources]) if problems else []
+    if problems:
+        problems = sort_problems(problems, [r.source.file for r in resources])
+    return problems, claimed
 
 
 def check(resources: Sequence[Resource]) -> None:
     """Raise ConfigError listing every problem, so the user fixes them in one round."""
-    problems = validate(resources)
+    problems, _claims = validate(resources)
     if problems:
         raise ConfigError(problems)

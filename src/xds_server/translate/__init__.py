@@ -3,7 +3,14 @@
 from .node import ANY_NODE, NodeProfile
 from .options import ISTIO, LOCALITY, TranslateOptions
 from .refs import REFERS_TO, references
-from .translator import route_cluster_name, subset_cluster_name, translate, translation_key
+from .translator import (
+    Assembler,
+    Update,
+    route_cluster_name,
+    subset_cluster_name,
+    translate,
+    translation_key,
+)
 from .types import (
     CLUSTER,
     ENDPOINT,
@@ -16,6 +23,8 @@ from .types import (
 
 __all__ = [
     "ANY_NODE",
+    "Assembler",
+    "Update",
     "CLUSTER",
     "ENDPOINT",
     "ISTIO",

@@ -4,21 +4,21 @@ protos, so the output can be golden-tested and diffed to find what changed."""
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from google.protobuf.message import Message
 
 from ..config.index import ConfigIndex
 from ..config.model import Key, Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
+from ..config.results import Results, Run
 from ..config.routing import Backend, vs_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
 from .listeners import build_api_listener, build_tcp_listener
-from .memo import Memo
 from .node import ADS, ANY_NODE, NodeProfile
 from .options import ISTIO, TranslateOptions
-from .types import CLUSTER, ENDPOINT, LISTENER, Patch, Resources
+from .types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, Resources
 
 
 def route_cluster_name(vs: VirtualService, index: int) -> str:
@@ -32,39 +32,33 @@ def subset_cluster_name(port: int, subset: str, host: str) -> str:
     return f"outbound|{port}|{subset}|{host}"
 
 
+def profile_options(options: TranslateOptions, node: NodeProfile) -> TranslateOptions:
+    """The options as ``node`` needs them (its EDS source, when it has no ADS)."""
+    if node.transport == ADS:
+        return options
+    return replace(
+        options, eds_api_type=node.transport, xds_cluster=node.xds_cluster or options.xds_cluster
+    )
+
+
+def profile_index(index: ConfigIndex, node: NodeProfile) -> ConfigIndex:
+    """``index`` with only the Gateways whose selector matches the proxy."""
+    if node.labels is None:
+        return index
+    return index.for_gateways(lambda gw: node.selects(gw.selector))
+
+
 def translate(
     config: Iterable[Resource] | ConfigIndex,
     options: TranslateOptions,
     node: NodeProfile = ANY_NODE,
-    memo: Memo | None = None,
-    hint: set[Key] | None = None,
 ) -> Resources:
     """Translate a validated config for one kind of proxy (``node``: see translate/node.py;
     the default is a proxy without labels, served every Gateway). Invalid references are
-    skipped, not reported: validation runs first and owns the messages. ``memo``: the
-    previous runs' results for this kind of proxy, reused where still true (the output is
-    the same either way; unchanged resources are the same objects). ``hint``: the keys in
-    which the config may differ from the one of the memo's last run (None: any)."""
-    memo = memo or Memo()
+    skipped, not reported: validation runs first and owns the messages."""
     index = config if isinstance(config, ConfigIndex) else ConfigIndex(config)
-    if node.labels is not None:  # only the Gateways whose selector matches the proxy
-        index = index.for_gateways(lambda gw: node.selects(gw.selector))
-    if node.transport != ADS:
-        options = replace(
-            options,
-            eds_api_type=node.transport,
-            xds_cluster=node.xds_cluster or options.xds_cluster,
-        )
-    memo.start_run(index.by_key, options, hint)
-    phases = [*(ISTIO_SHAPE if options.split == ISTIO else LOCALITY_SHAPE)]
-    if node.proxyless:
-        phases.append(PROXYLESS)
-    try:
-        out = _patch(index, phases, options, memo) or _assemble(index, phases, options, memo)
-    except BaseException:
-        memo.units.abandon()
-        raise
-    memo.last = out
+    out = Assembler(options, node).propose(index, Results().run(None)).resources
+    assert out is not None  # a run with nothing kept assembles everything
     return out
 
 
@@ -80,100 +74,152 @@ def translation_key(index: ConfigIndex, node: NodeProfile) -> Hashable:
 
 # --- Assembly ----------------------------------------------------------------------------
 #
-# Each output comes from one resource: what it translates to is kept in memo.units, so a
-# change translates only the resources it touched. The outputs come in groups (a route's
-# listener, cluster and assignment), and a shape is the groups of its phases' resources in
-# namespace/name order.
+# Each output comes from one resource, and what a resource translates to is a result of
+# it (config/results.py), kept while the resource and what it requires are unchanged. The
+# outputs come in groups (a route's listener, cluster and assignment), and a shape is the
+# groups of its phases' resources in namespace/name order.
 
 Output = tuple[str, str, Message]  # (type URL, name, message)
 Outputs = list[tuple[Output, ...]]  # a resource's groups
 
 
 class Phase(NamedTuple):
-    work: Callable[..., Outputs]  # (index, resource, options, memo) -> its groups
+    work: Callable[[ConfigIndex, Any, TranslateOptions], Outputs]  # one resource's groups
     members: Callable[[ConfigIndex], list[Any]]  # the resources it translates, in order
     member: Callable[[Resource], bool]  # whether it translates this one (no host clash)
     first_wins: bool  # a group whose first name is taken is left out (else it overwrites)
 
 
-def _assemble(
-    index: ConfigIndex, phases: list[Phase], options: TranslateOptions, memo: Memo
-) -> Resources:
-    """Every group of every phase. Notes what each resource made, and whether any name was
-    made by two (then later changes assemble everything again: see _patch). Owners are
-    told apart by key: equal outputs of two resources may be one object (Memo.settle)."""
-    out = Resources()
-    by_type = out.by_type()
-    owners: dict[str, dict[str, Key]] = {t: {} for t in by_type}
-    made: dict[Key, list[Outputs]] = {}
-    exclusive = True
-    for phase in phases:
-        for r in phase.members(index):
-            key = r.key
-            groups = memo.units.get(r, index, phase.work, index, r, options, memo)
-            made.setdefault(key, []).append(groups)
-            for group in groups:
-                first_type, first_name, _msg = group[0]
-                if phase.first_wins and first_name in by_type[first_type]:
-                    exclusive = False  # another resource came first (validation reports it)
-                    continue
-                for type_url, name, msg in group:
-                    if owners[type_url].setdefault(name, key) != key:
-                        exclusive = False
-                    by_type[type_url][name] = msg
-    memo.made, memo.exclusive = made, exclusive
-    return out
+@dataclass
+class Update:
+    """What one translation changes: the resources it gives, and how they differ from the
+    ones its assembler last committed (by type URL: name -> message, and names gone)."""
+
+    resources: Resources | None  # None for a patch: the committed ones, updated
+    upserts: dict[str, dict[str, Message]]
+    removals: dict[str, set[str]]
+    owners: dict[str, dict[str, Key]] | None = None
+    exclusive: bool = True
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.upserts.values()) and not any(self.removals.values())
 
 
-def _patch(
-    index: ConfigIndex, phases: list[Phase], options: TranslateOptions, memo: Memo
-) -> Resources | None:
-    """The last output with the groups of the resources this run may change replaced, or
-    None if it cannot be: nothing kept, or a name made by two resources (before or now),
-    where order decides which one is sent. A weight change in a 10k-service config then
-    costs one VirtualService, not 10k dictionary entries."""
-    keys = memo.units.pending
-    if keys is None or not memo.exclusive or index.clashes:
-        return None
-    last = memo.last
-    out = Resources(dict(last.listeners), dict(last.clusters), dict(last.endpoints))
-    by_type = out.by_type()
-    touched: dict[str, set[str]] = {t: set() for t in by_type}
-    for key in keys:
-        for groups in memo.made.get(key, ()):
-            for group in groups:
-                for type_url, name, _msg in group:
-                    by_type[type_url].pop(name, None)
-                    touched[type_url].add(name)
-    made: dict[Key, list[Outputs]] = {}
-    for key in sorted(keys):
-        r = index.by_key.get(key)
-        if r is None:
-            continue
-        mine: list[Outputs] = []
-        made[key], names = mine, set()
-        for phase in phases:
-            if not phase.member(r):
+class Assembler:
+    """The translation for one kind of proxy: its resources as last committed, and who made
+    each name. A change re-translates the stale resources (those of the change set, and
+    those requiring what it changed) and replaces their outputs; where two resources make
+    one name (a shadowed route, a host declared twice), order decides, so the whole output
+    is assembled again."""
+
+    def __init__(self, options: TranslateOptions, node: NodeProfile, scope: Hashable = None):
+        self.options = profile_options(options, node)
+        self.node = node
+        self.scope = scope
+        self.phases = [*(ISTIO_SHAPE if options.split == ISTIO else LOCALITY_SHAPE)]
+        if node.proxyless:
+            self.phases.append(PROXYLESS)
+        self.resources = Resources()  # as last committed
+        self.owners: dict[str, dict[str, Key]] = {t: {} for t in PUSH_ORDER}
+        self.exclusive = False  # no name made by two resources: a change can be patched in
+
+    def _outputs(self, phase: Phase, index: ConfigIndex, r: Resource, run: Run) -> Outputs:
+        slot = (self.scope, phase.work.__name__)
+        return run.get(r.key, slot, lambda: phase.work(index, r, self.options))
+
+    def propose(self, config: ConfigIndex, run: Run) -> Update:
+        """The translation of ``config``, which differs from the committed one where
+        ``run.stale`` says."""
+        index = profile_index(config, self.node)
+        if run.stale is not None and self.exclusive and not index.clashes:
+            update = self._patch(index, run)
+            if update is not None:
+                return update
+        return self._assemble(index, run)
+
+    def commit(self, update: Update) -> None:
+        """``update`` is now what the proxies of this kind are served."""
+        if update.resources is not None:
+            self.resources, self.exclusive = update.resources, update.exclusive
+            self.owners = update.owners or {t: {} for t in PUSH_ORDER}
+            return
+        by_type, owners = self.resources.by_type(), update.owners or {}
+        for type_url, names in update.removals.items():
+            for name in names:
+                by_type[type_url].pop(name, None)
+                self.owners[type_url].pop(name, None)
+        for type_url, msgs in update.upserts.items():
+            by_type[type_url].update(msgs)
+        for type_url, made in owners.items():
+            self.owners[type_url].update(made)
+
+    def _assemble(self, index: ConfigIndex, run: Run) -> Update:
+        """Every group of every phase, and how that differs from the committed output."""
+        out = Resources()
+        by_type = out.by_type()
+        owners: dict[str, dict[str, Key]] = {t: {} for t in by_type}
+        exclusive = True
+        for phase in self.phases:
+            for r in phase.members(index):
+                key = r.key
+                for group in self._outputs(phase, index, r, run):
+                    first_type, first_name, _msg = group[0]
+                    if phase.first_wins and first_name in by_type[first_type]:
+                        exclusive = False  # another resource came first (validation reports it)
+                        continue
+                    for type_url, name, msg in group:
+                        if owners[type_url].setdefault(name, key) != key:
+                            exclusive = False
+                        by_type[type_url][name] = msg
+        before = self.resources.by_type()
+        upserts = {t: {} for t in by_type}  # type: dict[str, dict[str, Message]]
+        removals = {t: set() for t in by_type}  # type: dict[str, set[str]]
+        for type_url, msgs in by_type.items():
+            old = before[type_url]
+            upserts[type_url] = {n: m for n, m in msgs.items() if old.get(n) != m}
+            removals[type_url] = {n for n in old if n not in msgs}
+        return Update(out, upserts, removals, owners, exclusive)
+
+    def _patch(self, index: ConfigIndex, run: Run) -> Update | None:
+        """The committed output with the groups of the stale resources replaced, or None
+        if it cannot be: a name made by another resource too, where order decides which
+        one is sent. A weight change in a 10k-service config then costs one
+        VirtualService, not 10k dictionary entries."""
+        assert run.stale is not None
+        current = self.resources.by_type()
+        removals: dict[str, set[str]] = {t: set() for t in current}
+        for key in run.stale:
+            for phase in self.phases:
+                for group in run.committed(key, (self.scope, phase.work.__name__)) or ():
+                    for type_url, name, _msg in group:
+                        removals[type_url].add(name)
+        upserts: dict[str, dict[str, Message]] = {t: {} for t in current}
+        owners: dict[str, dict[str, Key]] = {t: {} for t in current}
+        for key in sorted(run.stale):
+            r = index.by_key.get(key)
+            if r is None:
                 continue
-            groups = memo.units.get(r, index, phase.work, index, r, options, memo)
-            mine.append(groups)
-            for group in groups:
-                for type_url, name, msg in group:
-                    if name in by_type[type_url] and (type_url, name) not in names:
-                        return None  # made by another resource too: order decides
-                    by_type[type_url][name] = msg
-                    touched[type_url].add(name)
-                    names.add((type_url, name))
-    for key in keys:
-        memo.made.pop(key, None)
-    memo.made.update(made)
-    out.patch = Patch(last, touched)
-    return out
+            for phase in self.phases:
+                if not phase.member(r):
+                    continue
+                for group in self._outputs(phase, index, r, run):
+                    for type_url, name, msg in group:
+                        owner = owners[type_url].setdefault(name, key)
+                        if owner != key or (
+                            name not in removals[type_url] and name in current[type_url]
+                        ):
+                            return None  # made by another resource too: order decides
+                        if current[type_url].get(name) != msg:
+                            upserts[type_url][name] = msg
+                        else:  # as committed (an earlier phase's version is overwritten)
+                            upserts[type_url].pop(name, None)
+        for type_url, made in owners.items():
+            removals[type_url] -= made.keys()
+        return Update(None, upserts, removals, owners)
 
 
-def _route_clusters(
-    index: ConfigIndex, vs: VirtualService, options: TranslateOptions, memo: Memo
-) -> Outputs:
+def _route_clusters(index: ConfigIndex, vs: VirtualService, options: TranslateOptions) -> Outputs:
     """Locality mode: (listener, cluster, assignment) per gateway port of one
     VirtualService; a route's cluster carries its destinations as weighted localities."""
     clusters: dict[int, tuple[Message, Message | None]] = {}
@@ -187,16 +233,14 @@ def _route_clusters(
             groups = [_group(index, b, b.weight) for b in br.backends]
             dns = any(_is_dns(b.service) for b in br.backends)
             name = route_cluster_name(vs, br.index)
-            clusters[br.index] = _cluster(name, groups, policy, options, memo, dns, weighted=True)
+            clusters[br.index] = _cluster(name, groups, policy, options, dns, weighted=True)
         cluster, cla = clusters[br.index]
-        listener = _tcp_listener(br.port, options, [(cluster.name, 1)], memo)
+        listener = _tcp_listener(br.port, options, [(cluster.name, 1)])
         out.append(((LISTENER, listener.name, listener), *_cluster_outputs(cluster, cla)))
     return out
 
 
-def _subset_clusters(
-    index: ConfigIndex, se: ServiceEntry, options: TranslateOptions, memo: Memo
-) -> Outputs:
+def _subset_clusters(index: ConfigIndex, se: ServiceEntry, options: TranslateOptions) -> Outputs:
     """Istio mode: like Istio, a cluster for every service port and subset, referenced or
     not, so that a route change never waits for a new cluster."""
     out = []
@@ -208,13 +252,13 @@ def _subset_clusters(
                 b = Backend(host, se, port, subset, 1)
                 name = subset_cluster_name(port.number, b.subset_name, host)
                 groups, policy = [_group(index, b, None)], effective_policy(dr, subset)
-                cluster, cla = _cluster(name, groups, policy, options, memo, _is_dns(se), False)
+                cluster, cla = _cluster(name, groups, policy, options, _is_dns(se), False)
                 out.append(_cluster_outputs(cluster, cla))
     return out
 
 
 def _weighted_listeners(
-    index: ConfigIndex, vs: VirtualService, options: TranslateOptions, memo: Memo
+    index: ConfigIndex, vs: VirtualService, options: TranslateOptions
 ) -> Outputs:
     """Istio mode: a listener per gateway port, weighting the destinations' clusters."""
     out = []
@@ -223,14 +267,12 @@ def _weighted_listeners(
             (subset_cluster_name(b.port.number, b.subset_name, b.host), b.weight)
             for b in br.backends
         ]
-        listener = _tcp_listener(br.port, options, clusters, memo)
+        listener = _tcp_listener(br.port, options, clusters)
         out.append(((LISTENER, listener.name, listener),))
     return out
 
 
-def _grpc_targets(
-    index: ConfigIndex, se: ServiceEntry, options: TranslateOptions, memo: Memo
-) -> Outputs:
+def _grpc_targets(index: ConfigIndex, se: ServiceEntry, options: TranslateOptions) -> Outputs:
     """What a gRPC library client asks for: an API listener ``host:port`` per service port
     (the name in its ``xds:///host:port`` target), routing everything to Istio's
     ``outbound|port||host`` cluster. gRPC ignores localities without a weight, so each
@@ -242,9 +284,9 @@ def _grpc_targets(
             b = Backend(host, se, port, None, 1)
             name = subset_cluster_name(port.number, "", host)
             groups, policy = [_group(index, b, 1)], effective_policy(dr, None)
-            cluster, cla = _cluster(name, groups, policy, options, memo, False, True)
+            cluster, cla = _cluster(name, groups, policy, options, False, True)
             target = f"{host}:{port.number}"
-            listener = memo.settle(memo.last.listeners, target, build_api_listener(target, name))
+            listener = build_api_listener(target, name)
             out.append((*_cluster_outputs(cluster, cla), (LISTENER, target, listener)))
     return out
 
@@ -284,20 +326,17 @@ def _cluster(
     groups: list[LocalityGroup],
     policy: TrafficPolicy,
     options: TranslateOptions,
-    memo: Memo,
     dns: bool,
     weighted: bool,
 ) -> tuple[Message, Message | None]:
     """A cluster and its ClusterLoadAssignment (None for DNS: no EDS for names, the
-    assignment travels inside the cluster), each the earlier object if unchanged."""
+    assignment travels inside the cluster)."""
     cluster = build_cluster(name, policy, options, weighted_localities=weighted, dns=dns)
     cla: Message | None = build_load_assignment(name, groups)
     if dns:
         cluster.load_assignment.CopyFrom(cla)
         cla = None
-    else:
-        cla = memo.settle(memo.last.endpoints, name, cla)
-    return memo.settle(memo.last.clusters, name, cluster), cla
+    return cluster, cla
 
 
 def _cluster_outputs(cluster: Message, cla: Message | None) -> tuple[Output, ...]:
@@ -306,11 +345,8 @@ def _cluster_outputs(cluster: Message, cla: Message | None) -> tuple[Output, ...
     return (CLUSTER, cluster.name, cluster), (ENDPOINT, cluster.name, cla)
 
 
-def _tcp_listener(
-    port: int, options: TranslateOptions, clusters: list[tuple[str, int]], memo: Memo
-) -> Message:
-    listener = build_tcp_listener(port, options.listener_address, options.bind_port(port), clusters)
-    return memo.settle(memo.last.listeners, listener.name, listener)
+def _tcp_listener(port: int, options: TranslateOptions, clusters: list[tuple[str, int]]) -> Message:
+    return build_tcp_listener(port, options.listener_address, options.bind_port(port), clusters)
 
 
 def _is_dns(se: ServiceEntry) -> bool:

@@ -29,17 +29,6 @@ class Resources:
     listeners: dict[str, Message] = field(default_factory=dict)
     clusters: dict[str, Message] = field(default_factory=dict)
     endpoints: dict[str, Message] = field(default_factory=dict)
-    patch: Patch | None = field(default=None, compare=False, repr=False)
-    """How it differs from the translation before it, if known: a cache that packed that
-    one repacks only these names."""
 
     def by_type(self) -> dict[str, dict[str, Message]]:
         return {LISTENER: self.listeners, CLUSTER: self.clusters, ENDPOINT: self.endpoints}
-
-
-@dataclass(frozen=True)
-class Patch:
-    """``base``, except at these names (changed, added or removed), by type URL."""
-
-    base: Resources
-    names: dict[str, set[str]]

@@ -1,10 +1,13 @@
 """Snapshot cache: the resources each kind of proxy should have, versioned by content.
 
 Proxies are grouped by ``NodeProfile`` (their labels, whether they are gRPC library clients,
-whether they use ADS): the config is translated once per profile that a connected proxy
-has, and each resource is serialized and packed into an ``Any`` once per group and content
-version; the same object is shared by every stream of the group and every response.
-A group lives while a stream uses it; the default group (``ANY_NODE``: no labels, served
+whether they use ADS). The cache is passive: it holds what it is given. The control plane
+translates once per profile a connected proxy has, packs each change with
+``TypeSnapshot.updated(upserts, removals)`` (each resource serialized and packed into an
+``Any`` once, shared by every stream of the group and every response) and swaps the new
+snapshots in with ``install``. A group lives while a stream uses it; one just acquired is
+not ready until its snapshots are installed (its streams wait; the cache tells its
+``on_new`` listeners that it is wanted). The default group (``ANY_NODE``: no labels, served
 every Gateway) always exists and is what ``version()``/``snapshot()`` answer without a group.
 
 Versions are content hashes, so a restarted control plane gives the same version for the
@@ -13,17 +16,17 @@ same config and a proxy that reconnects with what it already has is not sent it 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from ..translate import ANY_NODE, PUSH_ORDER, NodeProfile, Resources, references
-
-Build = Callable[[NodeProfile], Resources]
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,7 @@ class Entry:
     version: str  # hash of this resource's bytes
     any: any_pb2.Any | None
     source: Message | None = field(default=None, compare=False, repr=False)
-    """The message it was packed from: the same object next time means the same bytes."""
+    """The message it was packed from, for the names it needs."""
 
     @functools.cached_property
     def refs(self) -> frozenset[str]:
@@ -49,7 +52,7 @@ class TypeSnapshot:
     version: str
     entries: Mapping[str, Entry] = field(default_factory=dict)
     total: int = 0  # the sum behind ``version`` (see content_version)
-    # Repacked from ``base``'s entries, which differ from these only at ``touched``: what
+    # Updated from ``base``'s entries, which differ from these only at ``touched``: what
     # changed since the last snapshot is worked out from those names, not from all.
     base: Mapping[str, Entry] | None = field(default=None, compare=False, repr=False)
     touched: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
@@ -91,6 +94,42 @@ class TypeSnapshot:
     def size(self) -> int:
         return sum(e.any.ByteSize() for e in self.entries.values() if e.any is not None)
 
+    def updated(self, upserts: Mapping[str, Message], removals: Iterable[str]) -> TypeSnapshot:
+        """This snapshot with ``upserts`` packed in and ``removals`` gone (only those
+        resources are serialized). Pure: safe to call off the event loop."""
+        entries = dict(self.entries)
+        total = self.total
+        touched = set(upserts)
+        for name in removals:
+            prev = entries.pop(name, None)
+            if prev is not None:
+                total -= _mark(name, prev.version)
+                touched.add(name)
+        for name, msg in upserts.items():
+            entries[name], moved = _entry(name, msg, entries.get(name))
+            total += moved
+        total %= _MOD
+        new = TypeSnapshot(_version_of(total), entries, total, self.entries, frozenset(touched))
+        if len(entries) == len(self.entries) and all(n in self.entries for n in touched):
+            new.__dict__["names"] = self.names  # the same names: streams that ask for all still do
+        return new
+
+    @classmethod
+    def of(cls, resources: Mapping[str, Message], old: TypeSnapshot | None = None) -> TypeSnapshot:
+        """A snapshot of exactly ``resources`` (``old``: a snapshot whose packed bytes are
+        reused where equal)."""
+        old = old or _EMPTY
+        entries: dict[str, Entry] = {}
+        total = old.total
+        for name, msg in resources.items():
+            prev = old.entries.get(name)
+            entries[name], moved = _entry(name, msg, prev)
+            total += moved
+        for name in old.entries.keys() - entries.keys():  # removed
+            total -= _mark(name, old.entries[name].version)
+        total %= _MOD
+        return TypeSnapshot(_version_of(total), entries, total)
+
 
 def changed_entries(old: Mapping[str, Entry], new: Mapping[str, Entry]) -> list[Entry]:
     """The entries of ``new`` that ``old`` lacks or holds in another version, in name order
@@ -123,7 +162,7 @@ def content_version(entries: Mapping[str, Entry]) -> str:
     """The version of a set of resources: a hash of their names and versions. A response's
     version is the content version of exactly what it carries. It hashes the sum of one
     hash per resource, so that a snapshot's version follows a change of one resource in
-    one step instead of hashing all 10k names again (see _pack)."""
+    one step instead of hashing all 10k names again (see TypeSnapshot.updated)."""
     return _version_of(sum(_mark(n, e.version) for n, e in entries.items()) % _MOD)
 
 
@@ -131,14 +170,19 @@ EMPTY_VERSION = content_version({})
 _EMPTY = TypeSnapshot(EMPTY_VERSION)
 
 
+Snapshots = dict[str, TypeSnapshot]  # by type URL
+
+
 class Group:
-    """The snapshot for one node profile; replaced in place, so holders see updates."""
+    """The snapshots for one node profile; replaced whole by ``install``, so holders see
+    updates and never a half-installed change."""
 
     def __init__(self, profile: NodeProfile) -> None:
         self.profile = profile
-        self.types: dict[str, TypeSnapshot] = {t: _EMPTY for t in PUSH_ORDER}
+        self.types: Snapshots = {t: _EMPTY for t in PUSH_ORDER}
         self.users = 0
-        self.resources: Resources | None = None  # the translation last taken
+        self.ready = False  # snapshots installed: its streams may be answered
+        self.scope: Hashable = None  # the translation its snapshots came from
 
     def snapshot(self, type_url: str) -> TypeSnapshot:
         return self.types.get(type_url, _EMPTY)
@@ -148,75 +192,6 @@ class Group:
 
     def versions(self) -> dict[str, str]:
         return {t: s.version for t, s in self.types.items()}
-
-    def update(self, resources: Resources) -> set[str]:
-        """Take a new translation; returns the type URLs whose content changed. Unchanged
-        resources keep their packed bytes."""
-        changed: set[str] = set()
-        patch = resources.patch
-        if patch is None or patch.base is not self.resources:
-            patch = None  # not a change of what this group took last: every name
-        for type_url, by_name in resources.by_type().items():
-            old = self.types.get(type_url)
-            if patch is None:
-                new = _pack(old, by_name.items())
-            elif patch.names[type_url]:
-                new = _repack(old, by_name, patch.names[type_url])
-            else:
-                continue
-            if new.version != self.version(type_url):
-                self.types[type_url] = new
-                changed.add(type_url)
-        self.resources = resources
-        return changed
-
-    def share(self, twin: Group) -> set[str]:
-        """Take what ``twin`` packed from the very same translation (kinds of proxy that
-        get the same resources share the snapshots, not just the translation)."""
-        changed = {t for t, s in twin.types.items() if s.version != self.version(t)}
-        self.types, self.resources = dict(twin.types), twin.resources
-        return changed
-
-
-def _pack(old: TypeSnapshot | None, items: Iterable[tuple[str, Message]]) -> TypeSnapshot:
-    old = old or _EMPTY
-    entries: dict[str, Entry] = {}
-    total = old.total
-    for name, msg in items:
-        prev = old.entries.get(name)
-        if prev is not None and prev.source is msg:  # translation reused it: not re-serialized
-            entries[name] = prev
-        else:
-            entries[name], moved = _entry(name, msg, prev)
-            total += moved
-    for name in old.entries.keys() - entries.keys():  # removed
-        total -= _mark(name, old.entries[name].version)
-    total %= _MOD
-    return TypeSnapshot(_version_of(total), entries, total)
-
-
-def _repack(
-    old: TypeSnapshot | None, by_name: Mapping[str, Message], names: Iterable[str]
-) -> TypeSnapshot:
-    """``_pack`` of ``by_name`` when it differs from what ``old`` was packed from only at
-    ``names``: the other entries are taken as they are, without a look."""
-    old = old or _EMPTY
-    entries = dict(old.entries)
-    total = old.total
-    for name in names:
-        prev, msg = entries.get(name), by_name.get(name)
-        if msg is None:
-            if prev is not None:
-                del entries[name]
-                total -= _mark(name, prev.version)
-        elif prev is None or prev.source is not msg:
-            entries[name], moved = _entry(name, msg, prev)
-            total += moved
-    total %= _MOD
-    new = TypeSnapshot(_version_of(total), entries, total, old.entries, frozenset(names))
-    if len(entries) == len(old.entries) and all(n in old.entries for n in names):
-        new.__dict__["names"] = old.names  # the same names: streams that ask for all still do
-    return new
 
 
 def _entry(name: str, msg: Message, prev: Entry | None) -> tuple[Entry, int]:
@@ -232,13 +207,22 @@ def _entry(name: str, msg: Message, prev: Entry | None) -> tuple[Entry, int]:
 
 
 class SnapshotCache:
-    """One snapshot per node profile in use; tells watchers when anything changed."""
+    """One set of snapshots per node profile in use; tells watchers what changed.
 
-    def __init__(self, build: Build | None = None) -> None:
-        self._build: Build = build or (lambda _profile: Resources())
+    ``install`` may be called from any thread: watchers are called on the event loop the
+    cache was ``bind``-ed to (if any), where the streams run."""
+
+    def __init__(self) -> None:
         self.groups: dict[NodeProfile, Group] = {ANY_NODE: Group(ANY_NODE)}
-        self.groups[ANY_NODE].update(self._build(ANY_NODE))
+        self.groups[ANY_NODE].ready = True
         self._watchers: list[Callable[[set[str]], None]] = []
+        self.on_new: list[Callable[[NodeProfile], None]] = []  # a profile wants snapshots
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run watchers on ``loop`` (the streams' event loop)."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
 
     # --- the default group (proxies without labels), for callers that have no node -------
 
@@ -254,18 +238,14 @@ class SnapshotCache:
     # --- groups ----------------------------------------------------------------------------
 
     def acquire(self, profile: NodeProfile) -> Group:
-        """The group for a profile, translated now if no stream had it yet."""
+        """The group for a profile; a new one is not ready until installed."""
         group = self.groups.get(profile)
         if group is None:
             group = self.groups[profile] = Group(profile)
-            self._take(group, self._build(profile), list(self.groups.values()))
+            for wanted in list(self.on_new):
+                wanted(profile)
         group.users += 1
         return group
-
-    @staticmethod
-    def _take(group: Group, resources: Resources, others: Iterable[Group]) -> set[str]:
-        twin = next((g for g in others if g is not group and g.resources is resources), None)
-        return group.share(twin) if twin is not None else group.update(resources)
 
     def release(self, group: Group) -> None:
         group.users -= 1
@@ -274,23 +254,38 @@ class SnapshotCache:
 
     # --- updates ---------------------------------------------------------------------------
 
-    def update(self, build: Build) -> set[str]:
-        """New config: re-translate every group in use with ``build`` (kept for groups that
-        appear later). Returns the type URLs that changed in any group."""
-        self._build = build
+    def install(self, snapshots: Mapping[NodeProfile, tuple[Hashable, Snapshots]]) -> set[str]:
+        """Swap in new snapshots (profile -> (scope, snapshots by type URL)) and tell the
+        watchers; returns the type URLs whose version changed in any group. A profile no
+        stream uses any more is skipped."""
         changed: set[str] = set()
-        done: list[Group] = []
-        for group in list(self.groups.values()):
-            changed |= self._take(group, build(group.profile), done)
-            done.append(group)
+        for profile, (scope, types) in snapshots.items():
+            group = self.groups.get(profile)
+            if group is None:
+                continue
+            new = {**group.types, **types}
+            changed |= {t for t, snap in new.items() if snap.version != group.version(t)}
+            group.types, group.scope = new, scope
+            if not group.ready:
+                group.ready = True
+                changed |= set(new)  # its streams waited: answer them
         if changed:
-            for notify in list(self._watchers):
-                notify(changed)
+            self._notify(changed)
         return changed
 
     def set_resources(self, resources: Resources) -> set[str]:
-        """The same resources for every proxy (no per-node selection)."""
-        return self.update(lambda _profile: resources)
+        """The same resources for every proxy (no per-node selection): for tests and tools
+        that have no control plane."""
+        snaps = {t: TypeSnapshot.of(m) for t, m in resources.by_type().items()}
+        return self.install({p: (None, snaps) for p in self.groups})
+
+    def _notify(self, changed: set[str]) -> None:
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            for notify in list(self._watchers):
+                notify(changed)
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._notify, changed)
 
     def watch(self, callback: Callable[[set[str]], None]) -> None:
         self._watchers.append(callback)

@@ -190,6 +190,10 @@ class Stream:
             profile,
         )
 
+    @property
+    def ready(self) -> bool:
+        return self.group is not None and self.group.ready
+
     def close(self) -> None:
         if self.group is not None:
             self.cache.release(self.group)
@@ -246,7 +250,12 @@ class Stream:
                 st.sent = st.acked = {}
                 st.sent_version = st.acked_version = EMPTY_VERSION
                 st.in_flight = False
-            elif first and req.version_info and req.version_info == self.desired_version(type_url):
+            elif (
+                first
+                and req.version_info
+                and self.ready
+                and req.version_info == self.desired_version(type_url)
+            ):
                 # A reconnecting proxy that already has exactly this: nothing to send.
                 st.sent = st.acked = self.desired(type_url)
                 st.sent_version = st.acked_version = req.version_info
@@ -408,6 +417,8 @@ class Stream:
     def responses(self) -> list[Message]:
         """What to send now, in push order, holding back pushes behind unanswered ones."""
         out: list[Message] = []
+        if not self.ready:
+            return out  # its group's snapshots are on their way: answered when installed
         blocked = False
         for type_url in self._order():
             st = self.status.types[type_url]
