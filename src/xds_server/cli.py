@@ -226,8 +226,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "run", None) is not None:  # a lab piece: echo, envoy, bootstrap, traffic
-        return args.run(args)
+    run: Callable[[argparse.Namespace], int] | None = getattr(args, "run", None)
+    if run is not None:  # a lab piece: echo, envoy, bootstrap, traffic
+        return run(args)
     if args.command == "serve":
         logging.basicConfig(
             level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
@@ -420,7 +421,7 @@ def _timeout(text: str) -> float:
     return _seconds(text, zero_ok=False)
 
 
-def _add_lab_pieces(sub: argparse._SubParsersAction) -> None:
+def _add_lab_pieces(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """``echo``, ``envoy``, ``bootstrap``, ``traffic``: the lab one piece at a time, for a
     user running ``serve`` alone (README "Running the server alone")."""
     from .lab.pieces import INGRESS

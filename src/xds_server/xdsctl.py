@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -128,7 +129,7 @@ def age_of(timestamp: str) -> str:
     return age(then.timestamp())
 
 
-def _columns(kind: str, doc: dict) -> list[str]:
+def _columns(kind: str, doc: dict[str, Any]) -> list[str]:
     spec = doc.get("spec") or {}
     if kind == "VirtualService":
         return [json.dumps(spec.get("gateways", [])), json.dumps(spec.get("hosts", []))]
@@ -210,7 +211,7 @@ def format_proxy_status(response: admin_pb2.ProxyStatusResponse) -> str:
     return status_table(rows)
 
 
-def _summary(type_url: str, res: dict) -> list[str]:
+def _summary(type_url: str, res: dict[str, Any]) -> list[str]:
     if type_url == LISTENER:
         addr = res.get("address", {}).get("socket_address", {})
         chains = res.get("filter_chains", [])

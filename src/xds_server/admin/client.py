@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol, TypeVar, cast
 
 import grpc
 from grpc_status import rpc_status
@@ -18,12 +19,36 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 256 * 1024 * 1024)]
 _CODES = {c.value[0]: c for c in grpc.StatusCode}
 _TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+# The responses that can carry a refusal (see AdminClient._refused).
+_Refusable = TypeVar("_Refusable", admin_pb2.ApplyResponse, admin_pb2.DeleteResponse)
+
+if TYPE_CHECKING:
+    from grpc import UnaryUnaryMultiCallable as _Unary
+
+    class _ConfigAdminStub(Protocol):
+        """The types of admin_pb2_grpc.ConfigAdminStub's methods, which the generated (and
+        unannotated) module does not say."""
+
+        Apply: _Unary[admin_pb2.ApplyRequest, admin_pb2.ApplyResponse]
+        Delete: _Unary[admin_pb2.DeleteRequest, admin_pb2.DeleteResponse]
+        Get: _Unary[admin_pb2.GetRequest, admin_pb2.GetResponse]
+        ProxyStatus: _Unary[admin_pb2.ProxyStatusRequest, admin_pb2.ProxyStatusResponse]
+        ProxyConfig: _Unary[admin_pb2.ProxyConfigRequest, admin_pb2.ProxyConfigResponse]
+
 
 class AdminError(Exception):
     """The server refused or failed a call. ``problems``: the input problems, if any (as
     many as the server sends, ``more`` the count it left out)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str, problems=(), more: int = 0) -> None:
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        message: str,
+        problems: Iterable[admin_pb2.Problem] = (),
+        more: int = 0,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -50,7 +75,7 @@ class AdminClient:
         self.target = target
         self.timeout = timeout
         self.channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self.stub = admin_pb2_grpc.ConfigAdminStub(self.channel)
+        self.stub: _ConfigAdminStub = admin_pb2_grpc.ConfigAdminStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()
@@ -61,7 +86,7 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method, request):
+    def _call(self, method: _Unary[_Request, _Response], request: _Request) -> _Response:
         try:
             return method(request, timeout=self.timeout)
         except grpc.RpcError as e:
@@ -79,8 +104,9 @@ class AdminClient:
                 f"the request is {size:.1f} MiB, more than the {limit:.0f} MiB the control "
                 "plane accepts in one call: apply the files in smaller batches",
             )
-        problems = []
-        status = rpc_status.from_call(e)
+        problems: list[admin_pb2.Problem] = []
+        # The RpcErrors of a client call are its grpc.Call too (grpc._channel._InactiveRpcError).
+        status = rpc_status.from_call(cast(grpc.Call, e))
         if status is not None:
             for detail in status.details:
                 plist = admin_pb2.ProblemList()
@@ -99,7 +125,7 @@ class AdminClient:
         return self._refused(self._call(self.stub.Apply, request))
 
     @staticmethod
-    def _refused(response):
+    def _refused(response: _Refusable) -> _Refusable:
         """The response, or AdminError if it carries a refusal (see admin.proto: problems
         travel in the body, not in the 16 KiB trailer)."""
         if response.HasField("refusal"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from .. import xdsctl
 from ..admin.client import AdminError
 from ..config.errors import ConfigError
+from ..translate.options import SplitMode
 from . import traffic
 from .lab import HOST, SAMPLES, Lab, LabError
 from .pieces import nc_loop, program, shown_path
@@ -97,7 +98,7 @@ def run_demo(
     admin_api_port: int | None = None,
     connections: int = 20,
     hold: float = 0.0,
-    split: str = "locality",
+    split: SplitMode = "locality",
     keep: bool = False,
 ) -> int:
     """Run the task; returns the exit code (0 when every step did what the task says)."""

@@ -23,6 +23,7 @@ from ..controlplane import BackgroundControlPlane, ControlPlane
 from ..ports import free_port, port_is_free
 from ..translate import TranslateOptions
 from ..translate.listeners import listener_name
+from ..translate.options import SplitMode
 from . import traffic
 from .envoy import EnvoyProcess
 from .pieces import ECHO_VERSIONS, program, shown_path, workload_entries
@@ -137,7 +138,7 @@ class Lab:
         ingress_port: int | None = None,
         xds_port: int | None = None,
         admin_port: int | None = None,
-        split: str = "locality",
+        split: SplitMode = "locality",
         drain_time_s: int | None = None,
         api_type: str = "GRPC",
         ads: bool = True,
@@ -260,6 +261,7 @@ class Lab:
         ).start()
         self.envoy.wait_live()
         self.wait_synced()
+        assert self.envoy.startup_seconds is not None  # measured by start()
         self.say(
             f"envoy {self.envoy.pid} LIVE, admin {self.envoy.admin_url}, "
             f"started in {self.envoy.startup_seconds * 1000:.0f} ms"

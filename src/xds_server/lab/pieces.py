@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import TypedDict
 
 from ..echo.server import EchoBindError, format_address, start_echo
 from ..ports import port_is_free
@@ -31,6 +32,7 @@ from . import traffic
 from .envoy import EnvoyError, EnvoyProcess, poll_live, render_bootstrap
 
 __all__ = [
+    "BootstrapArgs",
     "ECHO_VERSIONS",
     "EnvoyOptions",
     "INGRESS",
@@ -288,6 +290,17 @@ async def _echo(
 # --- xds-server envoy / bootstrap ------------------------------------------------------------
 
 
+class BootstrapArgs(TypedDict):
+    """The keywords EnvoyOptions gives render_bootstrap and EnvoyProcess."""
+
+    xds_host: str
+    node_id: str
+    admin_port: int
+    api_type: str
+    labels: Mapping[str, str] | None
+    ads: bool
+
+
 @dataclass(frozen=True)
 class EnvoyOptions:
     """The bootstrap's choices, which ``xds-server envoy`` runs and ``bootstrap`` prints
@@ -300,9 +313,9 @@ class EnvoyOptions:
     admin_port: int = 15000
     node_id: str = "ingressgateway"
 
-    def bootstrap_args(self) -> dict[str, object]:
+    def bootstrap_args(self) -> BootstrapArgs:
         """The keywords of render_bootstrap and EnvoyProcess, after the xDS port."""
-        return dict(
+        return BootstrapArgs(
             xds_host=self.xds[0],
             node_id=self.node_id,
             admin_port=self.admin_port,

@@ -11,9 +11,10 @@ import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import AnyStr
 
 
-def terminate(proc: subprocess.Popen, timeout: float = 10.0) -> int:
+def terminate(proc: subprocess.Popen[AnyStr], timeout: float = 10.0) -> int:
     """SIGTERM, and SIGKILL if it is still there after ``timeout``: every child we start
     goes this way, so none outlives a test or the demo."""
     if proc.poll() is None:
