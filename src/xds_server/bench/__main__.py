@@ -12,16 +12,33 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypedDict
 
 from ..text import format_table
 from . import config_size, fanout, push, stall
 
 SCENARIOS = ("push", "fanout", "config", "churn", "stall")
-FULL = {"changes": 200, "churn": 1000, "fanout": [100, 1000], "fanout_changes": 20,
+
+
+class Params(TypedDict):
+    """The sizes of one run (FULL or QUICK)."""
+
+    changes: int
+    churn: int
+    fanout: list[int]
+    fanout_changes: int
+    fanout_big: tuple[int, int]
+    sizes: list[int]
+    trials: int
+    stall: int
+
+
+FULL: Params = {"changes": 200, "churn": 1000, "fanout": [100, 1000], "fanout_changes": 20,
         "fanout_big": (100, 1000), "sizes": [100, 1000, 10000], "trials": 5,
         "stall": 10000}  # fmt: skip
-QUICK = {"changes": 4, "churn": 20, "fanout": [5, 20], "fanout_changes": 3,
+QUICK: Params = {"changes": 4, "churn": 20, "fanout": [5, 20], "fanout_changes": 3,
          "fanout_big": (5, 20), "sizes": [10, 50], "trials": 2, "stall": 50}  # fmt: skip
 
 
@@ -35,14 +52,14 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
 
 
-def goals(r: dict) -> list[tuple[str, str, bool | None]]:
+def goals(r: Mapping[str, object]) -> list[tuple[str, str, bool | None]]:
     """(goal, measured, holds); holds is None when a figure is missing."""
 
     def get(key: str, sub: str | None = None) -> float:
         value = r.get(key, math.nan)
         if sub is not None:
             value = value.get(sub, math.nan) if isinstance(value, dict) else math.nan
-        return value
+        return value if isinstance(value, int | float) else math.nan
 
     def check(ok: float) -> bool | None:
         return None if math.isnan(ok) else bool(ok)
@@ -67,8 +84,8 @@ def goals(r: dict) -> list[tuple[str, str, bool | None]]:
     ]  # fmt: skip
 
 
-def rows(r: dict) -> list[tuple[str, str]]:
-    out = []
+def rows(r: Mapping[str, object]) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
     for key, value in r.items():
         if isinstance(value, dict):
             out += [(f"{key}[{k}]", _fmt(v)) for k, v in value.items()]
@@ -95,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     started = time.monotonic()
-    results: dict = {"machine": machine(), "quick": args.quick}
+    results: dict[str, object] = {"machine": machine(), "quick": args.quick}
     if "config" in args.only:
         results.update(config_size.run(p["sizes"], p["trials"], say))
     # The load generators share this process: the garbage a scenario leaves (the config

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from ..config.load import load_text
+from ..config.model import Resource
 from ..controlplane import ControlPlane
 from ..lab.envoy import EnvoyProcess
 from ..lab.lab import INGRESS_LABELS
@@ -22,7 +24,7 @@ from ..translate import ENDPOINT, PUSH_ORDER, TranslateOptions
 from ..xds.status import ProxyStatus
 from ..xds.stream import Stream
 from .common import BASE_PORT, HOST, config_yaml, route_yaml
-from .stats import median, p99
+from .stats import Figures, median, p99
 
 
 def _options(services: int) -> TranslateOptions:
@@ -31,8 +33,13 @@ def _options(services: int) -> TranslateOptions:
     return TranslateOptions(listener_address=HOST, port_map=port_map)
 
 
-def run(sizes: list[int], trials: int, say=print) -> dict:
-    out: dict = {"translate_serialize_ms": {}, "translate_serialize_ms_p99": {}}
+def run(sizes: list[int], trials: int, say: Callable[[str], None] = print) -> Figures:
+    serialize: dict[str, float] = {}  # by S
+    serialize_p99: dict[str, float] = {}
+    out: Figures = {
+        "translate_serialize_ms": serialize,
+        "translate_serialize_ms_p99": serialize_p99,
+    }
     largest = max(sizes)
     for size in sizes:
         resources = load_text(config_yaml(size), "<bench>")  # parsing is not measured
@@ -42,8 +49,8 @@ def run(sizes: list[int], trials: int, say=print) -> dict:
             started = time.perf_counter()
             cp.apply(resources)
             samples.append(time.perf_counter() - started)
-        out["translate_serialize_ms"][str(size)] = median(samples) * 1000
-        out["translate_serialize_ms_p99"][str(size)] = p99(samples) * 1000
+        serialize[str(size)] = median(samples) * 1000
+        serialize_p99[str(size)] = p99(samples) * 1000
         say(f"config size S={size}: {median(samples) * 1000:.1f} ms")
         if size == largest:
             out.update(_one_weight(cp, size, max(3, trials)))
@@ -61,7 +68,7 @@ def run(sizes: list[int], trials: int, say=print) -> dict:
     return out
 
 
-def _one_weight(cp: ControlPlane, size: int, trials: int) -> dict:
+def _one_weight(cp: ControlPlane, size: int, trials: int) -> dict[str, float]:
     """One weight of one service changed, ``trials`` times: the time of each apply, and for
     the last one what is re-packed and what a push carries, as the server's own stream code
     answers a synced SotW and a synced Delta proxy."""
@@ -92,7 +99,7 @@ def _one_weight(cp: ControlPlane, size: int, trials: int) -> dict:
     }
 
 
-def _state_dir(resources, size: int, trials: int) -> dict:
+def _state_dir(resources: list[Resource], size: int, trials: int) -> dict[str, float]:
     """The same with a state directory (``xds-server serve --state-dir``): the first apply
     (every document rendered and written), one weight changed (the file rewritten and
     fsynced before the push), and a restart (the file read, the state restored)."""
@@ -109,6 +116,7 @@ def _state_dir(resources, size: int, trials: int) -> dict:
             samples.append(time.perf_counter() - started)
         again = ControlPlane(options=_options(size), state_dir=path)
         started = time.perf_counter()
+        assert again.state is not None  # it was given a state_dir
         again.restore(again.state.load())  # what start() does
         restart = time.perf_counter() - started
     return {
@@ -134,6 +142,8 @@ def _synced_stream(cp: ControlPlane, delta: bool) -> Stream:
             stream.on_request(
                 discovery_pb2.DiscoveryRequest(node=node, type_url=type_url, resource_names=names)
             )
+        # A stream's responses are typed as Message: these are the discovery responses.
+        response: discovery_pb2.DiscoveryResponse  # or a DeltaDiscoveryResponse
         for response in stream.responses():
             if delta:
                 ack = discovery_pb2.DeltaDiscoveryRequest(
@@ -150,7 +160,7 @@ def _synced_stream(cp: ControlPlane, delta: bool) -> Stream:
     return stream
 
 
-def _envoy_ack(resources, size: int, trials: int) -> dict:
+def _envoy_ack(resources: list[Resource], size: int, trials: int) -> dict[str, float]:
     """Spawn -> every listener, cluster and endpoint ACKed, on a real Envoy (ADS SotW);
     then one weight changed at a time -> Envoy ACKed it (apply, validate, translate, push
     and Envoy's own work, with the whole config in place)."""

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterable
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
 
 from ..translate import CLUSTER, ENDPOINT, LISTENER
 from .common import HOST, BenchServer, config_yaml, route_yaml, rss_kib
-from .stats import ms
+from .stats import Figures, ms
 
 
 class Client:
@@ -34,7 +36,7 @@ class Client:
         self.delta = delta
         self.fleet = fleet
         self.eds_version = ""
-        self.task: asyncio.Task | None = None
+        self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         if self.delta:
@@ -96,8 +98,8 @@ class Client:
             self.fleet.acked()
 
 
-def _cluster_names(resources) -> list[str]:
-    out = []
+def _cluster_names(resources: Iterable[any_pb2.Any]) -> list[str]:
+    out: list[str] = []
     for any_msg in resources:
         cluster = cluster_pb2.Cluster()
         any_msg.Unpack(cluster)
@@ -126,7 +128,7 @@ class Fleet:
             self.done.set()
 
 
-async def _fanout(server: BenchServer, n: int, changes: int, delta: bool) -> dict:
+async def _fanout(server: BenchServer, n: int, changes: int, delta: bool) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     admin = server.admin
     fleet = Fleet(n)
@@ -137,7 +139,7 @@ async def _fanout(server: BenchServer, n: int, changes: int, delta: bool) -> dic
     await asyncio.wait_for(fleet.done.wait(), 120)  # everyone has the initial config
     await asyncio.sleep(0.5)  # idle
     rss_after = rss_kib(server.pid)
-    samples = []
+    samples: list[float] = []
     try:
         for i in range(changes):
             fleet.reset()
@@ -156,28 +158,37 @@ async def _fanout(server: BenchServer, n: int, changes: int, delta: bool) -> dic
     return {"p50": p50, "p99": p99, "rss_per_stream_kib": (rss_after - rss_before) / n}
 
 
-def run(sizes: list[int], changes: int, big: tuple[int, int], say=print) -> dict:
+def run(
+    sizes: list[int],
+    changes: int,
+    big: tuple[int, int],
+    say: Callable[[str], None] = print,
+) -> Figures:
     """``sizes``: the N to run with a one-service config; ``big``: (N, S), the same on a
     config of S services (what a push costs per stream when the config is large)."""
     # One event loop for every run: grpc.aio stays bound to the loop it first ran on.
     return asyncio.run(_run(sizes, changes, big, say))
 
 
-async def _run(sizes: list[int], changes: int, big: tuple[int, int], say) -> dict:
-    out: dict = {
+async def _run(
+    sizes: list[int], changes: int, big: tuple[int, int], say: Callable[[str], None]
+) -> Figures:
+    # The figures by N, filled in below: out starts with these dicts (the table's order).
+    by_n: dict[str, dict[str, float]] = {
         "fanout_all_acked_ms_p50": {},
         "fanout_all_acked_ms_p99": {},
         "fanout_delta_all_acked_ms_p50": {},
         "fanout_delta_all_acked_ms_p99": {},
     }
+    out: Figures = {**by_n}
     for delta in (False, True):
         prefix, api = ("fanout_delta", "Delta") if delta else ("fanout", "SotW")
         for n in sizes:
             with BenchServer() as server:  # a fresh server: its RSS is this N's alone
                 server.admin.apply([("<bench>", config_yaml(1))])
                 r = await _fanout(server, n, changes, delta)
-            out[f"{prefix}_all_acked_ms_p50"][str(n)] = r["p50"]
-            out[f"{prefix}_all_acked_ms_p99"][str(n)] = r["p99"]
+            by_n[f"{prefix}_all_acked_ms_p50"][str(n)] = r["p50"]
+            by_n[f"{prefix}_all_acked_ms_p99"][str(n)] = r["p99"]
             if n == max(sizes):
                 key = "server_rss_per_stream_kib" + ("_delta" if delta else "")
                 out[key] = r["rss_per_stream_kib"]

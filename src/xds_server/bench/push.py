@@ -21,22 +21,24 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
 
 from ..config.load import load_paths, load_text
 from ..lab import traffic
 from ..lab.envoy import EnvoyProcess
 from ..lab.lab import GATEWAY_PORT, HOST, SAMPLES, Lab
-from ..translate import TranslateOptions, translate
+from ..translate import Resources, TranslateOptions, translate
 from ..translate.listeners import listener_name
 from ..waiting import wait_until
 from .common import metric_sum, metrics_url, scrape
-from .stats import ms
+from .stats import Figures, ms
 
 ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
 ROUTE = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
@@ -90,6 +92,7 @@ class FileEnvoy:
                 watched_directory=base_pb2.WatchedDirectory(path=str(self.workdir / "eds")),
             ),
         )
+        cluster: cluster_pb2.Cluster  # translate's clusters are typed as Message
         for cluster in first.clusters.values():
             cluster.eds_cluster_config.eds_config.CopyFrom(eds_source)
         _write(self.workdir / "cds.json", first.clusters.values())
@@ -100,7 +103,7 @@ class FileEnvoy:
         self.envoy.wait_live()
         self.port = self.envoy.wait_listener(listener_name(GATEWAY_PORT))
 
-    def _translate(self, v2: int):
+    def _translate(self, v2: int) -> Resources:
         docs = [*self.base, *load_paths([ALL_V1])]
         docs = [d for d in docs if d.kind != "VirtualService"] + load_text(route(v2))
         options = TranslateOptions(listener_address=HOST, port_map={GATEWAY_PORT: 0})
@@ -135,7 +138,7 @@ class FileEnvoy:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def _json(messages) -> str:
+def _json(messages: Iterable[Message]) -> str:
     response = discovery_pb2.DiscoveryResponse()
     for m in messages:
         packed = any_pb2.Any()
@@ -144,17 +147,17 @@ def _json(messages) -> str:
     return json_format.MessageToJson(response)
 
 
-def _write(path: Path, messages) -> None:
+def _write(path: Path, messages: Iterable[Message]) -> None:
     path.write_text(_json(messages))
 
 
-def run(changes: int, churn: int, say=print) -> dict:
+def run(changes: int, churn: int, say: Callable[[str], None] = print) -> Figures:
     with Lab(ingress_port=0, xds_port=0, admin_port=0, server="process",
              server_args=["--metrics-port", "0"]) as lab:  # fmt: skip
         assert lab.server is not None and lab.admin is not None and lab.envoy is not None
         url = metrics_url(lab.server)
         lab.apply([ALL_V1])
-        out: dict = {}
+        out: Figures = {}
         if changes:
             files = FileEnvoy(lab)
             try:
@@ -171,7 +174,7 @@ def run(changes: int, churn: int, say=print) -> dict:
     return out
 
 
-def _changes(lab: Lab, files: FileEnvoy, url: str, changes: int) -> dict:
+def _changes(lab: Lab, files: FileEnvoy, url: str, changes: int) -> dict[str, float]:
     """Three passes of ``changes`` changes each; in the last two, ours and the file baseline
     alternate change by change.
 
@@ -205,7 +208,7 @@ def _changes(lab: Lab, files: FileEnvoy, url: str, changes: int) -> dict:
         started = time.perf_counter()
         files.change(v2)
         f_stat.append(_until(lambda u=updates: eds_updates(files.envoy) > u) - started)
-    out = {}
+    out: dict[str, float] = {}
     out["push_ack_ms_p50"], out["push_ack_ms_p99"] = ms(ack)
     out["push_traffic_ms_p50"], out["push_traffic_ms_p99"] = ms(conn)
     out["push_stats_ms_p50"], out["push_stats_ms_p99"] = ms(stat)
@@ -230,7 +233,7 @@ def _acked(url: str, before: dict[str, float]) -> float:
     )
 
 
-def _churn(lab: Lab, url: str, changes: int) -> dict:
+def _churn(lab: Lab, url: str, changes: int) -> dict[str, float]:
     """``changes`` back-to-back applies (each returns when stored and pushed, not ACKed)."""
     assert lab.admin is not None
     before = scrape(url)

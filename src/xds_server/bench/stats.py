@@ -6,6 +6,9 @@ import math
 import statistics
 from collections.abc import Sequence
 
+# A scenario's figures, by name: a number, or numbers by size ("1000": ...), as written to JSON.
+Figures = dict[str, float | dict[str, float]]
+
 
 def median(samples: Sequence[float]) -> float:
     return statistics.median(samples) if samples else math.nan

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .errors import Source
 
@@ -33,7 +33,7 @@ class Resource:
     kind: ClassVar[str] = ""
     api_version: str
     meta: Meta
-    raw: dict = field(repr=False, compare=False)
+    raw: dict[str, Any] = field(repr=False, compare=False)
     source: Source = field(default_factory=Source, compare=False)
     lines: dict[str, int] = field(default_factory=dict, repr=False, compare=False)
     """Field path (``spec.tcp[0].route``) -> 1-based line, so problems point at the field."""

@@ -43,6 +43,7 @@ import tempfile
 import zlib
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -103,7 +104,7 @@ class StateDamagedError(StateError):
         )
 
 
-def render(document: dict) -> str:
+def render(document: dict[str, Any]) -> str:
     """One YAML document, ``---`` first, keys in the order written: the text yaml.dump
     gives, from nodes built here for plain data (PyYAML's representer is most of the cost
     of a state file of 30k documents), or from yaml.dump itself for anything else."""
@@ -138,7 +139,9 @@ def _node(value: object) -> yaml.Node:
     raise TypeError(kind)
 
 
-def _documents(resources: list[Resource], chunks: list[str]) -> dict[Key, tuple[dict, str]]:
+def _documents(
+    resources: list[Resource], chunks: list[str]
+) -> dict[Key, tuple[dict[str, Any], str]]:
     """Each loaded resource's document and its text in the file, so that saving the same
     state again (the restore at start-up, a reload after a hand edit) reuses the text
     instead of rendering 30k documents. Empty if the file is not one text per document,
@@ -187,7 +190,7 @@ class StateDir:
         # What we last wrote, and its digest once a watcher asked (see edited).
         self._written: tuple[list[bytes], bytes | None] | None = None
         self.writes = 0  # how many times we wrote the file
-        self._loaded: dict[Key, tuple[dict, str]] = {}  # see _documents
+        self._loaded: dict[Key, tuple[dict[str, Any], str]] = {}  # see _documents
         self.sealed = False  # whether the file last read was our own, seal matching
 
     def load(self) -> list[Resource]:
@@ -257,12 +260,14 @@ class StateDir:
         Raises StateWriteError, and changes nothing, if the file cannot be written."""
         texts, crcs, made = dict(self._texts), dict(self._crcs), dict(self._made)
         size, checksum = self._totals
-        whole = proposal.changed is None or not self._order
-        if whole:
-            keys: Iterable[Key] = texts.keys() | proposal.resources.keys()
+        changed = proposal.changed
+        whole = changed is None or not self._order
+        keys: Iterable[Key]
+        if whole or changed is None:  # (the second test only narrows changed's type)
+            keys = texts.keys() | proposal.resources.keys()
             order = sorted(proposal.resources)
         else:
-            keys, order = proposal.changed, list(self._order)
+            keys, order = changed, list(self._order)
         for key in keys:
             if key not in proposal.resources:
                 if (gone := texts.pop(key, None)) is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+from collections.abc import Callable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -58,9 +59,7 @@ class XdsMetrics:
             registry=r,
         )
         for type_url in PUSH_ORDER:
-            config_size.labels(SHORT_NAMES[type_url]).set_function(
-                lambda t=type_url: cache.snapshot(t).size
-            )
+            config_size.labels(SHORT_NAMES[type_url]).set_function(_config_size(cache, type_url))
         connected = Gauge(
             "xds_connected_proxies", "proxies connected (node id and connection)", registry=r
         )
@@ -99,6 +98,11 @@ class XdsMetrics:
             self._http.shutdown()
             self._http.server_close()
             self._http = None
+
+
+def _config_size(cache: SnapshotCache, type_url: str) -> Callable[[], float]:
+    """The gauge function of one type: its current snapshot's serialized size."""
+    return lambda: cache.snapshot(type_url).size
 
 
 class _Server(socketserver.ThreadingMixIn, WSGIServer):
