@@ -112,7 +112,7 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         self.read_only = read_only  # why writes are refused, or None
 
     async def _guard(self, context, call) -> tuple[list, int, admin_pb2.Refusal | None]:
-        """The changes ``call`` made and the revision they made, or why it made none: a
+        """The changes ``call`` made (as protos) and their revision, or why it made none: a
         refusal for the response body when the input is at fault (see admin.proto), a gRPC
         error otherwise."""
         if self.read_only:
@@ -152,11 +152,13 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         def call():
             resources = self._parse(request.documents)
             with self.cp.lock:  # the revision this change made, not a later one's
-                return self.cp.apply(resources, dry_run=request.dry_run), self.cp.store.revision
+                changes = self.cp.apply(resources, dry_run=request.dry_run)
+                revision = self.cp.store.revision
+            return [change_pb(c) for c in changes], revision
 
         changes, revision, refusal = await self._guard(context, call)
         return admin_pb2.ApplyResponse(
-            changes=[change_pb(c) for c in changes],
+            changes=changes,
             revision=revision,
             refusal=refusal,
         )
@@ -170,11 +172,12 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
                 changes = self.cp.delete_keys(
                     keys, ignore_not_found=request.ignore_not_found, dry_run=request.dry_run
                 )
-                return changes, self.cp.store.revision
+                revision = self.cp.store.revision
+            return [change_pb(c) for c in changes], revision
 
         changes, revision, refusal = await self._guard(context, call)
         return admin_pb2.DeleteResponse(
-            changes=[change_pb(c) for c in changes],
+            changes=changes,
             revision=revision,
             refusal=refusal,
         )

@@ -200,8 +200,8 @@ class ConfigIndex:
             for index in (before, self):
                 if (r := index.by_key.get(key)) is not None:
                     deps.update(provides(r))
-        requirers = self._requirers
-        while deps:
+        while deps:  # (a change of VirtualServices alone provides none: no table built)
+            requirers = self._requirers
             found = {k for dep in deps for k in requirers.get(dep, ())} - stale
             stale |= found
             deps = {
