@@ -97,6 +97,11 @@ def _collector_paused(method: Callable[..., T]) -> Callable[..., T]:
     return paused
 
 
+def _of_scope(scope: Hashable, slot: Hashable) -> bool:
+    """Whether a result slot is one of a translation's (see Assembler)."""
+    return isinstance(slot, tuple) and slot[0] == scope
+
+
 class ControlPlane:
     """Config store -> translation -> snapshot cache -> ADS server, wired together."""
 
@@ -383,6 +388,14 @@ class ControlPlane:
         await asyncio.sleep(self.DAMAGE_GRACE_S)
         if self._stat(state.file) != before or state.writes != writes:
             return  # written meanwhile: that write has its own event
+        try:  # still damaged? (a writer that finished before ``before`` was taken)
+            await self.in_thread(state.read)
+        except StateDamagedError:
+            pass
+        except ConfigError:
+            return  # whole, if not valid: its own event reports it
+        else:
+            return  # whole again: its own event reloads it
         if before is not None and before[1]:  # cut short: keep what was there
             kept = state.file.with_name(state.file.name + ".rejected")
             with contextlib.suppress(OSError):
@@ -567,8 +580,8 @@ class ControlPlane:
 
     def _keep(self, translations: dict[Hashable, Translation]) -> None:
         """Keep the assemblers in use; forget the results of the others."""
-        for scope in self._assemblers.keys() - translations.keys():
-            self.store.results.drop(lambda slot, scope=scope: slot[0] == scope)
+        for gone in self._assemblers.keys() - translations.keys():
+            self.store.results.drop(functools.partial(_of_scope, gone))
         self._assemblers = {scope: t.assembler for scope, t in translations.items()}
 
     def _profile_wanted(self, profile: NodeProfile) -> None:

@@ -1,14 +1,18 @@
 """The ConfigAdmin gRPC service (proto/xds_server/admin/v1/admin.proto) over a ControlPlane.
 
-It runs on the control plane's event loop, so each call sees and changes the store between
-two others: parallel applies are serialized, each one validated against the result of the
-one before, and each one pushed before the next begins.
+Reads run on the control plane's event loop. Applies and deletes are parsed, validated,
+saved and translated in a thread (``ControlPlane.in_thread``), so the streams and other
+calls go on meanwhile; the control plane takes one change at a time, so parallel applies
+are serialized, each validated against the result of the one before and pushed before the
+next begins.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -25,6 +29,12 @@ from ..xds.csds import nack_limit
 from ..xds.status import by_connection, node_synced, proxy_rows
 from ..xds.status import shorten as shorten_nack
 from .v1 import admin_pb2, admin_pb2_grpc
+
+if TYPE_CHECKING:
+    from ..config.model import Resource
+    from ..controlplane import ControlPlane
+
+Context = grpc.aio.ServicerContext[Any, Any]
 
 # The largest apply or delete one call may carry: a 10k-service config is about 10 MiB of
 # YAML, past gRPC's default 4 MiB. Each document is bounded on its own (config/yamldata.py).
@@ -100,18 +110,21 @@ def refusal_pb(code: int, problems: list[Problem]) -> admin_pb2.Refusal:
     )
 
 
-async def _abort(context, code: int, message: str) -> None:
+async def _abort(context: Context, code: int, message: str) -> NoReturn:
     """Fail the call with a short message: it travels in a trailer, capped at 16 KiB."""
     status = status_pb2.Status(code=code, message=printable(shorten(message, MESSAGE_CHARS)))
     await context.abort_with_status(rpc_status.to_status(status))
+    raise AssertionError("abort_with_status returned")  # it raises
 
 
 class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
-    def __init__(self, cp, *, read_only: str | None = None) -> None:
+    def __init__(self, cp: ControlPlane, *, read_only: str | None = None) -> None:
         self.cp = cp
         self.read_only = read_only  # why writes are refused, or None
 
-    async def _guard(self, context, call) -> tuple[list, int, admin_pb2.Refusal | None]:
+    async def _guard(
+        self, context: Context, call: Callable[[], tuple[list[admin_pb2.Change], int]]
+    ) -> tuple[list[admin_pb2.Change], int, admin_pb2.Refusal | None]:
         """The changes ``call`` made (as protos) and their revision, or why it made none: a
         refusal for the response body when the input is at fault (see admin.proto), a gRPC
         error otherwise."""
@@ -137,8 +150,9 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             )
 
     @staticmethod
-    def _parse(documents) -> list:
-        resources, problems = [], []
+    def _parse(documents: Iterable[admin_pb2.Document]) -> list[Resource]:
+        resources: list[Resource] = []
+        problems: list[Problem] = []
         for doc in documents:
             try:
                 resources += load_text(doc.yaml, doc.file or "<stdin>")
@@ -148,8 +162,10 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             raise ConfigError(problems)
         return resources
 
-    async def Apply(self, request, context):
-        def call():
+    async def Apply(
+        self, request: admin_pb2.ApplyRequest, context: Context
+    ) -> admin_pb2.ApplyResponse:
+        def call() -> tuple[list[admin_pb2.Change], int]:
             resources = self._parse(request.documents)
             with self.cp.lock:  # the revision this change made, not a later one's
                 changes = self.cp.apply(resources, dry_run=request.dry_run)
@@ -163,8 +179,10 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             refusal=refusal,
         )
 
-    async def Delete(self, request, context):
-        def call():
+    async def Delete(
+        self, request: admin_pb2.DeleteRequest, context: Context
+    ) -> admin_pb2.DeleteResponse:
+        def call() -> tuple[list[admin_pb2.Change], int]:
             keys = [r.key for r in self._parse(request.documents)]
             for ref in request.refs:
                 keys.append((ref.kind, ref.namespace or DEFAULT_NAMESPACE, ref.name))
@@ -182,7 +200,7 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             refusal=refusal,
         )
 
-    async def Get(self, request, context):
+    async def Get(self, request: admin_pb2.GetRequest, context: Context) -> admin_pb2.GetResponse:
         store = self.cp.store
         if request.kind and request.kind not in KINDS:
             await _abort(context, code_pb2.INVALID_ARGUMENT, f"unknown kind {request.kind!r}")
@@ -219,7 +237,9 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             )
         return admin_pb2.GetResponse(resources=out, revision=store.revision)
 
-    async def ProxyStatus(self, request, context):
+    async def ProxyStatus(
+        self, request: admin_pb2.ProxyStatusRequest, context: Context
+    ) -> admin_pb2.ProxyStatusResponse:
         # One Proxy per connection (two with one node id are two rows), with NACK texts cut
         # to what fits gRPC's 4 MiB however many proxies sent how much.
         connections = by_connection(self.cp.proxies())
@@ -255,7 +275,9 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             )
         return admin_pb2.ProxyStatusResponse(proxies=proxies, versions=self.cp.cache.versions())
 
-    async def ProxyConfig(self, request, context):
+    async def ProxyConfig(
+        self, request: admin_pb2.ProxyConfigRequest, context: Context
+    ) -> admin_pb2.ProxyConfigResponse:
         if not any(p.node_id == request.node_id for p in self.cp.proxies()):
             known = ", ".join(sorted({p.node_id for p in self.cp.proxies()})) or "none"
             await _abort(

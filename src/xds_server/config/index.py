@@ -105,7 +105,7 @@ class ConfigIndex:
         self.destination_rules: dict[str, DestinationRule] = {}
         self._services: dict[str, ServiceEntry] = {}
         self.workload_entries: list[WorkloadEntry] = []
-        self._ports: dict[tuple, dict[int, None]] = {}
+        self._ports: dict[Key, dict[int, None]] = {}
         # (resource, field path, host, the resource that declared it first): a second
         # DestinationRule or ServiceEntry for one host, which the tables leave out.
         self.clashes: list[tuple[Resource, str, str, Resource]] = []
@@ -116,9 +116,9 @@ class ConfigIndex:
             elif isinstance(r, VirtualService):
                 self.virtual_services.append(r)
             elif isinstance(r, DestinationRule):
-                owner = self.destination_rules.setdefault(canonical_host(r.host, ns), r)
-                if owner is not r and r.host:
-                    self.clashes.append((r, "spec.host", r.host, owner))
+                rule = self.destination_rules.setdefault(canonical_host(r.host, ns), r)
+                if rule is not r and r.host:
+                    self.clashes.append((r, "spec.host", r.host, rule))
             elif isinstance(r, ServiceEntry):
                 for i, h in enumerate(r.hosts):
                     owner = self._services.setdefault(canonical_host(h, ns), r)
@@ -132,9 +132,9 @@ class ConfigIndex:
         for we in self.workload_entries:
             for k, v in we.endpoint.labels.items():
                 self._by_label.setdefault((we.meta.namespace, k, v), []).append(we)
-        self._selected: dict[tuple, list[WorkloadEntry]] = {}
+        self._selected: dict[Key, list[WorkloadEntry]] = {}
         # The reverse: WorkloadEntry key -> the ServiceEntries picking it.
-        self._selecting: dict[tuple, list[ServiceEntry]] = {}
+        self._selecting: dict[Key, list[ServiceEntry]] = {}
         if self.workload_entries:
             for se in sorted(self.all_services(), key=_key):
                 for picked in self.selected(se):
@@ -164,8 +164,8 @@ class ConfigIndex:
             at = bisect.bisect_left(services, key, key=_key)
             if at < len(services) and services[at].key == key:
                 del services[at]
-            if key in by_key:
-                services.insert(at, by_key[key])
+            if (vs := by_key.get(key)) is not None:
+                services.insert(at, vs)  # type: ignore[arg-type]  # a VirtualService's key
         return view
 
     def for_gateways(self, selects: Callable[[Gateway], bool]) -> ConfigIndex:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 from .index import ConfigIndex, canonical_host
 from .model import (
     Gateway,
+    Key,
     Port,
     RouteDestination,
     ServiceEntry,
@@ -55,7 +56,7 @@ class BoundRoute(NamedTuple):
 
     port: int
     vs: VirtualService
-    index: int  # position in spec.tcp
+    position: int  # in spec.tcp
     backends: tuple[Backend, ...]
 
 
@@ -75,8 +76,7 @@ def resolve_backends(index: ConfigIndex, vs: VirtualService, route: TCPRoute) ->
     for dest, weight in effective_weights(route):
         d = dest.destination
         se = index.service(d.host, ns)
-        port = se and index.service_port(se, d.port)
-        if se is None or port is None:
+        if se is None or (port := index.service_port(se, d.port)) is None:
             continue
         subset = index.subset(d.host, ns, d.subset) if d.subset else None
         if d.subset and subset is None:
@@ -91,7 +91,7 @@ def route_bindings(
     """The (gateway, server port) pairs a route claims: matches are OR'd, and inside one
     match `port` and `gateways` are AND'd."""
     ns = vs.meta.namespace
-    out: dict[tuple, tuple[Gateway, int]] = {}
+    out: dict[tuple[Key, int], tuple[Gateway, int]] = {}
     for match in route.match or (None,):
         refs = (match.gateways if match and match.gateways else None) or vs.gateways
         wanted = match.port if match else None

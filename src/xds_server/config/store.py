@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .errors import ConfigError, Problem
 from .index import ConfigIndex
@@ -63,7 +63,7 @@ class Stored:
     def key(self) -> Key:
         return self.resource.key
 
-    def document(self) -> dict:
+    def document(self) -> dict[str, Any]:
         """The resource as ``kubectl get -o yaml`` shows it: the applied document plus the
         metadata the store keeps."""
         r, st = self.resource, self.state
@@ -115,7 +115,7 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _strip_server_fields(r: Resource) -> tuple[Resource, dict]:
+def _strip_server_fields(r: Resource) -> tuple[Resource, dict[str, Any]]:
     """The resource without store-owned metadata, and those fields as they were written."""
     meta = dict(r.raw.get("metadata") or {})
     given = {k: meta.pop(k) for k in SERVER_FIELDS if k in meta}
@@ -162,7 +162,7 @@ class ConfigStore:
 
     # --- reading ---------------------------------------------------------------------------
 
-    def document(self, key: Key) -> dict:
+    def document(self, key: Key) -> dict[str, Any]:
         """The resource as ``kubectl get -o yaml`` shows it."""
         resources, state = self._current
         return Stored(resources[key], state[key]).document()

@@ -179,8 +179,8 @@ def _check_match(
         return
     _port_number(rep, join(mpath, "port"), match.port)
     if not match.gateways:
-        gateways = [index.gateway(g, ns) for g in vs.gateways if g != MESH]
-        gateways = [g for g in gateways if g is not None]
+        found = (index.gateway(g, ns) for g in vs.gateways if g != MESH)
+        gateways = [g for g in found if g is not None]
     if gateways and not any(match.port in index.server_ports(g) for g in gateways):
         ports = [s.port for g in gateways for s in g.servers]
         names = ", ".join(g.ref for g in gateways)
@@ -237,7 +237,7 @@ def _check_weights(rep: Reporter, path: str, route: TCPRoute) -> None:
         rep.add(join(path, "route"), message, "weights are relative: divide them all by one number")
 
 
-def _destination_key(d: RouteDestination, namespace: str) -> tuple:
+def _destination_key(d: RouteDestination, namespace: str) -> tuple[str, str | None, int | None]:
     dest = d.destination
     return (canonical_host(dest.host, namespace), dest.subset, dest.port)
 
@@ -249,7 +249,7 @@ def _check_route(
         _check_match(rep, item(join(path, "match"), j), match, vs, index)
     if not route.route:
         rep.add(join(path, "route"), "at least one destination is required")
-    seen: dict[tuple, int] = {}
+    seen: dict[tuple[str, str | None, int | None], int] = {}
     for j, dest in enumerate(route.route):
         dpath = item(join(path, "route"), j)
         _check_destination(rep, dpath, dest, vs, index)
@@ -443,8 +443,8 @@ class PortClaims:
         first, among the claims this run may change; returns the claims as they would
         be once the run's proposal is committed."""
 
-        def claims_of(vs: VirtualService) -> list[Claim]:
-            return run.get(vs.key, CHECK, lambda: _check(vs, index))[1]
+        def claims_of(r: Resource) -> list[Claim]:
+            return run.get(r.key, CHECK, lambda: _check(r, index))[1]
 
         if run.stale is None or self.claimants is None:
             claimants: dict[ClaimKey, list[Key]] = {}
@@ -462,8 +462,8 @@ class PortClaims:
                 before = run.committed(key, CHECK)
                 if before is not None:
                     touched.update((gw.key, port) for _i, gw, port in before[1])
-                if (vs := index.by_key.get(key)) is not None:
-                    for claim in {(gw.key, port): None for _i, gw, port in claims_of(vs)}:  # type: ignore[arg-type]
+                if (r := index.by_key.get(key)) is not None:
+                    for claim in {(gw.key, port): None for _i, gw, port in claims_of(r)}:
                         now.setdefault(claim, []).append(key)
             touched |= now.keys()
             claimants = dict(self.claimants)
@@ -475,13 +475,16 @@ class PortClaims:
                 else:
                     claimants.pop(claim, None)
         for claim in touched:
-            owner, *others = claimants.get(claim) or (None,)
+            claiming = claimants.get(claim)
+            if not claiming:
+                continue
+            owner, *others = claiming
             for key in others:
-                vs = index.by_key[key]
-                i, gw, port = next(c for c in claims_of(vs) if (c[1].key, c[2]) == claim)  # type: ignore[arg-type]
+                r = index.by_key[key]
+                i, gw, port = next(c for c in claims_of(r) if (c[1].key, c[2]) == claim)
                 message = f"gateway {gw.ref} port {port} is already routed by "
                 message += _ref(index.by_key[owner])
-                Reporter.for_resource(vs, problems).add(item("spec.tcp", i), message)
+                Reporter.for_resource(r, problems).add(item("spec.tcp", i), message)
         return PortClaims(claimants)
 
 
@@ -516,9 +519,8 @@ def validate(
         run = run if run is not None else Results().run(None)
         todo: Iterable[Key] = index.by_key if run.stale is None else run.stale
         for key in todo:
-            r = index.by_key.get(key)
-            if r is not None:
-                problems += run.get(r.key, CHECK, functools.partial(_check, r, index))[0]
+            if (found := index.by_key.get(key)) is not None:
+                problems += run.get(key, CHECK, functools.partial(_check, found, index))[0]
     claimed = (claims or PortClaims()).check(index, run, problems)
     # A committed config validated clean: with the same Gateways, their ports still do.
     if run.stale is None or any(k[0] == Gateway.kind for k in run.stale):

@@ -35,9 +35,10 @@ def merge_policies(policies: Iterable[TrafficPolicy]) -> TrafficPolicy:
         return NO_POLICY
     timeouts = [p.connect_timeout for p in policies if p.connect_timeout]
     limits = [p.max_connections for p in policies]
+    known = [n for n in limits if n]
     return TrafficPolicy(
         connect_timeout=max(timeouts) if timeouts else None,
-        max_connections=sum(limits) if limits and all(limits) else None,
+        max_connections=sum(known) if limits and len(known) == len(limits) else None,
     )
 
 

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-LOCALITY = "locality"
-ISTIO = "istio"
 SplitMode = Literal["locality", "istio"]
+LOCALITY: SplitMode = "locality"
+ISTIO: SplitMode = "istio"
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.message import Message
 
 from ..config.index import ConfigIndex
@@ -222,19 +225,19 @@ class Assembler:
 def _route_clusters(index: ConfigIndex, vs: VirtualService, options: TranslateOptions) -> Outputs:
     """Locality mode: (listener, cluster, assignment) per gateway port of one
     VirtualService; a route's cluster carries its destinations as weighted localities."""
-    clusters: dict[int, tuple[Message, Message | None]] = {}
-    out = []
+    clusters: dict[int, tuple[Cluster, ClusterLoadAssignment | None]] = {}
+    out: Outputs = []
     for br in vs_routes(index, vs):
-        if br.index not in clusters:
+        if br.position not in clusters:
             rules = [index.destination_rule(b.host, b.service.meta.namespace) for b in br.backends]
             policy = merge_policies(
                 effective_policy(dr, b.subset) for b, dr in zip(br.backends, rules, strict=True)
             )
             groups = [_group(index, b, b.weight) for b in br.backends]
             dns = any(_is_dns(b.service) for b in br.backends)
-            name = route_cluster_name(vs, br.index)
-            clusters[br.index] = _cluster(name, groups, policy, options, dns, weighted=True)
-        cluster, cla = clusters[br.index]
+            name = route_cluster_name(vs, br.position)
+            clusters[br.position] = _cluster(name, groups, policy, options, dns, weighted=True)
+        cluster, cla = clusters[br.position]
         listener = _tcp_listener(br.port, options, [(cluster.name, 1)])
         out.append(((LISTENER, listener.name, listener), *_cluster_outputs(cluster, cla)))
     return out
@@ -243,7 +246,7 @@ def _route_clusters(index: ConfigIndex, vs: VirtualService, options: TranslateOp
 def _subset_clusters(index: ConfigIndex, se: ServiceEntry, options: TranslateOptions) -> Outputs:
     """Istio mode: like Istio, a cluster for every service port and subset, referenced or
     not, so that a route change never waits for a new cluster."""
-    out = []
+    out: Outputs = []
     for host in se.hosts:
         dr = index.destination_rule(host, se.meta.namespace)
         dr_subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
@@ -261,7 +264,7 @@ def _weighted_listeners(
     index: ConfigIndex, vs: VirtualService, options: TranslateOptions
 ) -> Outputs:
     """Istio mode: a listener per gateway port, weighting the destinations' clusters."""
-    out = []
+    out: Outputs = []
     for br in vs_routes(index, vs):
         clusters = [
             (subset_cluster_name(b.port.number, b.subset_name, b.host), b.weight)
@@ -277,7 +280,7 @@ def _grpc_targets(index: ConfigIndex, se: ServiceEntry, options: TranslateOption
     (the name in its ``xds:///host:port`` target), routing everything to Istio's
     ``outbound|port||host`` cluster. gRPC ignores localities without a weight, so each
     gets weight 1. DNS services are left out: gRPC has no STRICT_DNS clusters."""
-    out = []
+    out: Outputs = []
     for host in se.hosts:
         dr = index.destination_rule(host, se.meta.namespace)
         for port in se.ports:
@@ -328,29 +331,33 @@ def _cluster(
     options: TranslateOptions,
     dns: bool,
     weighted: bool,
-) -> tuple[Message, Message | None]:
+) -> tuple[Cluster, ClusterLoadAssignment | None]:
     """A cluster and its ClusterLoadAssignment (None for DNS: no EDS for names, the
     assignment travels inside the cluster)."""
     cluster = build_cluster(name, policy, options, weighted_localities=weighted, dns=dns)
-    cla: Message | None = build_load_assignment(name, groups)
+    cla: ClusterLoadAssignment | None = build_load_assignment(name, groups)
     if dns:
         cluster.load_assignment.CopyFrom(cla)
         cla = None
     return cluster, cla
 
 
-def _cluster_outputs(cluster: Message, cla: Message | None) -> tuple[Output, ...]:
+def _cluster_outputs(cluster: Cluster, cla: ClusterLoadAssignment | None) -> tuple[Output, ...]:
     if cla is None:
         return ((CLUSTER, cluster.name, cluster),)
     return (CLUSTER, cluster.name, cluster), (ENDPOINT, cluster.name, cla)
 
 
-def _tcp_listener(port: int, options: TranslateOptions, clusters: list[tuple[str, int]]) -> Message:
-    return build_tcp_listener(port, options.listener_address, options.bind_port(port), clusters)
+def _tcp_listener(
+    port: int, options: TranslateOptions, clusters: list[tuple[str, int]]
+) -> Listener:
+    address, bind = options.listener_address, options.bind_port(port)
+    listener: Listener = build_tcp_listener(port, address, bind, clusters)
+    return listener
 
 
-def _is_dns(se: ServiceEntry) -> bool:
-    return se.resolution == "DNS"
+def _is_dns(se: Resource) -> bool:
+    return isinstance(se, ServiceEntry) and se.resolution == "DNS"
 
 
 LOCALITY_SHAPE = (Phase(_route_clusters, _virtual_services, _is_route, True),)

@@ -64,7 +64,8 @@ class TypeSnapshot:
     @functools.cached_property
     def anys(self) -> tuple[any_pb2.Any, ...]:
         """Every resource, in name order: a SotW response's body, built once per version."""
-        return tuple(self.entries[n].any for n in sorted(self.entries))
+        entries = self.entries  # all packed: a snapshot holds only what it packed
+        return tuple(a for n in sorted(entries) if (a := entries[n].any) is not None)
 
     def changed_since(self, old: Mapping[str, Entry]) -> list[Entry]:
         """``changed_entries(old, self.entries)``, computed once for every stream that had
