@@ -114,6 +114,7 @@ def test_nacked_listener_is_parked_traffic_flows_and_the_next_change_applies(api
         # Envoy cannot bind the new listener's port and rejects LDS.
         lab.apply_yaml(BUSY.format(name="bad", role="ingressgateway", port=port), wait=False)
         board_wait(lab, lambda ps: ps[0].state(LISTENER) == NACKED)
+        (p,) = lab.cp.proxies()  # a status is a snapshot: read it again
         nack = p.types[LISTENER].nack
         assert "cannot bind" in nack and f":{port}" in nack, nack
         assert p.state(CLUSTER) == p.state(ENDPOINT) == SYNCED
@@ -131,6 +132,7 @@ def test_nacked_listener_is_parked_traffic_flows_and_the_next_change_applies(api
         # listeners were not sent again before or since.
         lab.apply([V2_20], wait=False)
         board_wait(lab, lambda ps: ps[0].state(ENDPOINT) == SYNCED)  # new weights ACKed
+        (p,) = lab.cp.proxies()
         assert p.types[LISTENER].pushes == lds_pushes + 1
         assert p.state(LISTENER) == NACKED
         assert_80_20(lab)
@@ -139,6 +141,7 @@ def test_nacked_listener_is_parked_traffic_flows_and_the_next_change_applies(api
         lab.cp.delete("VirtualService", "bad")
         lab.cp.delete("Gateway", "bad-gateway")
         lab.cp.wait_synced()
+        (p,) = lab.cp.proxies()
         assert p.state(LISTENER) == SYNCED and p.types[LISTENER].nack is None
         clusters = json.loads(lab.envoy.admin_get("/clusters?format=json"))["cluster_statuses"]
         assert "route|default/bad|tcp[0]" not in {c["name"] for c in clusters}

@@ -150,6 +150,7 @@ def test_grpc_xds_client_gets_lds_cds_eds_and_its_rpcs_work(servers):
             # An endpoint change reaches it over EDS, and its next RPC goes there.
             cp.apply_yaml(SERVICE.format(port=two_port))
             cp.wait_synced(node_id="grpc-client-1")
+            (p,) = cp.proxies()  # a status is a snapshot: read it again
             assert p.types[ENDPOINT].acks >= 2 and p.types[ENDPOINT].nacks == 0
             reaches_two(client)
             # Changes faster than it ACKs: it answers every response, and its answers to
@@ -157,6 +158,7 @@ def test_grpc_xds_client_gets_lds_cds_eds_and_its_rpcs_work(servers):
             for port in (one_port, two_port) * 5:
                 cp.apply_yaml(SERVICE.format(port=port))
             cp.wait_synced(node_id="grpc-client-1")
+            (p,) = cp.proxies()
             eds = p.types[ENDPOINT]
             assert eds.acks + eds.stale_nonces == eds.pushes
             assert sum(st.nacks for st in p.types.values()) == 0

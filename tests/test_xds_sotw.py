@@ -427,6 +427,7 @@ def test_streams_of_one_kind_of_proxy_share_the_snapshot(cp):
             push = client.recv()
             assert push.type_url == ENDPOINT
             client.ack(push, [ROUTE])
-        for p in (pa, pb):
-            wait(cp, lambda c, p=p: p.state(ENDPOINT) == SYNCED)
+        for node in ("proxy-a", "proxy-b"):  # a status is a snapshot: read it again
+            wait(cp, lambda c, node=node: proxy(c, node).state(ENDPOINT) == SYNCED)
+        pa = proxy(cp, "proxy-a")
         assert pa.types[ENDPOINT].sent is cp.cp.cache.snapshot(ENDPOINT).entries

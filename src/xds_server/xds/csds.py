@@ -24,7 +24,8 @@ Matching: ``node_matchers[].node_id`` (exact, prefix, suffix, contains, safe_reg
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 import grpc
 from envoy.admin.v3 import config_dump_shared_pb2 as dump_pb2
@@ -33,6 +34,7 @@ from envoy.service.status.v3 import csds_pb2, csds_pb2_grpc
 from envoy.type.matcher.v3 import node_pb2, string_pb2
 from google.protobuf import timestamp_pb2
 
+from .cache import Entry
 from .status import (
     NACKED,
     NOT_SENT,
@@ -46,6 +48,9 @@ from .status import (
     fit_texts,
     shorten,
 )
+
+# The Envoy API modules have no type information: its messages are Any to mypy.
+Context = grpc.aio.ServicerContext[Any, Any]
 
 # What the NACK texts of one answer may take in all (gRPC's default limit is 4 MiB).
 ANSWER_BUDGET = 2 << 20
@@ -137,7 +142,7 @@ def client_config(
                     version_info=st.sent_version or "",
                     last_update_attempt=_timestamp(st.last_change),
                 )
-            entries = [st.sent[n] for n in sorted(st.sent)] or [None]
+            entries: list[Entry | None] = [st.sent[n] for n in sorted(st.sent)] or [None]
             for entry in entries:
                 generic = csds_pb2.ClientConfig.GenericXdsConfig(
                     type_url=type_url,
@@ -173,10 +178,11 @@ def client_status(
 ) -> csds_pb2.ClientStatusResponse:
     """The CSDS answer for the proxies the request's node matchers select."""
     response = csds_pb2.ClientStatusResponse()
+    matchers = list(request.node_matchers)
     chosen = [
-        streams
-        for streams in by_connection(list(board.proxies.values()))
-        if _selected(list(request.node_matchers), streams[0].node_id or streams[0].peer)
+        [s.status() for s in streams]  # snapshots of the chosen ones only
+        for streams in by_connection(board.streams())
+        if _selected(matchers, streams[0].node_id or streams[0].peer)
     ]
     limit = nack_limit(chosen, per_resource=True)
     for streams in chosen:
@@ -214,23 +220,27 @@ def rows_from_csds(response: csds_pb2.ClientStatusResponse) -> list[ProxyRow]:
     return rows
 
 
-class ClientStatusDiscoveryService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):
+class ClientStatusDiscoveryService(csds_pb2_grpc.ClientStatusDiscoveryServiceServicer):  # type: ignore[misc]
     """CSDS over the status board: one answer per request, Fetch or on a stream."""
 
     def __init__(self, board: StatusBoard) -> None:
         self.board = board
 
-    async def _check(self, request: csds_pb2.ClientStatusRequest, context) -> None:
+    async def _check(self, request: csds_pb2.ClientStatusRequest, context: Context) -> None:
         if any(m.node_metadatas for m in request.node_matchers):
             await context.abort(
                 grpc.StatusCode.UNIMPLEMENTED, "node_metadatas matchers are not supported"
             )
 
-    async def FetchClientStatus(self, request, context):
+    async def FetchClientStatus(
+        self, request: csds_pb2.ClientStatusRequest, context: Context
+    ) -> csds_pb2.ClientStatusResponse:
         await self._check(request, context)
         return client_status(self.board, request)
 
-    async def StreamClientStatus(self, request_iterator, context):
+    async def StreamClientStatus(
+        self, request_iterator: AsyncIterator[csds_pb2.ClientStatusRequest], context: Context
+    ) -> AsyncIterator[csds_pb2.ClientStatusResponse]:
         async for request in request_iterator:
             await self._check(request, context)
             yield client_status(self.board, request)

@@ -63,8 +63,9 @@ class XdsMetrics:
         connected = Gauge(
             "xds_connected_proxies", "proxies connected (node id and connection)", registry=r
         )
-        # list() copies in one step under the GIL: the scrape runs on another thread.
-        connected.set_function(lambda: len(by_connection(list(board.proxies.values()))))
+        # Who the streams are, no snapshot of their state: the scrape runs on another thread
+        # (board.streams() copies in one step under the GIL).
+        connected.set_function(lambda: len(by_connection(board.streams())))
         self._http: WSGIServer | None = None
 
     def pushed(self, kind: str, api: str, size: int) -> None:

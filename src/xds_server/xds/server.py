@@ -15,21 +15,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from envoy.service.endpoint.v3 import eds_pb2_grpc
 from envoy.service.listener.v3 import lds_pb2_grpc
-from google.protobuf.message import Message
 
 from ..translate import CLUSTER, ENDPOINT, LISTENER, SHORT_NAMES
 from .cache import SnapshotCache
 from .metrics import XdsMetrics
 from .status import ProxyStatus, StatusBoard
-from .stream import Stream, StreamError
+from .stream import Request, Response, Stream, StreamError
 
 log = logging.getLogger("xds_server.xds")
+
+# The Envoy API modules have no type information: requests and responses are Any to mypy.
+Context = grpc.aio.ServicerContext[Any, Any]
+Requests = AsyncIterator[Any]  # the handlers read with context.read() instead
 
 _stream_ids = itertools.count(1)
 
@@ -46,7 +51,7 @@ class XdsServer:
 
     async def serve(
         self,
-        context: grpc.aio.ServicerContext,
+        context: Context,
         *,
         delta: bool,
         types: tuple[str, ...] | None = None,
@@ -59,17 +64,17 @@ class XdsServer:
         changes are taken one at a time, in order. An idle stream is this one coroutine
         waiting on its read: no reader task, no queue (server memory per stream)."""
         service = "ADS" if types is None else SHORT_NAMES.get(types[0], types[0])
-        status = ProxyStatus(
+        opened = ProxyStatus(
             stream_id=next(_stream_ids),
             peer=context.peer(),
             api=f"{service} {'Delta' if delta else 'SotW'}",
         )
-        stream = Stream(self.cache, status, delta=delta, types=types, metrics=self.metrics)
+        stream = Stream(self.cache, opened, delta=delta, types=types, metrics=self.metrics)
         lock = asyncio.Lock()
         loop = asyncio.get_running_loop()
-        flush: asyncio.Task | None = None
+        flush: asyncio.Task[None] | None = None
 
-        async def answer(request: Message | None) -> None:
+        async def answer(request: Request | None) -> None:
             async with lock:
                 changed = stream.on_request(request) if request is not None else False
                 responses = stream.responses()
@@ -84,7 +89,7 @@ class XdsServer:
             try:
                 await answer(None)
             except Exception as e:  # the stream is gone; its read loop ends it
-                log.debug("stream %d: push not written: %r", status.stream_id, e)
+                log.debug("stream %d: push not written: %r", stream.stream_id, e)
 
         def on_change(_types: set[str]) -> None:
             nonlocal flush
@@ -92,7 +97,7 @@ class XdsServer:
                 flush = loop.create_task(flush_once())
 
         self.cache.watch(on_change)
-        self.board.add(status)
+        self.board.add(stream)
         try:
             while (request := await context.read()) is not grpc.aio.EOF:
                 try:
@@ -105,17 +110,17 @@ class XdsServer:
             self.cache.unwatch(on_change)
             if flush is not None:
                 flush.cancel()
-            self.board.remove(status)
+            self.board.remove(stream)
             stream.close()
-            log.info("%s disconnected (%s)", status.node_id or status.peer, status.api)
+            log.info("%s disconnected (%s)", stream.node_id or stream.peer, stream.api)
 
     async def fetch(
-        self, request: discovery_pb2.DiscoveryRequest, context: grpc.aio.ServicerContext, type_url
+        self, request: discovery_pb2.DiscoveryRequest, context: Context, type_url: str
     ) -> discovery_pb2.DiscoveryResponse:
         """Unary SotW fetch: a one-request stream that is not on the status board."""
-        status = ProxyStatus(stream_id=0, peer=context.peer(), api="Fetch")
-        stream = Stream(self.cache, status, delta=False, types=(type_url,))
-        responses: list[Message] = []
+        opened = ProxyStatus(stream_id=0, peer=context.peer(), api="Fetch")
+        stream = Stream(self.cache, opened, delta=False, types=(type_url,))
+        responses: list[Response] = []
         try:
             stream.on_request(request)
             responses = stream.responses()
@@ -126,7 +131,7 @@ class XdsServer:
         return responses[0] if responses else discovery_pb2.DiscoveryResponse(type_url=type_url)
 
 
-class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
     """ADS: every type on one stream, SotW or Delta."""
 
     def __init__(
@@ -134,52 +139,58 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     ) -> None:
         self.xds = XdsServer(cache, board, metrics)
 
-    async def StreamAggregatedResources(self, request_iterator, context):
+    async def StreamAggregatedResources(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=False)
 
-    async def DeltaAggregatedResources(self, request_iterator, context):
+    async def DeltaAggregatedResources(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=True)
 
 
-class ListenerDiscoveryService(lds_pb2_grpc.ListenerDiscoveryServiceServicer):
+class ListenerDiscoveryService(lds_pb2_grpc.ListenerDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, xds: XdsServer) -> None:
         self.xds = xds
 
-    async def StreamListeners(self, request_iterator, context):
+    async def StreamListeners(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=False, types=(LISTENER,))
 
-    async def DeltaListeners(self, request_iterator, context):
+    async def DeltaListeners(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=True, types=(LISTENER,))
 
-    async def FetchListeners(self, request, context):
+    async def FetchListeners(
+        self, request: discovery_pb2.DiscoveryRequest, context: Context
+    ) -> discovery_pb2.DiscoveryResponse:
         return await self.xds.fetch(request, context, LISTENER)
 
 
-class ClusterDiscoveryService(cds_pb2_grpc.ClusterDiscoveryServiceServicer):
+class ClusterDiscoveryService(cds_pb2_grpc.ClusterDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, xds: XdsServer) -> None:
         self.xds = xds
 
-    async def StreamClusters(self, request_iterator, context):
+    async def StreamClusters(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=False, types=(CLUSTER,))
 
-    async def DeltaClusters(self, request_iterator, context):
+    async def DeltaClusters(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=True, types=(CLUSTER,))
 
-    async def FetchClusters(self, request, context):
+    async def FetchClusters(
+        self, request: discovery_pb2.DiscoveryRequest, context: Context
+    ) -> discovery_pb2.DiscoveryResponse:
         return await self.xds.fetch(request, context, CLUSTER)
 
 
-class EndpointDiscoveryService(eds_pb2_grpc.EndpointDiscoveryServiceServicer):
+class EndpointDiscoveryService(eds_pb2_grpc.EndpointDiscoveryServiceServicer):  # type: ignore[misc]
     def __init__(self, xds: XdsServer) -> None:
         self.xds = xds
 
-    async def StreamEndpoints(self, request_iterator, context):
+    async def StreamEndpoints(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=False, types=(ENDPOINT,))
 
-    async def DeltaEndpoints(self, request_iterator, context):
+    async def DeltaEndpoints(self, request_iterator: Requests, context: Context) -> None:
         await self.xds.serve(context, delta=True, types=(ENDPOINT,))
 
-    async def FetchEndpoints(self, request, context):
+    async def FetchEndpoints(
+        self, request: discovery_pb2.DiscoveryRequest, context: Context
+    ) -> discovery_pb2.DiscoveryResponse:
         return await self.xds.fetch(request, context, ENDPOINT)
 
 

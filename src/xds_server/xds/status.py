@@ -1,11 +1,16 @@
 """What each connected proxy was sent and what it answered, in Istio's vocabulary.
 
-A ``TypeStatus`` is both the status of one type on one stream and that stream's state for
-the type (what it subscribed to, what was sent, what was ACKed): one record, so what the
-status says is what the stream acts on. Only the stream's own generator writes it.
+The streams own their state (stream.py: a ``TypeState`` per type). What is reported is a
+snapshot of it: ``Stream.status()`` makes a ``ProxyStatus`` with a ``TypeStatus`` per type,
+its state (SYNCED, STALE, NOT SENT, NACKED) worked out against what the proxy should have
+when the snapshot is taken. A snapshot shares the stream's mappings (which the stream
+replaces, never changes in place), so taking one copies none of them; it is not updated
+afterwards: take another (a stream gives its last one again while nothing it is made of
+has changed). The ``StatusBoard`` holds the live streams and answers from snapshots taken
+when asked.
 
-``format_proxy_status()`` prints the board like ``istioctl proxy-status``; it takes the
-board's ``ProxyStatus`` objects, or ``ProxyRow``s rebuilt from a CSDS answer
+``format_proxy_status()`` prints the board like ``istioctl proxy-status``; it takes
+``ProxyStatus`` snapshots, or ``ProxyRow``s rebuilt from a CSDS answer
 (``xds.csds.rows_from_csds``) by a process that is not the server.
 """
 
@@ -16,16 +21,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ..text import age, format_table
 from ..text import shorten as shorten_text
 from ..translate import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, SHORT_NAMES
+from .cache import EMPTY_VERSION
 
 if TYPE_CHECKING:
     from envoy.config.core.v3 import base_pb2
 
-    from .cache import Entry
+    from .cache import Entry, TypeSnapshot
+    from .stream import Stream
 
 SYNCED = "SYNCED"  # ACKed what we have for it now
 STALE = "STALE"  # sent, not ACKed yet (or ACKed an older one, or a removal still held)
@@ -59,79 +66,96 @@ def fit_texts(texts: Iterable[tuple[str, int]], room: int) -> int:
     return max(room // count // 4 - 40, 0)  # UTF-8: up to 4 bytes a character
 
 
-@dataclass
+@dataclass(slots=True, eq=False)
 class TypeStatus:
-    """One proxy's view of one resource type, and the stream's state for it."""
+    """One type on one stream as reported: a snapshot of the stream's ``TypeState`` (the
+    same names, without what only the stream needs), with what the proxy should have of
+    the type at that moment (``desired``, ``current_version``). Read-only: its mappings
+    and name set are the stream's own."""
 
-    subscribed: bool = False
-    wildcard: bool = False
-    explicit: AbstractSet[str] = field(default_factory=set)  # asked for by name (read-only)
+    wildcard: bool
+    explicit: AbstractSet[str]  # asked for by name
     # The proxy's state once it applied our last response, and at its last ACK.
-    sent: Mapping[str, Entry] = field(default_factory=dict)  # may be a snapshot's: read-only
-    acked: Mapping[str, Entry] = field(default_factory=dict)
-    sent_version: str | None = None
-    nonce: str | None = None
-    in_flight: bool = False  # sent and neither ACKed nor NACKed yet
-    sent_at: float | None = None  # monotonic, for push -> ACK latency
-    acked_version: str | None = None
-    nack: str | None = None  # the proxy's error text for sent_version
-    last_change: float | None = None  # wall-clock time of the last push, ACK or NACK
-    pushes: int = 0
-    last_resources: int = 0  # resources in the last response (Delta: the changed ones)
-    acks: int = 0
-    nacks: int = 0
-    stale_nonces: int = 0  # requests ignored (SotW) or ACKs voided (Delta) for an old nonce
+    sent: Mapping[str, Entry]
+    acked: Mapping[str, Entry]
+    sent_version: str | None
+    acked_version: str | None
+    nonce: str | None
+    in_flight: bool  # sent and neither ACKed nor NACKed yet
+    nack: str | None  # the proxy's error text for sent_version
+    last_change: float | None  # wall-clock time of the last push, ACK or NACK
+    pushes: int
+    last_resources: int  # resources in the last response (Delta: the changed ones)
+    acks: int
+    nacks: int
+    stale_nonces: int  # requests ignored (SotW) or ACKs voided (Delta) for an old nonce
+    desired: Mapping[str, Entry]  # what the subscription covers of the current snapshot
+    current_version: str  # its version: what the proxy should have now
 
     @property
     def names(self) -> frozenset[str] | None:
         """The names asked for; None for a wildcard subscription."""
         return None if self.wildcard else frozenset(self.explicit)
 
-    def wants(self, name: str) -> bool:
-        return self.wildcard or name in self.explicit
-
-    def state(self, current_version: str) -> str:
-        """``current_version``: the version of what the proxy should have now."""
+    def state(self, current_version: str | None = None) -> str:
+        """SYNCED, STALE, NOT SENT or NACKED, against ``current_version`` (the version
+        the proxy should have; default: the snapshot's own)."""
         if self.nack is not None:
             return NACKED
         if self.sent_version is None:
             return NOT_SENT
+        if current_version is None:
+            current_version = self.current_version
         if self.acked_version == current_version and not self.in_flight:
             return SYNCED
         return STALE
 
 
-class StreamView(Protocol):
-    """What the status needs from a live stream: what the proxy should have."""
-
-    def desired(self, type_url: str) -> dict[str, Entry]: ...
-
-    def desired_version(self, type_url: str) -> str: ...
-
-    def has_resources(self, type_url: str) -> bool: ...
-
-
-@dataclass
+@dataclass(slots=True, eq=False)
 class ProxyStatus:
-    """One stream. A proxy bootstrapped without ADS has one per type, with one node id."""
+    """One stream as reported, a snapshot (``Stream.status()``); one with no types is a
+    stream before its first request (the server makes that one to open the stream). A
+    proxy bootstrapped without ADS has one stream per type, with one node id."""
 
     stream_id: int
     peer: str
     node_id: str = ""
     node_cluster: str = ""
     connected_since: float = field(default_factory=time.time)
-    types: dict[str, TypeStatus] = field(default_factory=dict)
+    types: Mapping[str, TypeStatus] = field(default_factory=dict)
     api: str = "ADS SotW"  # service and variant: "ADS Delta", "CDS SotW", ...
     node: base_pb2.Node | None = None
     group: str = ""  # the node profile its config was translated for
-    view: StreamView | None = field(default=None, repr=False)
+    # Its group's snapshots by type URL when taken (None: no group yet). The cache replaces
+    # a group's mapping whole, never changes it in place.
+    snapshots: Mapping[str, TypeSnapshot] | None = field(default=None, repr=False)
 
     def current_version(self, type_url: str) -> str:
-        return self.view.desired_version(type_url) if self.view else ""
+        """The version of what the proxy should have of ``type_url``."""
+        st = self.types.get(type_url)
+        return st.current_version if st is not None else EMPTY_VERSION
+
+    def desired(self, type_url: str) -> Mapping[str, Entry]:
+        """What the proxy should have of ``type_url`` (what its subscription covers)."""
+        st = self.types.get(type_url)
+        return st.desired if st is not None else {}
 
     def state(self, type_url: str) -> str:
         st = self.types.get(type_url)
-        return st.state(self.current_version(type_url)) if st else NOT_SENT
+        return st.state() if st is not None else NOT_SENT
+
+    def has_resources(self, type_url: str) -> bool:
+        """Should the proxy have some of this type? (True while its group is not known.)"""
+        if self.snapshots is None:
+            return True
+        snapshot = self.snapshots.get(type_url)
+        return snapshot is not None and bool(snapshot.entries)
+
+    @property
+    def view(self) -> ProxyStatus:
+        """This snapshot, for the callers of the old ``view.desired(type_url)``: use
+        ``desired(type_url)``."""
+        return self
 
     @property
     def client_version(self) -> str:
@@ -157,14 +181,27 @@ def node_synced(streams: Iterable[ProxyStatus], type_urls: Iterable[str] = PUSH_
     for type_url in type_urls:
         having = [p for p in streams if type_url in p.types]
         if not having:
-            if any(p.view and p.view.has_resources(type_url) for p in streams):
+            if any(p.has_resources(type_url) for p in streams):
                 return False
         elif any(p.state(type_url) != SYNCED for p in having):
             return False
     return True
 
 
-def by_connection(proxies: Iterable[ProxyStatus]) -> list[list[ProxyStatus]]:
+class Connected(Protocol):
+    """Who a stream is, which tells connections apart: a ``ProxyStatus``, or a live
+    stream (to group streams without taking snapshots)."""
+
+    stream_id: int
+    api: str
+    node_id: str
+    peer: str
+
+
+_C = TypeVar("_C", bound=Connected)
+
+
+def by_connection(proxies: Iterable[_C]) -> list[list[_C]]:
     """Streams grouped by proxy, oldest stream first; the first one's id names the
     connection. As in istioctl, each ADS stream is a proxy of its own (an Envoy opens one),
     so two with one node id (a restarted Envoy whose old stream lingers, a client that
@@ -176,7 +213,7 @@ def by_connection(proxies: Iterable[ProxyStatus]) -> list[list[ProxyStatus]]:
     for p in streams:
         if p.api.startswith("ADS"):
             ads[(p.node_id or p.peer, p.peer)] = p.stream_id
-    out: dict[tuple[str, str, int], list[ProxyStatus]] = {}
+    out: dict[tuple[str, str, int], list[_C]] = {}
     for p in streams:
         base = (p.node_id or p.peer, p.peer)
         key = (*base, p.stream_id if p.api.startswith("ADS") else ads.get(base, 0))
@@ -184,20 +221,35 @@ def by_connection(proxies: Iterable[ProxyStatus]) -> list[list[ProxyStatus]]:
     return sorted(out.values(), key=lambda s: (s[0].node_id or s[0].peer, s[0].stream_id))
 
 
+def _snapshots(streams: Iterable[Stream]) -> list[ProxyStatus]:
+    return [s.status() for s in streams]
+
+
 class StatusBoard:
-    """All connected streams; lets callers wait until a condition over them holds."""
+    """All connected streams; answers from snapshots of them, taken when asked, and lets
+    callers wait until a condition over them holds."""
 
     def __init__(self) -> None:
-        self.proxies: dict[int, ProxyStatus] = {}
+        self._streams: dict[int, Stream] = {}
         self._event = asyncio.Event()
 
-    def add(self, proxy: ProxyStatus) -> None:
-        self.proxies[proxy.stream_id] = proxy
+    def add(self, stream: Stream) -> None:
+        self._streams[stream.stream_id] = stream
         self.touch()
 
-    def remove(self, proxy: ProxyStatus) -> None:
-        self.proxies.pop(proxy.stream_id, None)
+    def remove(self, stream: Stream) -> None:
+        self._streams.pop(stream.stream_id, None)
         self.touch()
+
+    def streams(self) -> list[Stream]:
+        """The live streams, for what needs only who they are (``by_connection``): no
+        snapshot taken. (One step under the GIL: safe to call from another thread.)"""
+        return list(self._streams.values())
+
+    @property
+    def proxies(self) -> dict[int, ProxyStatus]:
+        """A snapshot of every stream, by stream id, as of now."""
+        return {s.stream_id: s.status() for s in self.streams()}
 
     def touch(self) -> None:
         """Wake every waiter: called on each push, ACK, NACK, connect and disconnect."""
@@ -209,12 +261,15 @@ class StatusBoard:
         connection (see ``by_connection``). Without ``node_id``: every proxy, and there are
         at least ``min_proxies``. With it: at least ``min_proxies`` of the proxies with that
         node id, so that another connection using the same id (never synced, or on its
-        way out) neither hides nor blocks the one waited for."""
-        connections = by_connection(self.proxies.values())
+        way out) neither hides nor blocks the one waited for. Snapshots are taken only of
+        the proxies looked at (without ``node_id``: up to the first one out of sync)."""
+        connections = by_connection(self.streams())
         if node_id is None:
-            return len(connections) >= min_proxies and all(node_synced(s) for s in connections)
+            return len(connections) >= min_proxies and all(
+                node_synced(_snapshots(s)) for s in connections
+            )
         having = [s for s in connections if (s[0].node_id or s[0].peer) == node_id]
-        return sum(1 for s in having if node_synced(s)) >= min_proxies
+        return sum(1 for s in having if node_synced(_snapshots(s))) >= min_proxies
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
         """Wait for ``predicate`` to hold, re-checking after each status change."""

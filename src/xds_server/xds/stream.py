@@ -5,6 +5,14 @@ are the same stream with two wire formats: a per-type service is a stream restri
 type URL. Everything else is one piece of code: subscriptions, ACK/NACK, what each type
 should carry now (``target``), push ordering, and status.
 
+**State and status.** The stream owns its state: one ``TypeState`` per type it was asked
+for (subscription, what was sent and ACKed, versions, nonce, counters), changed only by
+``on_request`` and ``responses``, which run one at a time; requests and cache changes go
+in, responses come out, no I/O here. What status readers see (status.py) is a snapshot of
+it, ``Stream.status()``, taken on demand with each type's state (SYNCED, STALE, ...) worked
+out against what the proxy should have at that moment. A snapshot shares the stream's
+mappings and name sets: those are replaced, never changed in place.
+
 **What a type carries.** ``desired``: the resources of the proxy's group (see cache.py) that
 its subscription covers (all for a wildcard, else the names it asked for: resources a proxy
 did not ask for are never sent). ``target`` adds the removals that are held back (below).
@@ -66,12 +74,12 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
-from google.protobuf.message import Message
 
 from ..translate import (
     CLUSTER,
@@ -91,12 +99,16 @@ from .cache import (
     changed_entries,
     content_version,
 )
-from .status import ProxyStatus, TypeStatus, shorten
+from .status import ProxyStatus, TypeStatus, client_version, shorten
 
 if TYPE_CHECKING:
     from .metrics import XdsMetrics
 
 log = logging.getLogger("xds_server.xds")
+
+# The Envoy API modules have no type information: to mypy these are Any.
+Request: TypeAlias = "discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest"
+Response: TypeAlias = "discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse"
 
 
 class StreamError(ValueError):
@@ -126,12 +138,13 @@ def node_profile(node: base_pb2.Node | None, *, transport: str = "ADS") -> NodeP
     )
 
 
-def _text(value) -> str:
+def _text(value: Any) -> str:
+    """A ``google.protobuf.Value`` as a label's text."""
     kind = value.WhichOneof("kind")
     if kind == "string_value":
-        return value.string_value
+        return str(value.string_value)
     if kind == "number_value":
-        n = value.number_value
+        n: float = value.number_value
         return str(int(n)) if n.is_integer() else str(n)
     if kind == "bool_value":
         return "true" if value.bool_value else "false"
@@ -144,30 +157,70 @@ def _covers(names: AbstractSet[str], entries: Mapping[str, Entry]) -> bool:
     return len(names) >= len(entries) and all(n in names for n in entries)
 
 
+@dataclass(slots=True, eq=False)
+class TypeState:
+    """The stream's state for one type URL. Its mappings and name sets are replaced, never
+    changed in place (they may be a snapshot's, shared by every stream of a group), so
+    that ``Stream.status()`` can share them too."""
+
+    subscribed: bool = False
+    wildcard: bool = False
+    explicit: AbstractSet[str] = frozenset()  # asked for by name
+    # The proxy's state once it applied our last response, and at its last ACK.
+    sent: Mapping[str, Entry] = field(default_factory=dict)
+    acked: Mapping[str, Entry] = field(default_factory=dict)
+    sent_version: str | None = None
+    acked_version: str | None = None
+    nonce: str | None = None  # of the last response
+    in_flight: bool = False  # sent and neither ACKed nor NACKed yet
+    sent_at: float | None = None  # monotonic, for push -> ACK latency
+    nack: str | None = None  # the proxy's error text for sent_version
+    last_change: float | None = None  # wall-clock time of the last push, ACK or NACK
+    pushes: int = 0
+    last_resources: int = 0  # resources in the last response (Delta: the changed ones)
+    acks: int = 0
+    nacks: int = 0
+    stale_nonces: int = 0  # requests ignored (SotW) or ACKs voided (Delta) for an old nonce
+
+    def wants(self, name: str) -> bool:
+        return self.wildcard or name in self.explicit
+
+
 class Stream:
-    """The state of one stream, driven by requests and cache changes, one at a time."""
+    """One stream: its identity, its ``TypeState`` per type, driven by requests and cache
+    changes, one at a time."""
 
     def __init__(
         self,
         cache: SnapshotCache,
-        status: ProxyStatus,
+        opened: ProxyStatus,
         *,
         delta: bool,
         types: tuple[str, ...] | None = None,
         metrics: XdsMetrics | None = None,
     ) -> None:
+        """``opened``: the stream as known before its first request (stream id, peer, API,
+        time); the node comes with the first request."""
         self.cache = cache
-        self.status = status
+        self.stream_id = opened.stream_id
+        self.peer = opened.peer
+        self.api = opened.api
+        self.connected_since = opened.connected_since
+        self.node = opened.node
+        self.node_id = opened.node_id
+        self.node_cluster = opened.node_cluster
         self.delta = delta
         self.types = types  # None: ADS, any type
         self.metrics = metrics
         self.group: Group | None = None
+        self._group_name = opened.group  # the profile's text, for status
+        self._state: dict[str, TypeState] = {}  # by type URL, in order of first request
         self.force: set[str] = set()  # types that must be answered now
         self.new_names: dict[str, set[str]] = {}  # Delta: just subscribed, maybe missing
         # Endpoints to send again though unchanged: see "Cluster updates" above.
         self._eds_resend: set[str] = set()
         self._nonces = 0
-        status.view = self
+        self._status: ProxyStatus | None = None  # the last snapshot: see status()
 
     # --- identity --------------------------------------------------------------------------
 
@@ -175,18 +228,18 @@ class Stream:
         if self.group is not None:
             return
         if node is not None:
-            self.status.node = node
-            self.status.node_id = node.id
-            self.status.node_cluster = node.cluster
+            self.node = node
+            self.node_id = node.id
+            self.node_cluster = node.cluster
         transport = "ADS" if self.types is None else "DELTA_GRPC" if self.delta else "GRPC"
         profile = node_profile(node, transport=transport)
         self.group = self.cache.acquire(profile)
-        self.status.group = str(profile)
+        self._group_name = str(profile)
         log.info(
             "%s connected (%s, %s, %s)",
-            self.status.node_id or self.status.peer,
-            self.status.api,
-            self.status.client_version or "unknown client",
+            self.node_id or self.peer,
+            self.api,
+            client_version(self.node) or "unknown client",
             profile,
         )
 
@@ -195,6 +248,7 @@ class Stream:
         return self.group is not None and self.group.ready
 
     def close(self) -> None:
+        self._status = None
         if self.group is not None:
             self.cache.release(self.group)
             self.group = None
@@ -209,24 +263,76 @@ class Stream:
             raise StreamError(f"this service serves {', '.join(self.types)}, not {type_url}")
         return type_url
 
-    def _type(self, type_url: str) -> TypeStatus:
-        return self.status.types.setdefault(type_url, TypeStatus())
+    # --- status ----------------------------------------------------------------------------
+
+    def status(self) -> ProxyStatus:
+        """What is reported of this stream now: a snapshot, each type's state worked out
+        against what the proxy should have now. It shares the stream's mappings (replaced,
+        never changed in place), so it costs no copy of them. What it is made of changes
+        only with a request, a response or a new snapshot of the group (which the cache
+        installs as a new mapping): until then the last one is still true and is returned
+        again, so that a board polled on every status change while nothing changed (a test
+        waiting over 1000 streams) does not remake them."""
+        snapshots = self.group.types if self.group is not None else None
+        status = self._status  # None since the last request or response
+        if status is None or status.snapshots is not snapshots:  # or the group has new ones
+            status = self._status = self._take_status(snapshots)
+        return status
+
+    def _take_status(self, snapshots: Mapping[str, TypeSnapshot] | None) -> ProxyStatus:
+        return ProxyStatus(
+            stream_id=self.stream_id,
+            peer=self.peer,
+            node_id=self.node_id,
+            node_cluster=self.node_cluster,
+            connected_since=self.connected_since,
+            types={t: self._report(t, st) for t, st in self._state.items()},
+            api=self.api,
+            node=self.node,
+            group=self._group_name,
+            snapshots=snapshots,
+        )
+
+    def _report(self, type_url: str, st: TypeState) -> TypeStatus:
+        desired = self.desired(type_url)
+        return TypeStatus(
+            wildcard=st.wildcard,
+            explicit=st.explicit,
+            sent=st.sent,
+            acked=st.acked,
+            sent_version=st.sent_version,
+            acked_version=st.acked_version,
+            nonce=st.nonce,
+            in_flight=st.in_flight,
+            nack=st.nack,
+            last_change=st.last_change,
+            pushes=st.pushes,
+            last_resources=st.last_resources,
+            acks=st.acks,
+            nacks=st.nacks,
+            stale_nonces=st.stale_nonces,
+            desired=desired,
+            current_version=self._version(type_url, desired),
+        )
 
     # --- requests --------------------------------------------------------------------------
 
-    def on_request(self, req: Message) -> bool:
+    def on_request(self, req: Request) -> bool:
         """Take a DiscoveryRequest (SotW) or DeltaDiscoveryRequest; True if it changed
         anything (so the status board should wake its waiters)."""
+        self._status = None
         if self.delta:
             return self._on_delta(req)
         return self._on_sotw(req)
 
-    def _begin(self, req: Message) -> tuple[str, TypeStatus, bool]:
+    def _begin(self, req: Request) -> tuple[str, TypeState, bool]:
         """What every request starts with, SotW or Delta: the node, the type's state, and
         the ACK/NACK part. Returns (type URL, state, whether the nonce was stale)."""
         type_url = self._type_url(req.type_url)
         self._identify(req.node if req.HasField("node") else None)
-        st = self._type(type_url)
+        st = self._state.get(type_url)
+        if st is None:
+            st = self._state[type_url] = TypeState()
         if req.response_nonce and st.nonce is not None:
             if req.response_nonce != st.nonce:
                 self._stale(type_url, st, req.response_nonce)
@@ -273,19 +379,22 @@ class Stream:
             # Legacy wildcard: a first request naming nothing means everything.
             st.subscribed, st.wildcard = True, not subscribe or "*" in subscribe
             current = self.group.snapshot(type_url).entries if self.group else {}
+            has: dict[str, Entry] = {}
             for name, version in req.initial_resource_versions.items():
                 entry = current.get(name)
                 if entry is None or entry.version != version:
                     entry = Entry(name, version, None)  # what the proxy has, content unknown
-                st.sent[name] = st.acked[name] = entry
+                has[name] = entry
+            if has:
+                st.sent, st.acked = has, dict(has)
             self.force.add(type_url)
         elif "*" in subscribe and not st.wildcard:
             st.wildcard = True
             self.force.add(type_url)
         if "*" in unsubscribe:
             st.wildcard = False
-        st.explicit |= subscribe - {"*"}
-        st.explicit -= unsubscribe
+        if subscribe or unsubscribe:
+            st.explicit = frozenset((st.explicit | subscribe) - unsubscribe - {"*"})
         if new:
             self.force.add(type_url)
             self.new_names.setdefault(type_url, set()).update(new)
@@ -302,16 +411,16 @@ class Stream:
                 st.acked_version = content_version(st.acked)
         return bool(req.response_nonce) or bool(subscribe) or bool(unsubscribe)
 
-    def _stale(self, type_url: str, st: TypeStatus, nonce: str) -> None:
+    def _stale(self, type_url: str, st: TypeState, nonce: str) -> None:
         st.stale_nonces += 1
         log.debug(
             "%s %s: ignoring stale nonce %s",
-            self.status.node_id,
+            self.node_id,
             SHORT_NAMES.get(type_url, type_url),
             nonce,
         )
 
-    def _answer(self, type_url: str, st: TypeStatus, req: Message) -> None:
+    def _answer(self, type_url: str, st: TypeState, req: Request) -> None:
         """The proxy answered our latest response of this type: an ACK or a NACK."""
         kind = SHORT_NAMES.get(type_url, type_url)
         st.in_flight = False
@@ -323,7 +432,7 @@ class Stream:
                 self.metrics.rejected(kind)
             log.warning(
                 "%s rejected %s version %s: %s",
-                self.status.node_id,
+                self.node_id,
                 kind,
                 st.sent_version,
                 st.nack,
@@ -342,7 +451,7 @@ class Stream:
         """What the subscription covers in the group's current snapshot. Read-only: when it
         covers the whole snapshot it is the snapshot's own mapping, shared by every stream
         of the group (no per-stream copy, and its version is already known)."""
-        st = self.status.types.get(type_url)
+        st = self._state.get(type_url)
         if self.group is None or st is None:
             return {}
         snapshot = self.group.snapshot(type_url)
@@ -374,15 +483,11 @@ class Stream:
         """The version the proxy should end up with (a held removal is not there yet)."""
         return self._version(type_url, self.desired(type_url))
 
-    def has_resources(self, type_url: str) -> bool:
-        """Should the proxy have some of this type? (True while we do not know it yet.)"""
-        return self.group is None or bool(self.group.snapshot(type_url).entries)
-
     def _needed(self, type_url: str) -> set[str]:
         """Names of ``type_url`` that resources the proxy has or was sent still need."""
         out: set[str] = set()
         for referrer, referred in REFERS_TO.items():
-            st = self.status.types.get(referrer)
+            st = self._state.get(referrer)
             if referred != type_url or st is None:
                 continue
             for entry in (*st.sent.values(), *st.acked.values()):
@@ -393,7 +498,7 @@ class Stream:
         """``desired`` plus the removals held back until nothing the proxy has needs them,
         kept in the version the proxy has (Delta: as sent, since it rolls nothing back)."""
         want = self.desired(type_url)
-        st = self.status.types[type_url]
+        st = self._state[type_url]
         whole = self._whole(type_url, want)
         if st.acked is st.sent and whole is not None:
             gone = whole.gone_since(st.sent)  # from the names the last change touched
@@ -411,17 +516,18 @@ class Stream:
     # --- responses -------------------------------------------------------------------------
 
     def _order(self) -> list[str]:
-        others = sorted(t for t in self.status.types if t not in PUSH_ORDER)
-        return [t for t in (*PUSH_ORDER, *others) if t in self.status.types]
+        others = sorted(t for t in self._state if t not in PUSH_ORDER)
+        return [t for t in (*PUSH_ORDER, *others) if t in self._state]
 
-    def responses(self) -> list[Message]:
+    def responses(self) -> list[Response]:
         """What to send now, in push order, holding back pushes behind unanswered ones."""
-        out: list[Message] = []
+        self._status = None
+        out: list[Response] = []
         if not self.ready:
             return out  # its group's snapshots are on their way: answered when installed
         blocked = False
         for type_url in self._order():
-            st = self.status.types[type_url]
+            st = self._state[type_url]
             if not st.subscribed:
                 continue
             forced = type_url in self.force
@@ -436,12 +542,13 @@ class Stream:
         self.force.clear()
         return out
 
-    def _respond(self, type_url: str, st: TypeStatus, forced: bool) -> Message | None:
+    def _respond(self, type_url: str, st: TypeState, forced: bool) -> Response | None:
         target = self.target(type_url)
         version = self._version(type_url, target)
         self._nonces += 1
-        nonce = f"{self.status.stream_id}-{self._nonces}"
+        nonce = f"{self.stream_id}-{self._nonces}"
         again = self._resend(target) if type_url == ENDPOINT and self._eds_resend else []
+        response: Response | None
         if self.delta:
             response = self._delta(type_url, st, target, version, nonce, forced, again)
         elif forced or again or version != st.sent_version:
@@ -465,11 +572,11 @@ class Stream:
         st.last_resources = len(response.resources)
         kind = SHORT_NAMES.get(type_url, type_url)
         if self.metrics:
-            self.metrics.pushed(kind, self.status.api, response.ByteSize())
+            self.metrics.pushed(kind, self.api, response.ByteSize())
         removed = getattr(response, "removed_resources", ())
         log.debug(
             "%s <- %s version %s (%d resources%s, nonce %s)",
-            self.status.node_id,
+            self.node_id,
             kind,
             version,
             len(response.resources),
@@ -478,7 +585,7 @@ class Stream:
         )
         return response
 
-    def _updated_endpoints(self, st: TypeStatus, target: Mapping[str, Entry]) -> set[str]:
+    def _updated_endpoints(self, st: TypeState, target: Mapping[str, Entry]) -> set[str]:
         """The endpoints named by the clusters of ``target`` that the proxy was sent in
         another version: Envoy warms those clusters until it gets them again."""
         out: set[str] = set()
@@ -504,7 +611,7 @@ class Stream:
     def _sotw_body(
         self,
         type_url: str,
-        st: TypeStatus,
+        st: TypeState,
         target: Mapping[str, Entry],
         forced: bool,
         again: list[Entry],
@@ -514,13 +621,16 @@ class Stream:
         proxy asks for by name (a proxy updates the ones a response carries and keeps the
         rest; Istio pushes EDS this way): one weight of 10k services is one assignment, not
         10k; ``again`` adds the ones an updated cluster needs. A request that asks again
-        (``forced``) gets everything it asked for."""
+        (``forced``) gets everything it asked for. (SotW entries are all packed: only a
+        Delta proxy's ``initial_resource_versions`` make entries without content.)"""
         if type_url not in WILDCARD_TYPES and not forced and st.acked_version is not None:
             changed = self._with(self._changes(type_url, st.acked, target), again)
             if changed:
-                return [e.any for e in changed]
+                return [a for e in changed if (a := e.any) is not None]
         whole = self._whole(type_url, target)
-        return whole.anys if whole is not None else [target[n].any for n in sorted(target)]
+        if whole is not None:
+            return whole.anys
+        return [a for n in sorted(target) if (a := target[n].any) is not None]
 
     def _changes(
         self, type_url: str, old: Mapping[str, Entry], target: Mapping[str, Entry]
@@ -531,7 +641,7 @@ class Stream:
     def _delta(
         self,
         type_url: str,
-        st: TypeStatus,
+        st: TypeState,
         target: Mapping[str, Entry],
         version: str,
         nonce: str,
