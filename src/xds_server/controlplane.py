@@ -466,16 +466,18 @@ class ControlPlane:
         # The newest stream of that proxy carrying the type (without ADS, one per type); its
         # resources come from the proxy's own group (its labels select the Gateways).
         streams = [p for p in self.proxies() if p.node_id == node_id and type_url in p.types]
-        if not streams or streams[-1].view is None:
+        if not streams:
             return "", []
         proxy = streams[-1]
-        entries = proxy.view.desired(type_url)
+        entries = proxy.desired(type_url)
+        cls = symbol_database.Default().GetSymbol(type_url.split("/", 1)[1])
         out = []
         for name in sorted(entries):
-            cls = symbol_database.Default().GetSymbol(type_url.split("/", 1)[1])
-            msg = cls()
-            entries[name].any.Unpack(msg)
-            out.append((name, msg))
+            packed = entries[name].any
+            if packed is not None:  # a snapshot's entries are all packed
+                msg = cls()
+                packed.Unpack(msg)
+                out.append((name, msg))
         return proxy.current_version(type_url), out
 
     @_collector_paused
@@ -641,7 +643,7 @@ class ControlPlane:
 
     def _sync_report(self, timeout: float) -> str:
         lines = [f"proxies not in sync after {timeout:g}s:"]
-        if not self.board.proxies:
+        if not self.board.streams():
             lines.append("  no proxy connected")
         for p in sorted(self.proxies(), key=lambda p: p.stream_id):
             who = f"{p.node_id} ({p.api} stream {p.stream_id} from {p.peer})"

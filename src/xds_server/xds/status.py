@@ -152,12 +152,6 @@ class ProxyStatus:
         return snapshot is not None and bool(snapshot.entries)
 
     @property
-    def view(self) -> ProxyStatus:
-        """This snapshot, for the callers of the old ``view.desired(type_url)``: use
-        ``desired(type_url)``."""
-        return self
-
-    @property
     def client_version(self) -> str:
         """The proxy's software, e.g. ``envoy 1.40.0`` or ``grpc 1.85.3``."""
         return client_version(self.node)
