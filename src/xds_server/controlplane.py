@@ -664,7 +664,11 @@ class ControlPlane:
 
 
 class BackgroundControlPlane:
-    """Blocking handle on a ControlPlane whose event loop runs in a background thread."""
+    """Blocking handle on a ControlPlane whose event loop runs in a background thread.
+
+    Not anyio's blocking portal, which does the same job: its loop runs in a non-daemon
+    executor thread, so a handle never stopped keeps the interpreter from exiting (tried:
+    a script that starts one and ends hangs at exit); this thread is a daemon."""
 
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp

@@ -395,7 +395,8 @@ def duplicates(resources: Sequence[Resource]) -> list[Problem]:
     """Two documents for one kind/namespace/name: in one batch, the second would silently
     replace the first."""
     problems: list[Problem] = []
-    _check_duplicates(resources, problems)
+    if len({r.key for r in resources}) != len(resources):  # else none: one set, no report
+        _check_duplicates(resources, problems)
     return problems
 
 
