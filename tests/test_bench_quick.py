@@ -35,6 +35,12 @@ EXPECTED = [
     "churn_changes_per_s",
     "churn_pushes_per_change",
     "churn_last_wins",
+    "stall_max_ms",
+    "stall_xds_max_ms",
+    "stall_admin_max_ms",
+    "stall_apply_ms",
+    "stall_xds_probes",
+    "stall_admin_probes",
 ]
 
 
@@ -61,4 +67,6 @@ def test_quick_bench_produces_every_figure(tmp_path):
     assert len(results["fanout_all_acked_ms_p99"]) == 2  # one per N
     # Not a time: a one-weight change re-serializes exactly one resource at any size.
     assert results["one_weight_repacked"] == 1
+    # Both probes answered while the apply ran (not a time: that they were answered at all).
+    assert results["stall_xds_probes"] > 0 and results["stall_admin_probes"] > 0
     assert "figure" in proc.stdout and "push_ack_ms_p99" in proc.stdout
