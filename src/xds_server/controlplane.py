@@ -560,15 +560,19 @@ class ControlPlane:
                 group = self.cache.groups.get(profile)
                 if group is None:
                     continue
+                latest = group.latest  # what the last change installed, maybe not yet served
+                had_scope, had = latest if latest is not None else (None, group.types)
                 types = {}
                 for t in PUSH_ORDER:
-                    old = group.snapshot(t)
+                    old = had[t]
                     if (id(old), t) not in packed:
-                        packed[(id(old), t)] = (
-                            old.updated(update.upserts[t], update.removals[t])
-                            if group.scope == scope and group.ready
-                            else TypeSnapshot.of(assembler.resources.by_type()[t], old)
-                        )
+                        if latest is None or had_scope != scope:  # another translation's
+                            new = TypeSnapshot.of(assembler.resources.by_type()[t], old)
+                        elif update.upserts[t] or update.removals[t]:
+                            new = old.updated(update.upserts[t], update.removals[t])
+                        else:  # untouched: the very snapshot, so streams see nothing to do
+                            new = old
+                        packed[(id(old), t)] = new
                     types[t] = packed[(id(old), t)]
                 installs[profile] = (scope, types)
         self._keep(translations)
@@ -598,16 +602,20 @@ class ControlPlane:
     def _serve_profile(self, profile: NodeProfile) -> None:
         with self.lock:
             group = self.cache.groups.get(profile)
-            if group is None or group.ready:
+            if group is None or group.latest is not None:
                 return  # gone already, or served by a commit meanwhile
             index = self.store.index
             scope = translation_key(index, profile)
             twin = next(
-                (g for g in list(self.cache.groups.values()) if g.ready and g.scope == scope),
+                (
+                    latest
+                    for g in list(self.cache.groups.values())
+                    if (latest := g.latest) is not None and latest[0] == scope
+                ),
                 None,
             )
             if twin is not None and scope in self._assemblers:
-                self.cache.install({profile: (scope, dict(twin.types))})
+                self.cache.install({profile: (scope, dict(twin[1]))})
                 return
             assembler = self._assemblers.get(scope)
             if assembler is None:

@@ -175,8 +175,13 @@ Snapshots = dict[str, TypeSnapshot]  # by type URL
 
 
 class Group:
-    """The snapshots for one node profile; replaced whole by ``install``, so holders see
-    updates and never a half-installed change."""
+    """The snapshots for one node profile; replaced whole on the event loop, so holders
+    see updates and never a half-installed change.
+
+    Two views: what the streams are served (``types``, ``ready``, ``scope``: swapped on the
+    loop) and what was installed last (``latest``), which the next change is packed
+    against. They differ only between an install from the change's thread and the swap it
+    schedules on the loop."""
 
     def __init__(self, profile: NodeProfile) -> None:
         self.profile = profile
@@ -184,6 +189,14 @@ class Group:
         self.users = 0
         self.ready = False  # snapshots installed: its streams may be answered
         self.scope: Hashable = None  # the translation its snapshots came from
+        self.pending: tuple[Hashable, Snapshots] | None = None  # installed, not swapped in
+
+    @property
+    def latest(self) -> tuple[Hashable, Snapshots] | None:
+        """(scope, snapshots) as installed last; None before the first install."""
+        if self.pending is not None:
+            return self.pending
+        return (self.scope, self.types) if self.ready else None
 
     def snapshot(self, type_url: str) -> TypeSnapshot:
         return self.types.get(type_url, _EMPTY)
@@ -256,37 +269,53 @@ class SnapshotCache:
     # --- updates ---------------------------------------------------------------------------
 
     def install(self, snapshots: Mapping[NodeProfile, tuple[Hashable, Snapshots]]) -> set[str]:
-        """Swap in new snapshots (profile -> (scope, snapshots by type URL)) and tell the
-        watchers; returns the type URLs whose version changed in any group. A profile no
-        stream uses any more is skipped."""
+        """Install new snapshots (profile -> (scope, snapshots by type URL)); returns the
+        type URLs whose version changed in any group. A profile no stream uses any more is
+        skipped. From another thread (a change worked out off the loop), the swap into
+        what streams see is scheduled on the loop and this returns at once: the loop then
+        answers the streams while that thread is done, instead of both contending for
+        the GIL."""
         changed: set[str] = set()
         for profile, (scope, types) in snapshots.items():
             group = self.groups.get(profile)
             if group is None:
                 continue
-            new = {**group.types, **types}
-            changed |= {t for t, snap in new.items() if snap.version != group.version(t)}
-            group.types, group.scope = new, scope
-            if not group.ready:
-                group.ready = True
+            latest = group.latest
+            base = latest[1] if latest is not None else group.types
+            new = {**base, **types}
+            if latest is None:
                 changed |= set(new)  # its streams waited: answer them
-        if changed:
-            self._notify(changed)
+            else:
+                changed |= {t for t, snap in new.items() if snap.version != base[t].version}
+            group.pending = (scope, new)
+        loop = self._loop
+        if loop is None or threading.get_ident() == self._loop_thread:
+            self._swap()
+        elif not loop.is_closed():
+            loop.call_soon_threadsafe(self._swap)
         return changed
+
+    def _swap(self) -> None:
+        """Serve what was installed, and wake the streams whose snapshots changed."""
+        changed: set[str] = set()
+        for group in list(self.groups.values()):
+            if group.pending is None:
+                continue
+            (scope, new), group.pending = group.pending, None
+            if not group.ready:
+                changed |= set(new)
+            else:
+                changed |= {t for t, snap in new.items() if snap.version != group.version(t)}
+            group.types, group.scope, group.ready = new, scope, True
+        if changed:
+            for notify in list(self._watchers):
+                notify(changed)
 
     def set_resources(self, resources: Resources) -> set[str]:
         """The same resources for every proxy (no per-node selection): for tests and tools
         that have no control plane."""
         snaps = {t: TypeSnapshot.of(m) for t, m in resources.by_type().items()}
         return self.install({p: (None, snaps) for p in self.groups})
-
-    def _notify(self, changed: set[str]) -> None:
-        loop = self._loop
-        if loop is None or threading.get_ident() == self._loop_thread:
-            for notify in list(self._watchers):
-                notify(changed)
-        elif not loop.is_closed():
-            loop.call_soon_threadsafe(self._notify, changed)
 
     def watch(self, callback: Callable[[set[str]], None]) -> None:
         self._watchers.append(callback)

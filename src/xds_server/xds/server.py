@@ -123,12 +123,31 @@ class XdsServer:
         responses: list[Response] = []
         try:
             stream.on_request(request)
+            if not stream.ready:  # a kind of proxy not served yet: its translation is on its way
+                await self._until_ready(stream)
             responses = stream.responses()
         except StreamError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         finally:
             stream.close()
         return responses[0] if responses else discovery_pb2.DiscoveryResponse(type_url=type_url)
+
+    FETCH_WAIT_S = 10.0  # the longest a Fetch waits for its kind of proxy's translation
+
+    async def _until_ready(self, stream: Stream) -> None:
+        ready = asyncio.Event()
+
+        def on_change(_types: set[str]) -> None:
+            if stream.ready:
+                ready.set()
+
+        self.cache.watch(on_change)
+        try:
+            await asyncio.wait_for(ready.wait(), self.FETCH_WAIT_S)
+        except TimeoutError:
+            pass  # answered with what there is: nothing
+        finally:
+            self.cache.unwatch(on_change)
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):  # type: ignore[misc]
