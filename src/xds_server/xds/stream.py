@@ -393,8 +393,8 @@ class Stream:
             self.force.add(type_url)
         if "*" in unsubscribe:
             st.wildcard = False
-        if subscribe or unsubscribe:
-            st.explicit = frozenset((st.explicit | subscribe) - unsubscribe - {"*"})
+        if subscribe or unsubscribe:  # shared, like SotW's, when it names the whole snapshot
+            st.explicit = self._shared(type_url, (st.explicit | subscribe) - unsubscribe - {"*"})
         if new:
             self.force.add(type_url)
             self.new_names.setdefault(type_url, set()).update(new)
@@ -460,14 +460,14 @@ class Stream:
             return entries
         return {n: entries[n] for n in st.explicit if n in entries}
 
-    def _shared(self, type_url: str, names: set[str]) -> AbstractSet[str]:
+    def _shared(self, type_url: str, names: AbstractSet[str]) -> AbstractSet[str]:
         """The snapshot's own name set when a request names exactly it (as every Envoy's
         EDS request names every cluster): one copy per group, not one per stream."""
         if self.group is not None:
             every = self.group.snapshot(type_url).names
             if names == every:
                 return every
-        return names
+        return frozenset(names)
 
     def _whole(self, type_url: str, target: Mapping[str, Entry]) -> TypeSnapshot | None:
         """The group's snapshot if ``target`` is all of it (the common case), so that what
