@@ -542,3 +542,19 @@ def test_what_a_rejected_proposal_was_checked_against_is_not_reused():
     committed = [r for r in cp.store.resources()] + load_text(route_named("tcp-echo-second"))
     assert _what(e.value.problems) == _what(validate(committed)[0])
     assert any("already routed by" in p.message for p in e.value.problems)
+
+
+def test_new_options_serve_what_a_fresh_translation_gives():
+    """Options read by every translation start new assemblers: their first output replaces
+    what the old ones packed, names that went included (locality -> Istio shape and back)."""
+    cp = ControlPlane()
+    cp.apply(load_text(config()))
+    for split in (ISTIO, LOCALITY):
+        cp.set_options(TranslateOptions(split=split))
+        fresh = ControlPlane(options=TranslateOptions(split=split))
+        fresh.apply(load_text(config()))
+        for t in PUSH_ORDER:
+            ours, theirs = cp.cache.snapshot(t).entries, fresh.cache.snapshot(t).entries
+            assert {n: e.any.value for n, e in ours.items()} == {
+                n: e.any.value for n, e in theirs.items()
+            }, (split, t)

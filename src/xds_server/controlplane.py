@@ -553,7 +553,7 @@ class ControlPlane:
         """Hand a committed config's translations to the cache: each change packed once
         per scope, and swapped in for every kind of proxy it serves."""
         installs: dict[NodeProfile, tuple[Hashable, Snapshots]] = {}
-        for scope, (assembler, update, profiles) in translations.items():
+        for assembler, update, profiles in translations.values():
             assembler.commit(update)
             packed: dict[tuple[int, str], TypeSnapshot] = {}
             for profile in profiles:
@@ -561,12 +561,15 @@ class ControlPlane:
                 if group is None:
                     continue
                 latest = group.latest  # what the last change installed, maybe not yet served
-                had_scope, had = latest if latest is not None else (None, group.types)
+                packer, had = latest if latest is not None else (None, group.types)
                 types = {}
                 for t in PUSH_ORDER:
                     old = had[t]
                     if (id(old), t) not in packed:
-                        if latest is None or had_scope != scope:  # another translation's
+                        # The update is relative to what this very assembler committed: it
+                        # applies only to what that assembler packed (a new one, for a new
+                        # scope or new options, starts from nothing).
+                        if packer is not assembler:
                             new = TypeSnapshot.of(assembler.resources.by_type()[t], old)
                         elif update.upserts[t] or update.removals[t]:
                             new = old.updated(update.upserts[t], update.removals[t])
@@ -574,7 +577,7 @@ class ControlPlane:
                             new = old
                         packed[(id(old), t)] = new
                     types[t] = packed[(id(old), t)]
-                installs[profile] = (scope, types)
+                installs[profile] = (assembler, types)
         self._keep(translations)
         changed = self.cache.install(installs)
         if changed:
@@ -606,18 +609,18 @@ class ControlPlane:
                 return  # gone already, or served by a commit meanwhile
             index = self.store.index
             scope = translation_key(index, profile)
+            assembler = self._assemblers.get(scope)
             twin = next(
                 (
-                    latest
+                    latest[1]
                     for g in list(self.cache.groups.values())
-                    if (latest := g.latest) is not None and latest[0] == scope
+                    if (latest := g.latest) is not None and latest[0] is assembler
                 ),
                 None,
             )
-            if twin is not None and scope in self._assemblers:
-                self.cache.install({profile: (scope, dict(twin[1]))})
+            if assembler is not None and twin is not None:  # its packed snapshots, shared
+                self.cache.install({profile: (assembler, dict(twin))})
                 return
-            assembler = self._assemblers.get(scope)
             if assembler is None:
                 assembler = Assembler(self.options, profile, scope)
                 run = self.store.results.run(())
@@ -625,7 +628,7 @@ class ControlPlane:
                 run.commit()
                 self._assemblers[scope] = assembler
             types = {t: TypeSnapshot.of(m) for t, m in assembler.resources.by_type().items()}
-            self.cache.install({profile: (scope, types)})
+            self.cache.install({profile: (assembler, types)})
 
     # --- status ----------------------------------------------------------------------------
 

@@ -188,7 +188,7 @@ class Group:
         self.types: Snapshots = {t: _EMPTY for t in PUSH_ORDER}
         self.users = 0
         self.ready = False  # snapshots installed: its streams may be answered
-        self.scope: Hashable = None  # the translation its snapshots came from
+        self.scope: Hashable = None  # what packed its snapshots (the control plane's Assembler)
         self.pending: tuple[Hashable, Snapshots] | None = None  # installed, not swapped in
 
     @property
