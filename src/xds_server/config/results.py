@@ -81,10 +81,6 @@ class Run:
         """The committed result, stale or not (None if there is none)."""
         return self.results._by_key.get(key, _NONE).get(slot)
 
-    def may_differ(self, key: Key) -> bool:
-        """Whether ``key``'s committed results may not hold in this run."""
-        return self.stale is None or key in self.stale
-
     def commit(self) -> None:
         """The proposal became the committed config: its results are the committed ones."""
         self.results._commit(self)

@@ -15,7 +15,7 @@ a stale one is a conflict, never silently merged.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -277,7 +277,7 @@ class ConfigStore:
         self,
         proposed: dict[Key, Resource],
         touched: list[Key],
-        gone: list[Key] = (),  # type: ignore[assignment]
+        gone: Sequence[Key] = (),
         *,
         dry_run: bool = False,
         saved: dict[Key, ObjectState] | None = None,

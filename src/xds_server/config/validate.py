@@ -450,7 +450,7 @@ class PortClaims:
         if run.stale is None or self.claimants is None:
             claimants: dict[ClaimKey, list[Key]] = {}
             for vs in index.virtual_services:
-                for claim in {(gw.key, port): None for _i, gw, port in claims_of(vs)}:
+                for claim in _claim_keys(claims_of(vs)):
                     keys = claimants.setdefault(claim, [])
                     if vs.key not in keys:  # a key twice is reported as a duplicate
                         keys.append(vs.key)
@@ -462,9 +462,9 @@ class PortClaims:
             for key in changed:
                 before = run.committed(key, CHECK)
                 if before is not None:
-                    touched.update((gw.key, port) for _i, gw, port in before[1])
+                    touched.update(_claim_keys(before[1]))
                 if (r := index.by_key.get(key)) is not None:
-                    for claim in {(gw.key, port): None for _i, gw, port in claims_of(r)}:
+                    for claim in _claim_keys(claims_of(r)):
                         now.setdefault(claim, []).append(key)
             touched |= now.keys()
             claimants = dict(self.claimants)
@@ -487,6 +487,11 @@ class PortClaims:
                 message += _ref(index.by_key[owner])
                 Reporter.for_resource(r, problems).add(item("spec.tcp", i), message)
         return PortClaims(claimants)
+
+
+def _claim_keys(claims: list[Claim]) -> dict[ClaimKey, None]:
+    """The (gateway, port) pairs of ``claims``, each once, in order."""
+    return {(gw.key, port): None for _i, gw, port in claims}
 
 
 def _check(r: Resource, index: ConfigIndex) -> tuple[list[Problem], list[Claim]]:

@@ -118,18 +118,9 @@ class TypeSnapshot:
     @classmethod
     def of(cls, resources: Mapping[str, Message], old: TypeSnapshot | None = None) -> TypeSnapshot:
         """A snapshot of exactly ``resources`` (``old``: a snapshot whose packed bytes are
-        reused where equal)."""
+        reused where equal): ``old`` updated with all of them, and without the rest."""
         old = old or _EMPTY
-        entries: dict[str, Entry] = {}
-        total = old.total
-        for name, msg in resources.items():
-            prev = old.entries.get(name)
-            entries[name], moved = _entry(name, msg, prev)
-            total += moved
-        for name in old.entries.keys() - entries.keys():  # removed
-            total -= _mark(name, old.entries[name].version)
-        total %= _MOD
-        return TypeSnapshot(_version_of(total), entries, total)
+        return old.updated(resources, [n for n in old.entries if n not in resources])
 
 
 def changed_entries(old: Mapping[str, Entry], new: Mapping[str, Entry]) -> list[Entry]:
