@@ -15,7 +15,7 @@ from ..config.results import Results, Run
 from .node import ADS, ANY_NODE, NodeProfile
 from .options import ISTIO, TranslateOptions
 from .translator import ISTIO_SHAPE, LOCALITY_SHAPE, PROXYLESS, Outputs, Phase
-from .types import PUSH_ORDER, Resources
+from .types import Resources
 
 
 def profile_options(options: TranslateOptions, node: NodeProfile) -> TranslateOptions:
@@ -66,20 +66,14 @@ class Update:
     resources: Resources | None  # None for a patch: the committed ones, updated
     upserts: dict[str, dict[str, Message]]
     removals: dict[str, set[str]]
-    owners: dict[str, dict[str, Key]] | None = None
-    exclusive: bool = True
-
-    @property
-    def empty(self) -> bool:
-        return not any(self.upserts.values()) and not any(self.removals.values())
+    exclusive: bool = True  # no name made by two resources (see Assembler)
 
 
 class Assembler:
-    """The translation for one kind of proxy: its resources as last committed, and who made
-    each name. A change re-translates the stale resources (those of the change set, and
-    those requiring what it changed) and replaces their outputs; where two resources make
-    one name (a shadowed route, a host declared twice), order decides, so the whole output
-    is assembled again."""
+    """The translation for one kind of proxy: its resources as last committed. A change
+    re-translates the stale resources (those of the change set, and those requiring what
+    it changed) and replaces their outputs; where two resources make one name (a shadowed
+    route, a host declared twice), order decides, so the whole output is assembled again."""
 
     def __init__(self, options: TranslateOptions, node: NodeProfile, scope: Hashable = None):
         self.options = profile_options(options, node)
@@ -89,12 +83,14 @@ class Assembler:
         if node.proxyless:
             self.phases.append(PROXYLESS)
         self.resources = Resources()  # as last committed
-        self.owners: dict[str, dict[str, Key]] = {t: {} for t in PUSH_ORDER}
         self.exclusive = False  # no name made by two resources: a change can be patched in
 
+    def _slot(self, phase: Phase) -> tuple[Hashable, str]:
+        """Where a resource's outputs of ``phase`` are kept (config/results.py)."""
+        return (self.scope, phase.work.__name__)
+
     def _outputs(self, phase: Phase, index: ConfigIndex, r: Resource, run: Run) -> Outputs:
-        slot = (self.scope, phase.work.__name__)
-        return run.get(r.key, slot, lambda: phase.work(index, r, self.options))
+        return run.get(r.key, self._slot(phase), lambda: phase.work(index, r, self.options))
 
     def propose(self, config: ConfigIndex, run: Run) -> Update:
         """The translation of ``config``, which differs from the committed one where
@@ -110,17 +106,13 @@ class Assembler:
         """``update`` is now what the proxies of this kind are served."""
         if update.resources is not None:
             self.resources, self.exclusive = update.resources, update.exclusive
-            self.owners = update.owners or {t: {} for t in PUSH_ORDER}
             return
-        by_type, owners = self.resources.by_type(), update.owners or {}
+        by_type = self.resources.by_type()
         for type_url, names in update.removals.items():
             for name in names:
                 by_type[type_url].pop(name, None)
-                self.owners[type_url].pop(name, None)
         for type_url, msgs in update.upserts.items():
             by_type[type_url].update(msgs)
-        for type_url, made in owners.items():
-            self.owners[type_url].update(made)
 
     def _assemble(self, index: ConfigIndex, run: Run) -> Update:
         """Every group of every phase, and how that differs from the committed output."""
@@ -147,7 +139,7 @@ class Assembler:
             old = before[type_url]
             upserts[type_url] = {n: m for n, m in msgs.items() if old.get(n) != m}
             removals[type_url] = {n for n in old if n not in msgs}
-        return Update(out, upserts, removals, owners, exclusive)
+        return Update(out, upserts, removals, exclusive)
 
     def _patch(self, index: ConfigIndex, run: Run) -> Update | None:
         """The committed output with the groups of the stale resources replaced, or None
@@ -159,7 +151,7 @@ class Assembler:
         removals: dict[str, set[str]] = {t: set() for t in current}
         for key in run.stale:
             for phase in self.phases:
-                for group in run.committed(key, (self.scope, phase.work.__name__)) or ():
+                for group in run.committed(key, self._slot(phase)) or ():
                     for type_url, name, _msg in group:
                         removals[type_url].add(name)
         upserts: dict[str, dict[str, Message]] = {t: {} for t in current}
@@ -184,4 +176,4 @@ class Assembler:
                             upserts[type_url].pop(name, None)
         for type_url, made in owners.items():
             removals[type_url] -= made.keys()
-        return Update(None, upserts, removals, owners)
+        return Update(None, upserts, removals)
