@@ -204,11 +204,12 @@ class ConfigIndex:
             requirers = self._requirers
             found = {k for dep in deps for k in requirers.get(dep, ())} - stale
             stale |= found
-            deps = {
-                ("host", canonical_host(h, k[1]))
+            deps = {  # what a ServiceEntry's hosts answer includes its endpoints and subsets
+                dep
                 for k in found
                 if k[0] == ServiceEntry.kind
-                for h in self.by_key[k].hosts  # type: ignore[attr-defined]
+                for dep in provides(self.by_key[k])
+                if dep[0] == "host"
             }
         return stale
 
