@@ -28,7 +28,7 @@ from .model import (
 
 CLUSTER_DOMAIN = "svc.cluster.local"
 
-Dep = Hashable
+Dep = tuple[str, Hashable]
 """What a look-up's answer depends on: ("gateway", (ns, name)), ("host", host),
 ("rule", host), ("selectors", ns) or ("workloads", ns); hosts are canonical."""
 
