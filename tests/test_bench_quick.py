@@ -27,7 +27,7 @@ EXPECTED = [
     "one_weight_envoy_ack_ms",
     "one_weight_change_ms",
     "state_first_apply_s",
-    "one_weight_state_dir_ms",
+    "store_one_weight_ms",
     "state_restart_s",
     "one_weight_repacked",
     "one_weight_delta_bytes",
@@ -65,6 +65,7 @@ def test_quick_bench_produces_every_figure(tmp_path):
         for v in values:
             assert isinstance(v, int | float) and not math.isnan(v), (key, v)
     assert len(results["fanout_all_acked_ms_p99"]) == 2  # one per N
+    assert set(results["store_one_weight_ms"]) >= {"sqlite"}  # one per store
     # Not a time: a one-weight change re-serializes exactly one resource at any size.
     assert results["one_weight_repacked"] == 1
     # Both probes answered while the apply ran (not a time: that they were answered at all).

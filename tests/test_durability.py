@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
+import sqlite3
+import subprocess
+import sys
 import threading
 import urllib.parse
-import zlib
+from pathlib import Path
 
 import pytest
 import yaml
@@ -18,8 +20,11 @@ from conftest import ServerProcess, locality_split_ok
 
 from xds_server import ControlPlane
 from xds_server.admin.client import AdminClient
-from xds_server.config import persist
-from xds_server.config.persist import StateDir, StateWriteError
+from xds_server.config import legacy
+from xds_server.config.load import load_text
+from xds_server.config.model import VirtualService
+from xds_server.config.persist import StateDamagedError, StateWriteError
+from xds_server.config.sqlite import SqliteStore
 from xds_server.lab import traffic
 from xds_server.lab.envoy import EnvoyProcess
 from xds_server.lab.lab import SAMPLES, Lab
@@ -73,156 +78,191 @@ def test_kill_9_restart_keeps_config_and_split(tmp_path, echoes):
         server.stop()
 
 
-def test_kill_9_during_an_apply_storm_leaves_one_whole_revision(tmp_path):
-    state = tmp_path / "state"
+def _storm(state: Path, kill_after: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Apply weight pairs one after the other and kill -9 the server after ``kill_after``
+    of them: the last pair acknowledged, and the one in flight."""
     args = ("--state-dir", str(state), "--xds-port", "0", "--admin-port", "0")
     server = ServerProcess(*args)
     client = AdminClient(f"127.0.0.1:{server.wait_port('admin API')}")
-    client.apply([("s.yaml", SERVICE_ENTRY), ("v1.yaml", ALL_V1)])
-    applied = {(100, 0)}
-    last = [0]  # the storm's last acknowledged apply
+    if not (state / "state.db").exists() or kill_after == 0:
+        client.apply([("s.yaml", SERVICE_ENTRY), ("v1.yaml", ALL_V1)])
+    acked = [tuple(d.weight for d in _vs(client).tcp[0].route)]
     stop = threading.Event()
+    sent = [acked[0]]
 
     def storm() -> None:
         i = 0
         while not stop.is_set():
             i += 1
+            pair = (i, 1000 - i)
+            sent.append(pair)
             try:
-                client.apply([("w.yaml", weights_yaml(i, 1000 - i))])
+                client.apply([("w.yaml", weights_yaml(*pair))])
             except Exception:
                 return
-            applied.add((i, 1000 - i))
-            last[0] = i
+            acked.append(pair)
 
     t = threading.Thread(target=storm)
     t.start()
-    with contextlib.suppress(TimeoutError):  # kill at the 30th apply, or at 10 s regardless
-        wait_until(lambda: len(applied) >= 30, 10, interval=0.005, what="30 applies")
+    with contextlib.suppress(TimeoutError):  # kill after that many applies, at 10 s regardless
+        wait_until(lambda: len(acked) > kill_after, 10, interval=0.001, what="applies")
     server.kill()
     stop.set()
     t.join(10)
     client.close()
+    return acked[-1], sent[-1]
 
-    # The state file is one whole revision: it loads, validates, and is the last
-    # acknowledged weight pair or the one in flight when the server died.
-    resources = StateDir(state).load()
-    vs = next(r for r in resources if r.kind == "VirtualService")
-    weights = tuple(d.weight for d in vs.tcp[0].route)
-    acked = (last[0], 1000 - last[0]) if last[0] else (100, 0)
-    in_flight = (last[0] + 1, 999 - last[0])  # persisted, but killed before it answered
-    assert weights in (acked, in_flight)
-    # A write cut short leaves its temp file; the next start removes it.
-    (state / ".config.cut-short.tmp").write_text("apiVersion: networking.istio.io/v1\nkind:")
-    server = ServerProcess(*args)
-    try:
-        server.wait_port("admin API")
-        assert not [p for p in os.listdir(state) if p.endswith(".tmp")]
-    finally:
-        server.stop()
+
+def _vs(client: AdminClient) -> VirtualService:
+    (r,) = load_text(client.get("VirtualService", "tcp-echo").resources[0].json)
+    assert isinstance(r, VirtualService)
+    return r
+
+
+def test_kill_9_during_an_apply_storm_leaves_one_whole_batch(tmp_path):
+    """20 trials: kill -9 the server at another point of an apply storm each time. What it
+    saved is one whole batch: it loads, validates, and is the last acknowledged weight pair
+    or the one in flight when the server died."""
+    state = tmp_path / "state"
+    for trial in range(20):
+        acked, in_flight = _storm(state, kill_after=trial % 7 * 3 + trial // 7)
+        store = SqliteStore.in_dir(state)
+        loaded = store.load()
+        store.close()
+        ControlPlane().restore(loaded.resources, loaded.revision)  # valid as a whole
+        (vs,) = [r for r in loaded.resources if isinstance(r, VirtualService)]
+        weights = tuple(d.weight for d in vs.tcp[0].route)
+        assert weights in (acked, in_flight), (trial, weights, acked, in_flight)
+        assert loaded.revision == int(vs.raw["metadata"]["resourceVersion"]), trial
+
+
+class FailingCommit:
+    """A connection whose COMMIT fails as a full disk makes SQLite fail."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.db, name)
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+
+def _rows(cp: ControlPlane) -> dict[tuple[str, str, str], dict]:
+    """The database's rows, read through the server's own connection (it holds the lock)."""
+    db = cp.state._db
+    rows = db.execute("SELECT kind, namespace, name, document FROM resources").fetchall()
+    return {(k, ns, n): json.loads(doc) for k, ns, n, doc in rows}
 
 
 def test_failed_write_changes_nothing(tmp_path, monkeypatch):
     with ControlPlane.start_in_thread(state_dir=tmp_path) as cp:
         cp.apply_yaml(SERVICE_ENTRY)
         cp.apply_yaml(ALL_V1)
-        saved = (tmp_path / "config.yaml").read_text()
+        saved = cp.call(_rows, cp.cp)
         versions = cp.call(cp.cp.cache.versions)
-
-        def broken(*a, **k):
-            raise OSError(28, "No space left on device")
-
-        monkeypatch.setattr(os, "replace", broken)
-        with pytest.raises(StateWriteError, match="No space left on device; the change was not"):
+        real = cp.cp.state._db
+        monkeypatch.setattr(cp.cp.state, "_db", FailingCommit(real))
+        monkeypatch.setattr(SqliteStore, "_probe", lambda self: None)
+        with pytest.raises(StateWriteError, match="disk is full; the change was not"):
             cp.apply_yaml(V2_20)
         monkeypatch.undo()
-        assert (tmp_path / "config.yaml").read_text() == saved
+        assert not real.in_transaction
+        assert cp.call(_rows, cp.cp) == saved
         assert cp.get("VirtualService", "tcp-echo").tcp[0].route[0].weight is None
         assert cp.call(cp.cp.cache.versions) == versions
-        assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+        cp.apply_yaml(V2_20)  # and the next one is written
+        assert cp.call(_rows, cp.cp) != saved
 
 
-def test_state_file_is_every_resource_rendered_once_per_change(tmp_path):
-    """The file joins texts rendered per resource: after applies and a delete it is exactly
-    the whole store rendered afresh, and only a changed resource was rendered again."""
+def test_database_rows_are_the_store_and_an_apply_writes_what_it_changed(tmp_path):
+    """After applies and a delete, the rows are exactly the documents the store shows;
+    a one-weight apply writes one row (and the revision), a restart writes nothing."""
     cp = ControlPlane(state_dir=tmp_path)
+    cp.load_state()
     cp.apply_yaml(SERVICE_ENTRY)
     cp.apply_yaml(ALL_V1)
     cp.apply_yaml(V2_20)
     cp.delete("VirtualService", "tcp-echo")
-    rendered = []
-    real = persist.render
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(persist, "render", lambda doc: rendered.append(doc["kind"]) or real(doc))
-        cp.apply_yaml(V2_20.replace("weight: 20", "weight: 25").replace("weight: 80", "weight: 75"))
-    assert rendered == ["VirtualService"]
+    db = cp.state._db
+    before = db.total_changes
+    cp.apply_yaml(V2_20.replace("weight: 20", "weight: 25").replace("weight: 80", "weight: 75"))
+    assert db.total_changes - before == 3  # the VirtualService's row, format, revision
     store = cp.store
-    docs = [
-        persist.render(store.document(r.key)).encode()
-        for r in sorted(store.resources(), key=lambda r: r.key)
-    ]
-    checksum = sum(map(zlib.crc32, docs)) & 0xFFFFFFFF
-    seal = f"# xds-server seal: {len(docs)} documents, {len(b''.join(docs))} bytes, "
-    whole = persist.HEADER + b"".join(docs).decode() + seal + f"checksum {checksum:08x}\n"
-    assert (tmp_path / "config.yaml").read_text() == whole
-    assert [r.key for r in StateDir(tmp_path).load()] == sorted(r.key for r in store.resources())
-    # Our own write is not an edit; anyone else's is.
-    assert not cp.state.edited()
-    (tmp_path / "config.yaml").write_text(whole.replace("weight: 25", "weight: 26"))
-    assert cp.state.edited()
+    assert _rows(cp) == {r.key: store.document(r.key) for r in store.resources()}
+    revision = store.revision
+    assert dict(db.execute("SELECT * FROM meta"))["revision"] == str(revision)
+    cp.state.close()
+
+    again = ControlPlane(state_dir=tmp_path)
+    again.load_state()
+    assert again.state.writes == 0
+    assert again.store.revision == revision
+    assert {r.key: again.store.document(r.key) for r in again.store.resources()} == {
+        r.key: store.document(r.key) for r in store.resources()
+    }
+    # A delete is a revision too, and a restart keeps it (no resource carries it).
+    again.delete("VirtualService", "tcp-echo")
+    again.state.close()
+    third = ControlPlane(state_dir=tmp_path)
+    third.load_state()
+    assert third.store.revision == revision + 1
+    third.state.close()
 
 
-def test_restart_reuses_the_saved_texts(tmp_path):
-    """Restoring the state at start-up saves it again without rendering a document (the
-    texts in the file are reused), and the file comes out as it was."""
-    cp = ControlPlane(state_dir=tmp_path)
+def test_old_state_file_is_imported_once_and_kept(tmp_path):
+    """A state directory of the old format (config.yaml): imported into state.db at the
+    first start, metadata kept, the file left as it was; later starts read the database
+    only. A cut-short old file is refused, as before."""
+    cp = ControlPlane()
     cp.apply_yaml(SERVICE_ENTRY)
     cp.apply_yaml(ALL_V1)
     cp.apply_yaml(V2_20)
-    before = (tmp_path / "config.yaml").read_text()
-    again = ControlPlane(state_dir=tmp_path)
-    rendered = []
-    real = persist.render
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(persist, "render", lambda doc: rendered.append(doc["kind"]) or real(doc))
-        again.restore(again.state.load())
-        assert rendered == []
-        # A document edited by hand is rendered again, the others are not.
-        edited = before.replace("weight: 20", "weight: 30").replace("weight: 80", "weight: 70")
-        (tmp_path / "config.yaml").write_text(edited)
-        again.replace(again.state.load())
-    assert rendered == ["VirtualService"]
-    assert (tmp_path / "config.yaml").read_text().count("weight: 30") == 1
-    assert sorted(r.key for r in again.store.resources()) == sorted(
-        r.key for r in cp.store.resources()
-    )
+    docs = [cp.store.document(r.key) for r in cp.store.resources()]
+    old = legacy.LEGACY_HEADER + "\n" + yaml.safe_dump_all(docs, explicit_start=True)
+    (tmp_path / "config.yaml").write_text(old)
+    first = ControlPlane(state_dir=tmp_path)
+    first.load_state()
+    assert {r.key: first.store.document(r.key) for r in first.store.resources()} == {
+        r.key: cp.store.document(r.key) for r in cp.store.resources()
+    }
+    assert first.state.writes == 1  # one transaction, every row
+    first.state.close()
+    assert (tmp_path / "config.yaml").read_text() == old
+    (tmp_path / "config.yaml").write_text(old.replace("weight: 20", "weight: 30"))
+    second = ControlPlane(state_dir=tmp_path)
+    second.load_state()
+    vs = second.store.get("VirtualService", "default", "tcp-echo")
+    assert [d.weight for d in vs.tcp[0].route] == [80, 20]  # the database, not the file
+    second.state.close()
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    (cut / "config.yaml").write_text(legacy.HEADER + "\n" + old.split("\n", 2)[2])
+    for _start in range(2):  # refused again: the refusal committed no empty database
+        with pytest.raises(StateDamagedError, match="is cut short"):
+            ControlPlane(state_dir=cut).state.load()
 
 
-@pytest.mark.parametrize("relative", [False, True], ids=["absolute", "relative"])
-def test_hand_edit_of_state_file_is_applied(tmp_path, relative):
-    """A valid hand edit is applied, a bad one refused; with a relative --state-dir too
-    (the watcher reports absolute paths, which a relative one must match)."""
-    state_dir = tmp_path / "state"
-    given = os.path.relpath(state_dir) if relative else str(state_dir)
-    assert os.path.isabs(given) != relative
-    server = ServerProcess("--state-dir", given, "--xds-port", "0", "--admin-port", "0")
+def test_second_server_on_one_state_dir_is_refused(tmp_path):
+    first = ServerProcess("--state-dir", str(tmp_path), "--xds-port", "0", "--admin-port", "0")
     try:
-        with AdminClient(f"127.0.0.1:{server.wait_port('admin API')}") as client:
-            client.apply([("s.yaml", SERVICE_ENTRY), ("v1.yaml", ALL_V1)])
-            client.apply([("w.yaml", V2_20)])
-            server.wait_line("watching")
-            state = state_dir / "config.yaml"
-            state.write_text(state.read_text().replace("weight: 20", "weight: 30"))
-            server.wait_line("reloaded revision")
-            vs = json.loads(client.get("VirtualService", "tcp-echo").resources[0].json)
-            assert [d["weight"] for d in vs["spec"]["tcp"][0]["route"]] == [80, 30]
-            assert vs["metadata"]["generation"] == 3
-            # A bad hand edit is refused; the last good config stays.
-            state.write_text(state.read_text().replace("weight: 30", "weight: -1"))
-            server.wait_line("rejected config change")
-            vs = json.loads(client.get("VirtualService", "tcp-echo").resources[0].json)
-            assert [d["weight"] for d in vs["spec"]["tcp"][0]["route"]] == [80, 30]
+        first.wait_port("admin API")
+        result = subprocess.run(
+            [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(tmp_path)]
+            + ["--xds-port", "0", "--admin-port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1
+        (line,) = result.stderr.splitlines()
+        assert "is in use by another xds-server" in line, line
     finally:
-        server.stop()
+        first.stop()
 
 
 def test_parallel_applies_end_consistent_and_envoy_sees_every_push_in_order():
@@ -285,26 +325,29 @@ def test_parallel_applies_end_consistent_and_envoy_sees_every_push_in_order():
 
 
 TRICKY = {
-    "words": ["true", "123", "", "null", "~", "0x1F", "2026-11-25", "x: y", "- a", "a #b"],
-    "text": {"multi": "line one\nline two", "quote": "'q'", "unicode": "日本語 é", "tab": "a\tb"},
-    "numbers": [0, -5, 10**30],
-    "flags": [True, False, None],
-    "empty": [[], {}],
-    "nested": [{"a": [1, {"b": None}], "long": "x" * 200}],
+    "words": "true 123 null ~ 0x1F 2026-11-25 x: y - a a #b",
+    "multi": "line one\nline two",
+    "quote": "'q' \"q\"",
+    "unicode": "日本語 é",
+    "tab": "a\tb",
+    "long": "x" * 2000,
+    "empty": "",
 }
 
 
-@pytest.mark.parametrize("document", [TRICKY, {"float": 1.5}, {"tuple": (1, 2)}])
-def test_state_file_documents_are_what_yaml_dump_writes(document):
-    """The state file's renderer builds PyYAML's nodes itself for plain data: the text must
-    be yaml.dump's, to the byte (other types are left to yaml.dump)."""
-    expected = yaml.dump(document, Dumper=persist._Dumper, sort_keys=False, explicit_start=True)
-    assert persist.render(document) == expected
-    cp = ControlPlane()
-    cp.apply_yaml(SERVICE_ENTRY)
-    cp.apply_yaml(ALL_V1)
-    for r in cp.store.resources():
-        doc = cp.store.document(r.key)
-        assert persist.render(doc) == yaml.dump(
-            doc, Dumper=persist._Dumper, sort_keys=False, explicit_start=True
-        )
+def test_documents_come_back_from_the_database_as_they_were_applied(tmp_path):
+    """What a row holds is the document, to the value: odd strings, numbers as written."""
+    labels = {"version": "v1", "app": "tcp-echo", "x.io/y": "true"}
+    se = yaml.safe_load(SERVICE_ENTRY)
+    se["metadata"]["annotations"] = TRICKY
+    se["metadata"]["labels"] = labels
+    cp = ControlPlane(state_dir=tmp_path)
+    cp.load_state()
+    cp.apply_yaml(yaml.safe_dump(se))
+    want = cp.store.document(("ServiceEntry", "default", "tcp-echo"))
+    cp.state.close()
+    again = ControlPlane(state_dir=tmp_path)
+    again.load_state()
+    got = again.store.document(("ServiceEntry", "default", "tcp-echo"))
+    assert got == want and got["metadata"]["annotations"] == TRICKY
+    again.state.close()

@@ -61,14 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve config to Envoy over ADS (from a state dir or from files)",
         description="Serve Istio YAML to Envoy over ADS. The config lives in ONE place: "
-        "either a state directory (--state-dir: `xdsctl apply` writes there atomically, it "
-        "survives restarts, and hand edits of DIR/config.yaml are applied too), or files you "
-        "manage yourself (--config: reloaded when they change; xdsctl can read but not "
-        "write). An invalid change is reported and the last good config keeps being served.",
+        "either a durable store that `xdsctl apply` writes to, one transaction per apply, "
+        "surviving restarts (--state-dir DIR: an SQLite database DIR/state.db; --store URL: "
+        "sqlite:PATH), or files you manage yourself (--config: reloaded when they change; "
+        "xdsctl can read but not write). An invalid change is reported and the last good "
+        "config keeps being served. Export and restore with `xdsctl get -A -o yaml` and "
+        "`xdsctl apply -f`.",
     )
     source = serve.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--state-dir", metavar="DIR", help="durable store that xdsctl apply/delete write to"
+        "--state-dir",
+        metavar="DIR",
+        help="keep the config in DIR/state.db (SQLite), written by xdsctl apply/delete",
+    )
+    source.add_argument(
+        "--store",
+        metavar="URL",
+        help="keep the config in this store: sqlite:PATH (a database file)",
     )
     source.add_argument(
         "--config", "-c", nargs="+", metavar="PATH", help="YAML files or dirs (read-only)"
@@ -186,8 +195,8 @@ async def serve(args: argparse.Namespace) -> int:
         metrics_address=args.metrics_address,
         metrics_port=args.metrics_port,
     )
-    if args.state_dir:
-        cp = ControlPlane(state_dir=args.state_dir, **common)
+    if args.state_dir or args.store:
+        cp = ControlPlane(state_dir=args.state_dir, store=args.store, **common)
         paths = []
     else:
         paths = [Path(p) for p in args.config]
@@ -197,7 +206,7 @@ async def serve(args: argparse.Namespace) -> int:
             **common,
         )
     try:
-        if not args.state_dir:
+        if cp.state is None:
             cp.replace(load_paths(paths))
         await cp.start()  # with a state dir, this loads it
     except (ConfigError, PortInUseError, StateError) as e:
@@ -211,7 +220,7 @@ async def serve(args: argparse.Namespace) -> int:
     print(f"admin API listening on {args.admin_address}:{cp.admin_port}", flush=True)
     if cp.metrics_port:
         print(f"metrics on http://{args.metrics_address}:{cp.metrics_port}/metrics", flush=True)
-    source = cp.state.file if cp.state else ", ".join(map(str, paths))
+    source = cp.state.where if cp.state else ", ".join(map(str, paths))
     log.info("serving %d resources from %s", len(cp.store.resources()), source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

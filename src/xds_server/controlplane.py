@@ -26,7 +26,7 @@ from .config.errors import ConfigError, Problem, Source
 from .config.index import ConfigIndex
 from .config.load import load_paths, load_text
 from .config.model import Resource
-from .config.persist import StateDamagedError, StateDir, StateWriteError
+from .config.persist import Durable, StateWriteError, open_durable
 from .config.results import Run
 from .config.store import Change, ConfigStore, Proposal
 from .ports import port_is_free
@@ -112,20 +112,23 @@ class ControlPlane:
         xds_port: int = 0,
         options: TranslateOptions | None = None,
         state_dir: str | os.PathLike[str] | None = None,
+        store: str | None = None,
         admin_address: str = "127.0.0.1",
         admin_port: int | None = None,
         read_only: str | None = None,
         metrics_address: str = "127.0.0.1",
         metrics_port: int | None = None,
     ) -> None:
-        """``state_dir``: where applied config is kept across restarts (None: memory only).
+        """``state_dir``: where applied config is kept across restarts (its ``state.db``);
+        ``store``: a durable store by URL instead (``sqlite:PATH``; see config/persist.py);
+        neither: memory only.
         ``admin_port``: serve the admin API (xdsctl) there; None: no admin API.
         ``read_only``: refuse admin writes, with this reason (config comes from files).
         ``metrics_port``: serve Prometheus metrics (/metrics) there; None: off, 0: any free."""
         self.xds_address = xds_address
         self.requested_port = xds_port
         self.options = options or TranslateOptions()
-        self.state = StateDir(state_dir) if state_dir is not None else None
+        self.state: Durable | None = open_durable(state_dir, store)
         self.store = ConfigStore(
             persist=self.state.save if self.state else None, prepare=self._prepare
         )
@@ -186,7 +189,7 @@ class ControlPlane:
             if self.requested_metrics_port is not None:  # metrics of nothing, until restored
                 self.metrics_port = self._serve_metrics(self.requested_metrics_port)
             if self.state is not None:  # bound, not serving yet: no proxy sees a half state
-                self._restore_state(self.state)
+                self.load_state()
             for server in servers:
                 await server.start()
         except BaseException:
@@ -205,32 +208,39 @@ class ControlPlane:
         if self.admin_port:
             log.info("admin API listening on %s:%d", self.admin_address, self.admin_port)
 
-    def _restore_state(self, state: StateDir) -> None:
-        """Load the state directory. A disk that cannot be written (full, read-only) does
-        not keep the saved config from being served: it is restored without being saved
-        again, and applies are refused, one clear line each, until the disk is fixed."""
-        resources = state.load()
-        try:
-            self.restore(resources)
-        except StateWriteError as e:
-            persist, self.store.persist = self.store.persist, None
+    @_collector_paused
+    def load_state(self) -> None:
+        """Load the saved state (``start`` does; an embedder that never starts the servers
+        calls it before its first change). It is served as it was saved (its revision, nothing written
+        again), except an old-format file, which is saved once into the new store. A disk
+        that cannot be written (full, read-only) does not keep the saved config from being
+        served: applies are refused, one clear line each, until it is fixed."""
+        state = self.state
+        if state is None:
+            return
+        loaded = state.load()
+        if loaded.imported:
             try:
-                self.restore(resources)
-            finally:
-                self.store.persist = persist
+                self.restore(loaded.resources)
+                return
+            except StateWriteError as e:
+                log.warning("cannot import into %s: %s", state.where, e)
+                refused: StateWriteError | None = e
+        else:
+            refused = state.read_only
+        persist, self.store.persist = self.store.persist, None
+        try:
+            self.restore(loaded.resources, revision=loaded.revision)
+        finally:
+            self.store.persist = persist
+        if refused is not None:
             log.warning(
-                "cannot write the state file %s (%s): serving its %d resources; applies and "
+                "cannot write the state %s (%s): serving its %d resources; applies and "
                 "deletes are refused until you %s",
-                e.file,
-                e.reason,
-                len(resources),
-                e.todo,
-            )
-        if resources and not state.sealed:
-            log.info(
-                "state file %s has no seal of ours (edited by hand, or written by an older "
-                "version): loaded",
-                state.file,
+                state.where,
+                refused.reason,
+                len(loaded.resources),
+                refused.todo,
             )
 
     def _serve_metrics(self, port: int) -> int:
@@ -246,6 +256,9 @@ class ControlPlane:
             await server.stop(grace)
         self._servers = []
         self.metrics.close()
+        if self.state is not None:
+            with self.lock:  # after a change still being worked out in a thread
+                self.state.close()
 
     async def __aenter__(self) -> ControlPlane:
         await self.start()
@@ -274,9 +287,10 @@ class ControlPlane:
         return self._commit(functools.partial(self.store.replace, resources))
 
     @_collector_paused
-    def restore(self, resources: Iterable[Resource]) -> list[Change]:
-        """Load saved resources, keeping their resourceVersions (start-up from a state dir)."""
-        return self._commit(functools.partial(self.store.restore, resources))
+    def restore(self, resources: Iterable[Resource], revision: int | None = None) -> list[Change]:
+        """Load saved resources, keeping their resourceVersions (start-up from a state dir);
+        ``revision``: the saved store revision, which becomes the current one."""
+        return self._commit(functools.partial(self.store.restore, resources, revision))
 
     def delete(self, kind: str, name: str, namespace: str = "default") -> list[Change]:
         return self.delete_keys([(kind, namespace, name)])
@@ -300,10 +314,9 @@ class ControlPlane:
     async def watch(
         self, stop: asyncio.Event, paths: Iterable[str | os.PathLike[str]] = ()
     ) -> None:
-        """Reload when the config changes on disk: the state directory's file, or else the
-        given files and directories. The files hold the whole config, so a reload replaces it; a
-        bad change is logged and the last good config keeps being served, and so is a file
-        that is gone, empty or cut short (see persist.py).
+        """Reload when the given config files or directories change. They hold the whole
+        config, so a reload replaces it; a bad change is logged and the last good config
+        keeps being served, and so is a file that is emptied.
 
         Directories are watched, not files: an editor or ``sed -i`` saves by renaming a new
         file over the old one, and a watch on the old file would end there. Events are
@@ -313,12 +326,13 @@ class ControlPlane:
         from .config.load import YAML_SUFFIXES
 
         given = [Path(p) for p in paths]
-        if self.state is not None:
-            targets = {os.path.realpath(self.state.file)}
-            dirs = {os.path.realpath(self.state.path)}
-        else:
-            targets = {os.path.realpath(p) for p in given}
-            dirs = {t if os.path.isdir(t) else os.path.dirname(t) for t in targets}
+        if not given:  # config from a durable store: changed through the admin API only
+            if self.state is not None:
+                await self._keep_state(self.state, stop)
+            await stop.wait()
+            return
+        targets = {os.path.realpath(p) for p in given}
+        dirs = {t if os.path.isdir(t) else os.path.dirname(t) for t in targets}
 
         def wanted(_change: object, path: str) -> bool:
             real = os.path.realpath(path)
@@ -341,74 +355,32 @@ class ControlPlane:
             if not watching:
                 watching = True
                 log.info("watching %s for changes", ", ".join(sorted(targets)))
-            if not changes:
-                continue
-            if self.state is not None:
-                await self._reload_state(self.state)
-            else:
+            if changes:
                 await self._reload_files(given)
 
-    # How long a file found gone, empty or cut short is left to its writer (an editor that
-    # writes in place) before the server writes it back.
-    DAMAGE_GRACE_S = 1.0
+    STATE_CHECK_S = 1.0  # how often the state's file is checked for being deleted under us
 
-    async def _reload_state(self, state: StateDir) -> None:
-        writes = state.writes
-        # Read and hashed off the loop (at 10k services the file is 13 MiB). An apply that
-        # wrote meanwhile has its own event, and replaced what was read.
-        edited = await self.in_thread(state.edited)
-        if not edited or state.writes != writes:
-            return  # our own write: reloading it would only stall the loop
-        try:
-            # Read off the loop: a big config takes seconds to parse, and streams go on.
-            resources = await self.in_thread(state.read)
-        except StateDamagedError as e:
-            if state.writes == writes:
-                await self._state_damaged(state, e)
-            return
-        except ConfigError as e:
-            self._rejected(e)
-            return
-        if state.writes != writes:
-            return  # an apply wrote the file meanwhile: what was read is older
-        await self._reload(resources)
+    async def _keep_state(self, state: Durable, stop: asyncio.Event) -> None:
+        """Write the state back if its file is deleted, emptied or replaced while the server
+        runs, so that a restart does not start from nothing (or refuse a damaged file)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.STATE_CHECK_S)
+            if not stop.is_set() and state.moved() is not None:
+                await self.in_thread(self._write_back, state)
 
-    async def _state_damaged(self, state: StateDir, e: StateDamagedError) -> None:
-        """Refuse a state file that is gone, empty or cut short, and write it back."""
-        import shutil
-
-        log.error(
-            "state file %s %s: refused, still serving revision %d (to remove resources, "
-            "delete their documents from the file, or use xdsctl delete)",
-            e.file,
-            e.problem,
-            self.store.revision,
-        )
-        before, writes = self._stat(state.file), state.writes
-        await asyncio.sleep(self.DAMAGE_GRACE_S)
-        if self._stat(state.file) != before or state.writes != writes:
-            return  # written meanwhile: that write has its own event
-        try:  # still damaged? (a writer that finished before ``before`` was taken)
-            await self.in_thread(state.read)
-        except StateDamagedError:
-            pass
-        except ConfigError:
-            return  # whole, if not valid: its own event reports it
-        else:
-            return  # whole again: its own event reloads it
-        if before is not None and before[1]:  # cut short: keep what was there
-            kept = state.file.with_name(state.file.name + ".rejected")
-            with contextlib.suppress(OSError):
-                shutil.copyfile(state.file, kept)
-                log.error("kept the refused file as %s", kept)
-        current = {r.key: r for r in self.store.resources()}
-        proposal = Proposal(current, {k: self.store.state(k) for k in current})
-        try:
-            await self.in_thread(state.save, proposal)
-        except StateWriteError as w:
-            log.error("%s", w)
-            return
-        log.info("state file %s written back (revision %d)", state.file, self.store.revision)
+    def _write_back(self, state: Durable) -> None:
+        with self.lock:
+            if state.moved() is None:
+                return
+            current = {r.key: r for r in self.store.resources()}
+            states = {k: self.store.state(k) for k in current}
+            try:
+                state.save(Proposal(current, states, None, revision=self.store.revision))
+            except StateWriteError as e:
+                log.error("%s", e)
+                return
+            log.info("state %s written back (revision %d)", state.where, self.store.revision)
 
     async def _reload_files(self, paths: list[Path]) -> None:
         try:
@@ -439,15 +411,6 @@ class ControlPlane:
 
     def _rejected(self, e: Exception) -> None:
         log.error("rejected config change, still serving revision %d:\n%s", self.store.revision, e)
-
-    @staticmethod
-    def _stat(path: Path) -> tuple[int, int, int] | None:
-        """What tells one version of a file from another (None: no file)."""
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _emptied_files(self, resources: list[Resource]) -> list[str]:
         """The files that held served resources, are still there, and hold none in

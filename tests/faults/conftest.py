@@ -6,6 +6,7 @@ input. Every test here is marked ``faults`` and records the figures it measured 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     width = max(len(f"{t}: {n}") for t, n, _ in _FIGURES)
     for test, name, value in _FIGURES:
         terminalreporter.write_line(f"{f'{test}: {name}':<{width}}  {value}")
+
+
+def state_bytes(state_dir: Path) -> bytes:
+    """The state database's bytes, its write-ahead log's included: a batch that changed
+    nothing wrote neither."""
+    return b"".join(
+        p.read_bytes() if p.exists() else b"-"
+        for p in (state_dir / "state.db", state_dir / "state.db-wal")
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from faults.conftest import state_bytes
 from xds_server import ConfigError, ControlPlane
 from xds_server.admin.client import AdminClient, AdminError
 from xds_server.controlplane import BackgroundControlPlane
@@ -38,7 +39,7 @@ def cp(tmp_path: Path) -> Iterator[BackgroundControlPlane]:
 def snapshot(cp: BackgroundControlPlane) -> tuple:
     """Everything a rejected batch must leave as it was."""
     store = cp.cp.store
-    state = Path(cp.cp.state.file).read_bytes() if cp.cp.state else b""
+    state = state_bytes(cp.cp.state.path.parent) if cp.cp.state else b""
     documents = cp.call(lambda: {r.key: store.document(r.key) for r in store.resources()})
     return store.revision, documents, cp.call(cp.cp.cache.versions), state
 

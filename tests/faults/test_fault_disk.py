@@ -115,10 +115,10 @@ def _refused(served: Served, vs: Path, reason: str) -> None:
     result = served.xdsctl("apply", "-f", str(vs))
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
-    assert "cannot write the state file" in line and reason in line, line
+    assert "cannot write the state database" in line and reason in line, line
     # The server is up and the input fine: its disk is what refuses (not "Forbidden").
     assert line.startswith("Error from server (ServiceUnavailable): "), line
-    assert "config.yaml" in line and "the change was not applied" in line, line
+    assert "state.db" in line and "the change was not applied" in line, line
     assert served.client.get("VirtualService", "tcp-echo").resources[0].json == before
 
 

@@ -24,6 +24,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from faults.conftest import state_bytes
 from xds_server.admin.client import AdminClient, AdminError
 from xds_server.admin.server import MAX_REQUEST_BYTES
 from xds_server.config import yamldata
@@ -81,7 +82,7 @@ class Server:
             (r.ref.kind, r.ref.namespace, r.ref.name, r.json, r.resource_version)
             for r in got.resources
         )
-        state = (self.state / "config.yaml").read_bytes()
+        state = state_bytes(self.state)
         return got.revision, resources, dict(self.client.proxy_status().versions), state
 
     def stop(self) -> None:

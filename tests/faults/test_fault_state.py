@@ -1,6 +1,6 @@
 """The control plane's state across restarts and damage: Envoy comes back quickly after
-each restart (the bootstrap's retry back-off), and a state file that is emptied, deleted or
-cut short never shrinks what is served."""
+each restart (the bootstrap's retry back-off), and a state database that is deleted,
+emptied, replaced or damaged never shrinks what is served."""
 
 from __future__ import annotations
 
@@ -90,53 +90,60 @@ def _names(client: AdminClient) -> set[str]:
     return {f"{r.ref.kind}/{r.ref.name}" for r in client.get().resources}
 
 
-def test_emptied_deleted_or_cut_state_file_never_shrinks_the_config(tmp_path: Path) -> None:
-    """While the server runs, an emptied, deleted or cut-short state file is refused: Envoy
-    keeps every listener, and the file is written back. A hand edit that deletes a document
-    (seal line left as it was) is a legitimate shrink and is applied."""
+def test_deleted_emptied_or_replaced_database_is_written_back(tmp_path: Path) -> None:
+    """While the server runs, its database deleted, emptied or replaced by another file is
+    written back, whole, from what it serves: Envoy keeps every listener, and a restart
+    serves the same config (not an empty one, nor a refused one)."""
     server, client = _serve(tmp_path)
-    state = tmp_path / "config.yaml"
+    db = tmp_path / "state.db"
     try:
         client.apply([("services.yaml", SERVICES), ("all-v1.yaml", ALL_V1)])
-        everything, saved = _names(client), state.read_text()
+        everything = _names(client)
         with EnvoyProcess(server.xds_port) as envoy:  # type: ignore[attr-defined]
             client.wait_synced("ingressgateway")
             envoy.wait_listener("0.0.0.0_31400")
-            server.wait_line("watching")
-            cut = saved[: saved.rindex("---")]  # at a document boundary, seal gone
+
+            def replace() -> None:
+                other = tmp_path / "other.db"
+                other.write_bytes(b"x" * 4096)
+                other.replace(db)
+
             for damage, problem in [
-                (lambda: state.write_text(""), "is empty"),
-                (state.unlink, "was deleted"),
-                (lambda: state.write_text(cut), "is cut short"),
+                (db.unlink, "was deleted"),
+                (lambda: db.write_bytes(b""), "was emptied"),
+                (replace, "was replaced"),
             ]:
                 damage()
-                assert problem in server.wait_line("refused, still serving")
+                assert problem in server.wait_line("while the server ran")
                 server.wait_line("written back")
-                assert state.read_text() == saved
+                assert db.stat().st_size > 0
                 assert _names(client) == everything
                 assert "0.0.0.0_31400" in envoy.listener_ports()
-            assert (tmp_path / "config.yaml.rejected").read_text() == cut
-            # A hand edit that removes the VirtualService: applied, the file sealed again.
-            docs = saved.split("---\n")
-            kept = [d for d in docs if "kind: VirtualService" not in d]
-            state.write_text("---\n".join(kept))
-            assert "deleted" in server.wait_line("reloaded revision")
-            assert _names(client) == everything - {"VirtualService/tcp-echo"}
-            assert "# xds-server seal: " in state.read_text().splitlines()[-1]
+        client.close()
+        assert server.stop() == 0
+        server, client = _serve(tmp_path)
+        assert _names(client) == everything
     finally:
         client.close()
         assert server.stop() == 0
 
 
-def test_damaged_state_file_at_start_is_refused_with_one_line(tmp_path: Path) -> None:
+def test_damaged_database_at_start_is_refused_with_one_line(tmp_path: Path) -> None:
     server, client = _serve(tmp_path)
     client.apply([("services.yaml", SERVICES), ("all-v1.yaml", ALL_V1)])
     client.close()
     assert server.stop() == 0
-    state = tmp_path / "config.yaml"
-    saved = state.read_text()
-    for text, problem in [(saved[: saved.rindex("---")], "is cut short"), ("", "is empty")]:
-        state.write_text(text)
+    db = tmp_path / "state.db"
+    saved = db.read_bytes()
+    assert not (tmp_path / "state.db-wal").exists()  # a clean stop folds the log in
+    middle = len(saved) // 2
+    for data, problem in [
+        (saved[:middle], "is not a state database"),  # cut short
+        (b"", "is empty (0 bytes)"),
+        (b"apiVersion: v1\n" * 300, "is not a state database (file is not a database)"),
+        (saved[:100] + b"\xff" * 4000 + saved[4100:], "is not a state database"),
+    ]:
+        db.write_bytes(data)
         result = subprocess.run(
             [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(tmp_path)]
             + ["--xds-port", "0", "--admin-port", "0"],
@@ -146,10 +153,10 @@ def test_damaged_state_file_at_start_is_refused_with_one_line(tmp_path: Path) ->
         )
         assert result.returncode == 1, result
         (line,) = result.stderr.splitlines()
-        assert line.startswith(f"error: state file {state} {problem}"), line
+        assert line.startswith(f"error: state database {db} {problem}"), line
         assert "delete it to start with an empty config" in line
-    # Deleting the file is how to start empty; the server's own empty file loads again.
-    state.unlink()
+    # Deleting the file is how to start empty; the server's own empty database loads.
+    db.unlink()
     server, client = _serve(tmp_path)
     try:
         assert _names(client) == set()
@@ -157,7 +164,7 @@ def test_damaged_state_file_at_start_is_refused_with_one_line(tmp_path: Path) ->
         client.delete([("services.yaml", SERVICES)])  # xdsctl delete: the way to empty it
         client.close()
         assert server.stop() == 0
-        server, client = _serve(tmp_path)  # a file the server emptied itself loads
+        server, client = _serve(tmp_path)  # a database the server emptied itself loads
         assert _names(client) == set()
     finally:
         client.close()

@@ -59,12 +59,13 @@ def run(sizes: list[int], trials: int, say: Callable[[str], None] = print) -> Fi
             say(f"config size S={size}: Envoy ACKed all in {out['envoy_ack_10k_s']:.2f} s")
             ms = out["one_weight_envoy_ack_ms"]
             say(f"config size S={size}: one weight changed, Envoy ACKed it in {ms:.1f} ms")
-            out.update(_state_dir(resources, size, max(3, trials)))
-            say(
-                f"config size S={size}: with a state dir, first apply "
-                f"{out['state_first_apply_s']:.1f} s, one weight "
-                f"{out['one_weight_state_dir_ms']:.0f} ms, restart {out['state_restart_s']:.1f} s"
-            )
+            first, one, restart = _stores(resources, size, max(3, trials))
+            out.update(state_first_apply_s=first, store_one_weight_ms=one, state_restart_s=restart)
+            for name, ms in one.items():
+                say(
+                    f"config size S={size}: on {name}, first apply {first[name]:.1f} s, "
+                    f"one weight {ms:.1f} ms, restart {restart[name]:.2f} s"
+                )
     return out
 
 
@@ -99,31 +100,48 @@ def _one_weight(cp: ControlPlane, size: int, trials: int) -> dict[str, float]:
     }
 
 
-def _state_dir(resources: list[Resource], size: int, trials: int) -> dict[str, float]:
-    """The same with a state directory (``xds-server serve --state-dir``): the first apply
-    (every document rendered and written), one weight changed (the file rewritten and
-    fsynced before the push), and a restart (the file read, the state restored)."""
+def _durable(
+    resources: list[Resource], trials: int, make: Callable[[], ControlPlane]
+) -> tuple[float, float, float]:
+    """A control plane on a durable store (``make`` gives one on the same, empty store):
+    the first apply (every row written), one weight changed (one row, committed before the
+    push: ``trials`` times, the median), and a restart (the rows read, the state restored).
+    Seconds, milliseconds, seconds."""
+    cp = make()
+    cp.load_state()
+    started = time.perf_counter()
+    cp.apply(resources)
+    first = time.perf_counter() - started
+    samples = []
+    for i in range(trials):
+        change = load_text(route_yaml(0, 30 + i), "<bench>")
+        started = time.perf_counter()
+        cp.apply(change)
+        samples.append(time.perf_counter() - started)
+    assert cp.state is not None
+    cp.state.close()  # a store has one server at a time
+    again = make()
+    started = time.perf_counter()
+    again.load_state()  # what start() does
+    restart = time.perf_counter() - started
+    assert again.state is not None and len(again.store.resources()) == len(resources)
+    again.state.close()
+    return first, median(samples) * 1000, restart
+
+
+def _stores(
+    resources: list[Resource], size: int, trials: int
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """``_durable`` on each store, by name: SQLite in a state directory."""
+    first: dict[str, float] = {}
+    one: dict[str, float] = {}
+    restart: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as path:
-        cp = ControlPlane(options=_options(size), state_dir=path)
-        started = time.perf_counter()
-        cp.apply(resources)
-        first = time.perf_counter() - started
-        samples = []
-        for i in range(trials):
-            change = load_text(route_yaml(0, 30 + i), "<bench>")
-            started = time.perf_counter()
-            cp.apply(change)
-            samples.append(time.perf_counter() - started)
-        again = ControlPlane(options=_options(size), state_dir=path)
-        started = time.perf_counter()
-        assert again.state is not None  # it was given a state_dir
-        again.restore(again.state.load())  # what start() does
-        restart = time.perf_counter() - started
-    return {
-        "state_first_apply_s": first,
-        "one_weight_state_dir_ms": median(samples) * 1000,
-        "state_restart_s": restart,
-    }
+        figures = _durable(
+            resources, trials, lambda: ControlPlane(options=_options(size), state_dir=path)
+        )
+        first["sqlite"], one["sqlite"], restart["sqlite"] = figures
+    return first, one, restart
 
 
 def _synced_stream(cp: ControlPlane, delta: bool) -> Stream:

@@ -66,6 +66,20 @@ def load_text(text: str, file: str = "<input>") -> list[Resource]:
     return resources
 
 
+def load_documents(documents: Iterable[tuple[Any, Source]]) -> list[Resource]:
+    """Resources from documents already read (a database's rows), each with where it
+    came from; raises ConfigError listing every problem, as load_text does."""
+    problems: list[Problem] = []
+    resources = []
+    for doc, source in documents:
+        resource = parse_resource(doc, Reporter(source, problems))
+        if resource is not None:
+            resources.append(resource)
+    if problems:
+        raise ConfigError(sort_problems(problems))
+    return resources
+
+
 def _expand(path: Path, problems: list[Problem]) -> list[Path]:
     """A directory stands for its *.yaml/*.yml files (sorted, not recursive)."""
     if path.is_dir():

@@ -211,9 +211,11 @@ class ConfigStore:
         gone = [k for k in self._resources if k not in proposed]
         return self._commit(proposed, list(proposed), gone)
 
-    def restore(self, resources: Iterable[Resource]) -> list[Change]:
+    def restore(self, resources: Iterable[Resource], revision: int | None = None) -> list[Change]:
         """Load a saved state: like ``replace``, but keep the resourceVersion, generation and
-        creationTimestamp the documents carry, so that they survive a restart."""
+        creationTimestamp the documents carry, so that they survive a restart. ``revision``:
+        the saved store revision, which the commit takes (None: one past the newest
+        document's, as for a file that kept no revision)."""
         resources = list(resources)
         self._reject_duplicates(resources)
         proposed, saved = {}, {}
@@ -228,8 +230,13 @@ class ConfigStore:
                 )
             except (KeyError, ValueError):
                 continue  # written by hand: gets fresh metadata like any new resource
-        self.revision = max([self.revision, *(s.resource_version for s in saved.values())])
+        newest = max([self.revision, *(s.resource_version for s in saved.values())])
         gone = [k for k in self._resources if k not in proposed]
+        if revision is not None:
+            changes = self._commit(proposed, list(proposed), gone, saved=saved, revision=revision)
+            self.revision = max(self.revision, revision)  # also when nothing was saved
+            return changes
+        self.revision = newest
         return self._commit(proposed, list(proposed), gone, saved=saved)
 
     def delete(
@@ -281,11 +288,13 @@ class ConfigStore:
         *,
         dry_run: bool = False,
         saved: dict[Key, ObjectState] | None = None,
+        revision: int | None = None,
     ) -> list[Change]:
         """Validate ``proposed`` (the current state with ``touched`` written and ``gone``
         removed), hand it to the hooks and make it current. Only the change set, the keys
-        whose document changed, is validated and translated again."""
-        revision = self.revision + 1
+        whose document changed, is validated and translated again. ``revision``: the one
+        the commit takes (one past the current by default)."""
+        revision = self.revision + 1 if revision is None else revision
         now = _now()
         state = dict(self._state)
         for key in gone:
