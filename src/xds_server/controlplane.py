@@ -211,8 +211,9 @@ class ControlPlane:
     @_collector_paused
     def load_state(self) -> None:
         """Load the saved state (``start`` does; an embedder that never starts the servers
-        calls it before its first change). It is served as it was saved (its revision, nothing written
-        again), except an old-format file, which is saved once into the new store. A disk
+        calls it before its first change). It is served as it was saved (its revision,
+        nothing written again), except an old-format file, which is saved once into the new
+        store. A disk
         that cannot be written (full, read-only) does not keep the saved config from being
         served: applies are refused, one clear line each, until it is fixed."""
         state = self.state
