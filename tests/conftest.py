@@ -48,3 +48,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="examples per hypothesis fuzz test of the fault suite (default: a bounded CI size)",
     )
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    """One real etcd member (the `etcd` binary on PATH) on free loopback ports."""
+    from xds_server.testing.etcd import EtcdCluster
+
+    with EtcdCluster(1, tmp_path / "etcd") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path):
+    """Three real etcd members forming one cluster, for failover tests."""
+    from xds_server.testing.etcd import EtcdCluster
+
+    with EtcdCluster(3, tmp_path / "etcd") as cluster:
+        yield cluster
