@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve Istio YAML to Envoy over ADS. The config lives in ONE place: "
         "either a durable store that `xdsctl apply` writes to, one transaction per apply, "
         "surviving restarts (--state-dir DIR: an SQLite database DIR/state.db; --store URL: "
-        "sqlite:PATH), or files you manage yourself (--config: reloaded when they change; "
+        "sqlite:PATH, or etcd://... for several replicas sharing one config), or files "
+        "you manage yourself (--config: reloaded when they change; "
         "xdsctl can read but not write). An invalid change is reported and the last good "
         "config keeps being served. Export and restore with `xdsctl get -A -o yaml` and "
         "`xdsctl apply -f`.",
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--store",
         metavar="URL",
-        help="keep the config in this store: sqlite:PATH (a database file)",
+        help="keep the config in this store: sqlite:PATH (a database file), or "
+        "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (shared by several replicas)",
     )
     source.add_argument(
         "--config", "-c", nargs="+", metavar="PATH", help="YAML files or dirs (read-only)"

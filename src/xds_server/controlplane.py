@@ -26,7 +26,14 @@ from .config.errors import ConfigError, Problem, Source
 from .config.index import ConfigIndex
 from .config.load import load_paths, load_text
 from .config.model import Resource
-from .config.persist import Durable, StateWriteError, open_durable
+from .config.persist import (
+    Durable,
+    Replicated,
+    Shared,
+    StateWriteError,
+    StoreBehindError,
+    open_durable,
+)
 from .config.results import Run
 from .config.store import Change, ConfigStore, Proposal
 from .ports import port_is_free
@@ -190,6 +197,8 @@ class ControlPlane:
                 self.metrics_port = self._serve_metrics(self.requested_metrics_port)
             if self.state is not None:  # bound, not serving yet: no proxy sees a half state
                 self.load_state()
+                if isinstance(self.state, Shared):
+                    self.state.follow(self._take)
             for server in servers:
                 await server.start()
         except BaseException:
@@ -207,6 +216,35 @@ class ControlPlane:
             log.info("metrics on http://%s:%d/metrics", self.metrics_address, self.metrics_port)
         if self.admin_port:
             log.info("admin API listening on %s:%d", self.admin_address, self.admin_port)
+
+    @_collector_paused
+    def _take(self, change: Replicated) -> None:
+        """Take what another replica wrote to the shared store (in its follow thread)."""
+        state = self.state
+        assert isinstance(state, Shared)
+        with self.lock:
+            if change.upserts or change.gone or change.whole:
+                try:
+                    applied = self._commit_once(
+                        functools.partial(
+                            self.store.sync,
+                            change.upserts,
+                            change.gone,
+                            change.revision,
+                            whole=change.whole,
+                        )
+                    )
+                except ConfigError as e:  # written by a replica of other rules
+                    log.error(
+                        "cannot take revision %d from %s:\n%s", change.revision, state.where, e
+                    )
+                    return
+                changed = [str(c) for c in applied if c.action != "unchanged"]
+                if changed:
+                    log.info(
+                        "revision %d from %s: %s", change.revision, state.where, "; ".join(changed)
+                    )
+            state.applied(change)
 
     @_collector_paused
     def load_state(self) -> None:
@@ -257,7 +295,9 @@ class ControlPlane:
             await server.stop(grace)
         self._servers = []
         self.metrics.close()
-        if self.state is not None:
+        if isinstance(self.state, Shared):
+            self.state.close()  # its follow thread may be waiting for the lock
+        elif self.state is not None:
             with self.lock:  # after a change still being worked out in a thread
                 self.state.close()
 
@@ -464,10 +504,33 @@ class ControlPlane:
         when it is done (see SnapshotCache.install)."""
         return await asyncio.to_thread(_collector_paused(change), *args, **kwargs)
 
+    CATCH_UP_S = 5.0  # how long a change waits for another replica's change to arrive
+    RETRIES = 5
+
     def _commit(self, change: Callable[[], list[Change]]) -> list[Change]:
         """Run a store change; the store calls ``_prepare`` (translation) before it persists
         and commits, so nothing that translation finds wrong is ever committed or saved,
-        and the cache gets the new translation only once the store holds its config."""
+        and the cache gets the new translation only once the store holds its config. On
+        a shared store that another replica wrote first, take its change and run this
+        one again, on top of it (where a stale resourceVersion is a conflict)."""
+        for _ in range(self.RETRIES - 1):
+            try:
+                return self._commit_once(change)
+            except StoreBehindError as e:
+                state = self.state
+                assert isinstance(state, Shared)
+                if not state.wait_for(e.revision, self.CATCH_UP_S):
+                    break
+        try:
+            return self._commit_once(change)
+        except StoreBehindError as e:
+            raise StateWriteError(
+                e.where,
+                "other replicas kept changing the config, or this one cannot follow them",
+                "apply again",
+            ) from None
+
+    def _commit_once(self, change: Callable[[], list[Change]]) -> list[Change]:
         with self.lock:
             self._prepared = None
             try:

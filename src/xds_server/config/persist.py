@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from .model import Resource
+from .model import Key, Resource
 from .store import Proposal
 
 
@@ -48,6 +49,15 @@ class StateDamagedError(StateError):
             "(xdsctl apply -f of a `get -A -o yaml` export), or delete it to start with an "
             "empty config"
         )
+
+
+class StoreBehindError(StateError):
+    """A shared store holds a change this replica has not taken yet: the batch was not
+    written. Take that change (``Shared.wait_for``) and run the batch again."""
+
+    def __init__(self, where: str, revision: int) -> None:
+        self.where, self.revision = where, revision
+        super().__init__(f"{where} changed meanwhile (at revision {revision})")
 
 
 def _named(where: str | os.PathLike[str]) -> str:
@@ -92,6 +102,35 @@ class Durable(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Replicated:
+    """A change another replica wrote to a shared store: resources written (documents
+    with their metadata) and keys deleted, at a store revision; ``whole``: the upserts are
+    the whole config (a listing, after the store lost the history in between)."""
+
+    upserts: list[Resource]
+    gone: list[Key]
+    revision: int
+    revision_mod: int  # the shared store's own mark for it (see etcdstore.py)
+    etcd_revision: int
+    whole: bool = False
+
+
+@runtime_checkable
+class Shared(Durable, Protocol):
+    """A durable store that several control planes share (etcd): each takes what the
+    others write."""
+
+    def follow(self, apply: Callable[[Replicated], None]) -> None:
+        """Start following the others: ``apply`` is called, from another thread, with each
+        change; it takes it (``ConfigStore.sync``) and then calls ``applied``."""
+
+    def applied(self, change: Replicated) -> None: ...
+
+    def wait_for(self, etcd_revision: int, timeout: float) -> bool:
+        """Whether the changes up to that revision are taken within ``timeout`` seconds."""
+
+
 # What to do about a write that failed with this errno.
 WHAT_TO_DO = {
     errno.ENOSPC: "free space on that file system",
@@ -115,6 +154,10 @@ def open_durable(state_dir: str | os.PathLike[str] | None, url: str | None) -> D
         if not path:
             raise StateError("--store sqlite:PATH needs a path, e.g. sqlite:state/state.db")
         return SqliteStore(Path(path))
+    if url.startswith("etcd://"):
+        from .etcdstore import EtcdStore
+
+        return EtcdStore(url)
     raise StateError(
         f"--store {url}: unknown store; use sqlite:PATH or etcd://HOST:PORT[,HOST:PORT...]"
     )

@@ -216,9 +216,34 @@ class ConfigStore:
         creationTimestamp the documents carry, so that they survive a restart. ``revision``:
         the saved store revision, which the commit takes (None: one past the newest
         document's, as for a file that kept no revision)."""
+        return self._adopt(resources, (), revision, whole=True, persist=True)
+
+    def sync(
+        self,
+        upserts: Iterable[Resource],
+        gone: Iterable[Key],
+        revision: int,
+        *,
+        whole: bool = False,
+    ) -> list[Change]:
+        """Take a change another replica made (its documents carry their metadata) at its
+        store revision, without persisting it: the shared store already holds it.
+        ``whole``: ``upserts`` is the whole config (a listing)."""
+        return self._adopt(upserts, gone, revision, whole=whole, persist=False)
+
+    def _adopt(
+        self,
+        resources: Iterable[Resource],
+        gone: Iterable[Key],
+        revision: int | None,
+        *,
+        whole: bool,
+        persist: bool,
+    ) -> list[Change]:
         resources = list(resources)
         self._reject_duplicates(resources)
-        proposed, saved = {}, {}
+        proposed: dict[Key, Resource] = {} if whole else dict(self._resources)
+        saved = {}
         for r in resources:
             clean, given = _strip_server_fields(r)
             proposed[r.key] = clean
@@ -230,14 +255,18 @@ class ConfigStore:
                 )
             except (KeyError, ValueError):
                 continue  # written by hand: gets fresh metadata like any new resource
-        newest = max([self.revision, *(s.resource_version for s in saved.values())])
-        gone = [k for k in self._resources if k not in proposed]
+        for key in gone:
+            proposed.pop(key, None)
+        removed = [k for k in self._resources if k not in proposed]
+        touched = [r.key for r in resources]
+        if revision is None:
+            self.revision = max([self.revision, *(s.resource_version for s in saved.values())])
+        changes = self._commit(
+            proposed, touched, removed, saved=saved, revision=revision, persist=persist
+        )
         if revision is not None:
-            changes = self._commit(proposed, list(proposed), gone, saved=saved, revision=revision)
-            self.revision = max(self.revision, revision)  # also when nothing was saved
-            return changes
-        self.revision = newest
-        return self._commit(proposed, list(proposed), gone, saved=saved)
+            self.revision = max(self.revision, revision)  # also when nothing changed
+        return changes
 
     def delete(
         self, keys: Iterable[Key], *, ignore_not_found: bool = False, dry_run: bool = False
@@ -289,6 +318,7 @@ class ConfigStore:
         dry_run: bool = False,
         saved: dict[Key, ObjectState] | None = None,
         revision: int | None = None,
+        persist: bool = True,
     ) -> list[Change]:
         """Validate ``proposed`` (the current state with ``touched`` written and ``gone``
         removed), hand it to the hooks and make it current. Only the change set, the keys
@@ -305,7 +335,11 @@ class ConfigStore:
         for key in touched:
             r = proposed[key]
             old, old_state = self._resources.get(key), self._state.get(key)
-            if saved and key in saved:
+            if (
+                saved
+                and key in saved
+                and (old is None or (old_state, old.raw) != (saved[key], r.raw))
+            ):
                 state[key], actions[key] = saved[key], CREATED if old is None else CONFIGURED
             elif old_state is None or old is None:
                 state[key], actions[key] = ObjectState(1, revision, now), CREATED
@@ -341,7 +375,7 @@ class ConfigStore:
         )
         if self.prepare is not None:
             self.prepare(proposal)
-        if self.persist is not None:
+        if self.persist is not None and persist:
             self.persist(proposal)
         self._current, self.revision = (proposed, state), revision
         self.index, self.claims, self.last = index, claims, proposal

@@ -93,8 +93,17 @@ class EtcdCluster:
     of its own if None). ``start()`` (or ``with``) starts them all and waits until every
     one answers and knows a leader; ``close()`` kills them and removes their data."""
 
-    def __init__(self, size: int = 1, root: Path | None = None, *, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        size: int = 1,
+        root: Path | None = None,
+        *,
+        timeout: float = 20.0,
+        flags: tuple[str, ...] = (),
+    ) -> None:
+        """``flags``: more etcd flags, e.g. ``--max-txn-ops=100000``."""
         self._binary = etcd_binary()
+        self.flags = flags
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="xds-etcd-")) if root is None else root
         self.timeout = timeout
@@ -151,6 +160,7 @@ class EtcdCluster:
             f"--election-timeout={ELECTION_MS}",
             "--logger=zap",
             "--log-level=warn",
+            *self.flags,
         ]
         # ETCD_* variables are flags too, and etcd refuses a flag given twice.
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD_")}
