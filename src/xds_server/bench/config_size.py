@@ -8,6 +8,7 @@ restart with a state directory."""
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -100,6 +101,9 @@ def _one_weight(cp: ControlPlane, size: int, trials: int) -> dict[str, float]:
     }
 
 
+ETCD_REQUEST_BYTES = 64 * 1024 * 1024  # a first apply of 10k services is ~15 MiB
+
+
 def _durable(
     resources: list[Resource], trials: int, make: Callable[[], ControlPlane]
 ) -> tuple[float, float, float]:
@@ -132,7 +136,9 @@ def _durable(
 def _stores(
     resources: list[Resource], size: int, trials: int
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
-    """``_durable`` on each store, by name: SQLite in a state directory."""
+    """``_durable`` on each store, by name: SQLite in a state directory, and a real etcd
+    (one member, local; its limits raised for a first apply of the whole config in one
+    transaction) when the ``etcd`` binary is there."""
     first: dict[str, float] = {}
     one: dict[str, float] = {}
     restart: dict[str, float] = {}
@@ -141,6 +147,17 @@ def _stores(
             resources, trials, lambda: ControlPlane(options=_options(size), state_dir=path)
         )
         first["sqlite"], one["sqlite"], restart["sqlite"] = figures
+    if shutil.which("etcd") is None:
+        return first, one, restart
+    from ..testing.etcd import EtcdCluster
+
+    flags = ("--max-txn-ops=1000000", f"--max-request-bytes={ETCD_REQUEST_BYTES}")
+    with EtcdCluster(1, flags=flags) as etcd:
+        url = etcd.url("/bench")
+        figures = _durable(
+            resources, trials, lambda: ControlPlane(options=_options(size), store=url)
+        )
+        first["etcd"], one["etcd"], restart["etcd"] = figures
     return first, one, restart
 
 
