@@ -311,9 +311,10 @@ def _envoy_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--xds",
         type=_address(XDS[0]),
-        default=XDS,
+        action="append",
         metavar="HOST:PORT",
-        help="the control plane's xDS address, an IP (default: 127.0.0.1:18000, serve's)",
+        help="the control plane's xDS address, an IP (default: 127.0.0.1:18000, serve's); "
+        "repeat it for several replicas sharing one store: Envoy fails over between them",
     )
     p.add_argument(
         "--label",
@@ -355,10 +356,12 @@ def _envoy_flags(p: argparse.ArgumentParser) -> None:
 
 def _envoy_options(args: argparse.Namespace) -> EnvoyOptions:
     """The bootstrap's choices from the flags of _envoy_flags."""
-    from .lab.pieces import INGRESS_LABELS, EnvoyOptions
+    from .lab.pieces import INGRESS_LABELS, XDS, EnvoyOptions
 
+    xds = args.xds or [XDS]
     return EnvoyOptions(
-        xds=args.xds,
+        xds=xds[0],
+        xds_more=tuple(xds[1:]),
         labels=None if args.no_labels else dict(args.label or INGRESS_LABELS),
         api_type=args.api,
         ads=not args.no_ads,

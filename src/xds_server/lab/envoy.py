@@ -121,6 +121,7 @@ def render_bootstrap(
     labels: Mapping[str, str] | None = None,
     ads: bool = True,
     xds_cluster: str = "xds_cluster",
+    xds_more: Sequence[tuple[str, int]] = (),
 ) -> str:
     """The ADS bootstrap YAML (template in ``xds_server/envoy/bootstrap.yaml``) for one Envoy.
 
@@ -128,12 +129,18 @@ def render_bootstrap(
     which the control plane serves every Gateway). ``ads=False``: no ADS; CDS and LDS each
     on their own per-type stream (and EDS too, through the clusters' config source).
     ``xds_cluster``: the name of the cluster for the control plane; another than the default
-    is also sent as ``node.metadata.xds_cluster``, so that per-type clusters name it."""
+    is also sent as ``node.metadata.xds_cluster``, so that per-type clusters name it.
+    ``xds_more``: more control-plane replicas (IP, port) in the same cluster: Envoy keeps one
+    stream, to one of them, and when it breaks reconnects to the next (round robin), within
+    the retry back-off's 0.5 s."""
     if api_type not in API_TYPES:
         raise ValueError(f"api_type must be one of {', '.join(API_TYPES)} (got {api_type!r})")
     _check_ip("xds_host", xds_host)
     _check_ip("admin_host", admin_host)
     _check_port("xds_port", xds_port, allow_zero=False)
+    for host, port in xds_more:
+        _check_ip("xds_host", host)
+        _check_port("xds_port", port, allow_zero=False)
     _check_port("admin_port", admin_port, allow_zero=True)
     if not node_id:
         raise ValueError("node_id must not be empty")
@@ -163,6 +170,18 @@ def render_bootstrap(
         api_type=api_type,
         node_metadata=json.dumps(metadata),
     )
+    if xds_more:
+        first = f"port_value: {xds_port}\n"
+        at = text.index(first) + len(first)
+        more = "".join(
+            "              - endpoint:\n"
+            "                  address:\n"
+            "                    socket_address:\n"
+            f'                      address: "{_yaml_string(host)}"\n'
+            f"                      port_value: {port}\n"
+            for host, port in xds_more
+        )
+        text = text[:at] + more + text[at:]
     return text if ads else _per_type_bootstrap(text, api_type)
 
 
@@ -268,9 +287,11 @@ class EnvoyProcess:
         labels: Mapping[str, str] | None = None,
         ads: bool = True,
         bootstrap: str | None = None,
+        xds_more: Sequence[tuple[str, int]] = (),
     ) -> None:
         """``bootstrap``: this YAML instead of the rendered ADS one (``xds_port`` is then
-        unused), e.g. for an Envoy fed by files (the benchmark's baseline)."""
+        unused), e.g. for an Envoy fed by files (the benchmark's baseline). ``xds_more``:
+        more control-plane replicas (see render_bootstrap)."""
         if drain_time_s is not None and (isinstance(drain_time_s, bool) or drain_time_s < 0):
             raise ValueError(f"drain_time_s must be a non-negative integer (got {drain_time_s!r})")
         self.xds_port = xds_port
@@ -287,6 +308,7 @@ class EnvoyProcess:
         self.labels = labels
         self.ads = ads
         self.bootstrap = bootstrap
+        self.xds_more = tuple(xds_more)
         self.base_id = _unique_base_id()
         self._given_workdir = Path(workdir) if workdir is not None else None
         self.workdir: Path | None = None
@@ -366,6 +388,7 @@ class EnvoyProcess:
             api_type=self.api_type,
             labels=self.labels,
             ads=self.ads,
+            xds_more=self.xds_more,
         )
         if self._given_workdir is not None:
             self._given_workdir.mkdir(parents=True, exist_ok=True)

@@ -299,6 +299,7 @@ class BootstrapArgs(TypedDict):
     api_type: str
     labels: Mapping[str, str] | None
     ads: bool
+    xds_more: tuple[tuple[str, int], ...]
 
 
 @dataclass(frozen=True)
@@ -312,6 +313,7 @@ class EnvoyOptions:
     ads: bool = True
     admin_port: int = 15000
     node_id: str = "ingressgateway"
+    xds_more: tuple[tuple[str, int], ...] = ()  # more control-plane replicas
 
     def bootstrap_args(self) -> BootstrapArgs:
         """The keywords of render_bootstrap and EnvoyProcess, after the xDS port."""
@@ -322,6 +324,7 @@ class EnvoyOptions:
             api_type=self.api_type,
             labels=self.labels,
             ads=self.ads,
+            xds_more=self.xds_more,
         )
 
 
