@@ -4,6 +4,7 @@ etcd down and back, a compacted watch."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from xds_server import ControlPlane
 from xds_server.config.etcdstore import EtcdStore
 from xds_server.config.load import load_text
-from xds_server.config.persist import StateWriteError
+from xds_server.config.persist import StateDamagedError, StateWriteError
 from xds_server.config.store import ConflictError
 from xds_server.controlplane import BackgroundControlPlane
 from xds_server.lab.lab import SAMPLES
@@ -266,3 +267,23 @@ def test_a_batch_too_big_for_one_etcd_transaction_is_refused_whole(etcd):
     again = _opened(store=etcd.url("/big"))
     assert again.store.resources() == []
     _closed(again)
+
+
+def test_a_row_that_is_not_a_document_is_refused_naming_it(store_kwargs):
+    cp = _opened(**store_kwargs)
+    cp.apply_yaml(SERVICES)
+    cp.apply_yaml(ALL_V1)
+    _closed(cp)
+    if "state_dir" in store_kwargs:
+        db = sqlite3.connect(Path(store_kwargs["state_dir"]) / "state.db")
+        with db:
+            db.execute("UPDATE resources SET document = '{', object = NULL WHERE kind = 'Gateway'")
+        db.close()
+        named = "Gateway default/tcp-echo-gateway"
+    else:
+        store = EtcdStore(store_kwargs["store"])
+        named = f"{store.prefix}/resources/Gateway/default/tcp-echo-gateway"
+        store.client.put(named, "{")
+        store.close()
+    with pytest.raises(StateDamagedError, match=f"has a row it cannot read \\({named}: "):
+        ControlPlane(**store_kwargs).load_state()

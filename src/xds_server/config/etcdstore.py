@@ -24,7 +24,6 @@ saying so.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable
@@ -43,8 +42,6 @@ from .etcd import (
     parse_etcd_url,
     put_op,
 )
-from .etcdpb.rpc_pb2 import Compare, RequestOp
-from .load import load_documents
 from .model import Key, Resource
 from .persist import (
     Loaded,
@@ -52,16 +49,14 @@ from .persist import (
     StateError,
     StateWriteError,
     StoreBehindError,
+    dump_document,
+    read_documents,
 )
 from .store import Proposal
 
 log = logging.getLogger("xds_server")
 DEFAULT_PREFIX = "/xds-server"
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # pauses between watches while etcd is unreachable
-
-
-def _dumps(document: object) -> str:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
 class EtcdStore:
@@ -108,13 +103,17 @@ class EtcdStore:
 
     def _decode(self, kvs: list[KeyValue]) -> tuple[list[Resource], int, int]:
         """The resources of a listing, the store revision and its key's mod revision."""
-        documents, revision, revision_mod = [], 0, 0
+        rows, revision, revision_mod = [], 0, 0
         for kv in kvs:
             if kv.key == self._revision_key:
                 revision, revision_mod = int(kv.value), kv.mod_revision
             elif self._of(kv.key) is not None:
-                documents.append((json.loads(kv.value), Source(f"etcd:{kv.key}", 0)))
-        return load_documents(documents), revision, revision_mod
+                rows.append(self._row(kv.key, kv.value))
+        return read_documents(self.where, rows), revision, revision_mod
+
+    @staticmethod
+    def _row(key: str, value: bytes) -> tuple[str, bytes, Source]:
+        return key, value, Source(f"etcd:{key}", 0)
 
     def load(self) -> Loaded:
         try:
@@ -129,34 +128,34 @@ class EtcdStore:
     # --- writing -----------------------------------------------------------------------
 
     def save(self, proposal: Proposal) -> None:
-        keys = proposal.resources.keys() | self._keys if proposal.changed is None else None
-        ops = []
-        for key in keys if keys is not None else proposal.changed or ():
-            if key in proposal.resources:
-                ops.append(put_op(self._key(key), _dumps(proposal.stored(key).document())))
-            elif key in self._keys:
-                ops.append(delete_op(self._key(key)))
+        changed = proposal.changed
+        keys = proposal.resources.keys() | self._keys if changed is None else changed
+        written = [k for k in keys if k in proposal.resources]
+        deleted = [k for k in keys if k not in proposal.resources and k in self._keys]
+        ops = [put_op(self._key(k), dump_document(proposal.stored(k).document())) for k in written]
+        ops += [delete_op(self._key(k)) for k in deleted]
         ops.append(put_op(self._revision_key, str(proposal.revision)))
         compare = compare_mod_revision(self._revision_key, self.revision_mod)
         with self._writing:
-            self._txn(proposal, compare, ops)
-
-    def _txn(self, proposal: Proposal, compare: Compare, ops: list[RequestOp]) -> None:
-        try:
-            result = self.client.txn([compare], ops)
-        except EtcdUnavailableError as e:
-            raise StateWriteError(self.where, str(e), "bring etcd back") from None
-        except EtcdError as e:
-            raise StateWriteError(
-                self.where,
-                str(e),
-                "apply it in smaller batches, or raise etcd's --max-txn-ops and "
-                "--max-request-bytes",
-            ) from None
-        if not result.succeeded:
-            raise StoreBehindError(self.where, result.revision)
-        self.revision_mod = self.etcd_revision = result.revision
-        self._keys = set(proposal.resources)
+            try:
+                result = self.client.txn([compare], ops)
+            except EtcdUnavailableError as e:
+                raise StateWriteError(self.where, str(e), "bring etcd back") from None
+            except EtcdError as e:
+                raise StateWriteError(
+                    self.where,
+                    str(e),
+                    "apply it in smaller batches, or raise etcd's --max-txn-ops and "
+                    "--max-request-bytes",
+                ) from None
+            if not result.succeeded:
+                raise StoreBehindError(self.where, result.revision)
+            self.revision_mod = self.etcd_revision = result.revision
+        if changed is None:
+            self._keys = set(proposal.resources)
+        else:
+            self._keys.update(written)
+            self._keys.difference_update(deleted)
 
     # --- following the other replicas --------------------------------------------------
 
@@ -237,14 +236,10 @@ class EtcdStore:
                 revision, revision_mod = int(e.value), e.mod_revision
             elif (key := self._of(e.key)) is not None:
                 latest[key] = e
-        upserts = [
-            (json.loads(e.value), Source(f"etcd:{e.key}", 0))
-            for e in latest.values()
-            if e.type is EventType.PUT
-        ]
+        upserts = [self._row(e.key, e.value) for e in latest.values() if e.type is EventType.PUT]
         gone = [k for k, e in latest.items() if e.type is EventType.DELETE]
         last = max((e.mod_revision for e in events), default=etcd_revision)
-        return Replicated(load_documents(upserts), gone, revision, revision_mod, last)
+        return Replicated(read_documents(self.where, upserts), gone, revision, revision_mod, last)
 
     def _listing(self) -> Replicated:
         etcd_revision, kvs = self.client.get_prefix(self.prefix + "/")

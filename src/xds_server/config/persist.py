@@ -11,12 +11,15 @@ under ``--state-dir``) and etcd for several replicas.
 from __future__ import annotations
 
 import errno
+import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from .errors import Source
+from .load import load_documents
 from .model import Key, Resource
 from .store import Proposal
 
@@ -65,6 +68,26 @@ def _named(where: str | os.PathLike[str]) -> str:
     if isinstance(where, Path):
         return f"{'database' if where.suffix == '.db' else 'file'} {where}"
     return str(where)
+
+
+def dump_document(document: object) -> str:
+    """A stored document's text: JSON, compact, as every store keeps it."""
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+
+
+def read_documents(
+    where: str | os.PathLike[str], rows: Iterable[tuple[str, str | bytes, Source]]
+) -> list[Resource]:
+    """The resources of stored documents, each row (what it is, its text, where it came
+    from). A row that is not JSON is StateDamagedError naming it; a document that is no
+    longer a valid resource, ConfigError as for any input."""
+    documents = []
+    for what, text, source in rows:
+        try:
+            documents.append((json.loads(text), source))
+        except ValueError as e:
+            raise StateDamagedError(where, f"has a row it cannot read ({what}: {e})") from None
+    return load_documents(documents)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import os
 import pickle
@@ -38,9 +37,16 @@ from typing import Any
 from . import model
 from .errors import Source
 from .legacy import STATE_FILE, read_state_file
-from .load import load_documents
 from .model import Resource
-from .persist import WHAT_TO_DO, Loaded, StateDamagedError, StateError, StateWriteError
+from .persist import (
+    WHAT_TO_DO,
+    Loaded,
+    StateDamagedError,
+    StateError,
+    StateWriteError,
+    dump_document,
+    read_documents,
+)
 from .store import Proposal
 
 log = logging.getLogger("xds_server")
@@ -69,10 +75,6 @@ _WRITES_REFUSED = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_IOERR", "SQLITE
 # 30k documents through the schema again; they are used only by the model they were made
 # by (this tag, of the model's source), and parsed from their documents otherwise.
 MODEL = hashlib.sha256(Path(model.__file__).read_bytes()).hexdigest()[:16]
-
-
-def _dumps(document: object) -> str:
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
 
 def _pickled(resource: Resource, document: dict[str, Any]) -> bytes:
@@ -232,15 +234,13 @@ class SqliteStore:
             else:
                 if all(isinstance(r, Resource) for r in resources):
                     return Loaded(resources, revision)
-        documents = []
-        for i, (kind, ns, name, text, _) in enumerate(rows):
-            try:
-                documents.append((json.loads(text), Source(str(self.path), i + 1)))
-            except ValueError as e:
-                raise StateDamagedError(
-                    self.path, f"has a row it cannot read ({kind} {ns}/{name}: {e})"
-                ) from None
-        resources = load_documents(documents)
+        resources = read_documents(
+            self.path,
+            (
+                (f"{kind} {ns}/{name}", text, Source(str(self.path), i + 1))
+                for i, (kind, ns, name, text, _) in enumerate(rows)
+            ),
+        )
         self._stale_model = True  # the next save writes every row's object again
         return Loaded(resources, revision)
 
@@ -269,7 +269,7 @@ class SqliteStore:
                     s = proposal.stored(key)
                     document = s.document()
                     obj = _pickled(s.resource, document)
-                    upserts.append((*key, s.state.resource_version, _dumps(document), obj))
+                    upserts.append((*key, s.state.resource_version, dump_document(document), obj))
                 else:
                     deletes.append(key)
             try:
