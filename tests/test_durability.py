@@ -8,15 +8,13 @@ import contextlib
 import json
 import re
 import sqlite3
-import subprocess
-import sys
 import threading
 import urllib.parse
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ServerProcess, locality_split_ok
+from conftest import ServerProcess, locality_split_ok, serve_once
 
 from xds_server import ControlPlane
 from xds_server.admin.client import AdminClient
@@ -251,13 +249,7 @@ def test_second_server_on_one_state_dir_is_refused(tmp_path):
     first = ServerProcess("--state-dir", str(tmp_path), "--xds-port", "0", "--admin-port", "0")
     try:
         first.wait_port("admin API")
-        result = subprocess.run(
-            [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(tmp_path)]
-            + ["--xds-port", "0", "--admin-port", "0"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = serve_once(tmp_path)
         assert result.returncode == 1
         (line,) = result.stderr.splitlines()
         assert "is in use by another xds-server" in line, line
@@ -351,3 +343,31 @@ def test_documents_come_back_from_the_database_as_they_were_applied(tmp_path):
     got = again.store.document(("ServiceEntry", "default", "tcp-echo"))
     assert got == want and got["metadata"]["annotations"] == TRICKY
     again.state.close()
+
+
+def test_an_import_that_cannot_be_written_is_served_at_its_own_revision(tmp_path, monkeypatch):
+    """An old state file on a disk that refuses the import: served as it was, its newest
+    resourceVersion the current revision (the next change goes past it, never back)."""
+    cp = ControlPlane()
+    cp.apply_yaml(SERVICE_ENTRY)
+    cp.apply_yaml(ALL_V1)
+    cp.apply_yaml(V2_20)
+    docs = [cp.store.document(r.key) for r in cp.store.resources()]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump_all(docs, explicit_start=True))
+
+    def refused(proposal):
+        raise StateWriteError(tmp_path / "state.db", "No space left on device", "free space")
+
+    served = ControlPlane(state_dir=tmp_path)
+    monkeypatch.setattr(served.store, "persist", refused)
+    served.load_state()
+    assert documents_of(served) == documents_of(cp)
+    assert served.store.revision >= cp.store.revision == 3
+    monkeypatch.undo()
+    (change,) = served.apply_yaml(V2_20.replace("weight: 20", "weight: 25").replace("80", "75"))
+    assert change.resource_version > 3
+    served.state.close()
+
+
+def documents_of(cp: ControlPlane) -> dict:
+    return {r.key: cp.store.document(r.key) for r in cp.store.resources()}

@@ -109,6 +109,13 @@ def _of_scope(scope: Hashable, slot: Hashable) -> bool:
     return isinstance(slot, tuple) and slot[0] == scope
 
 
+def _log_changes(applied: list[Change], what: str) -> None:
+    """One line for a change that came from elsewhere than an apply (a file, a replica)."""
+    changed = [str(c) for c in applied if c.action != "unchanged"]
+    if changed:
+        log.info("%s: %s", what, "; ".join(changed))
+
+
 class ControlPlane:
     """Config store -> translation -> snapshot cache -> ADS server, wired together."""
 
@@ -239,11 +246,7 @@ class ControlPlane:
                         "cannot take revision %d from %s:\n%s", change.revision, state.where, e
                     )
                     return
-                changed = [str(c) for c in applied if c.action != "unchanged"]
-                if changed:
-                    log.info(
-                        "revision %d from %s: %s", change.revision, state.where, "; ".join(changed)
-                    )
+                _log_changes(applied, f"revision {change.revision} from {state.where}")
             state.applied(change)
 
     @_collector_paused
@@ -251,9 +254,9 @@ class ControlPlane:
         """Load the saved state (``start`` does; an embedder that never starts the servers
         calls it before its first change). It is served as it was saved (its revision,
         nothing written again), except an old-format file, which is saved once into the new
-        store. A disk
-        that cannot be written (full, read-only) does not keep the saved config from being
-        served: applies are refused, one clear line each, until it is fixed."""
+        store. A disk that cannot be written (full, read-only) does not keep the saved
+        config from being served: applies are refused, one clear line each, until it is
+        fixed."""
         state = self.state
         if state is None:
             return
@@ -267,11 +270,9 @@ class ControlPlane:
                 refused: StateWriteError | None = e
         else:
             refused = state.read_only
-        persist, self.store.persist = self.store.persist, None
-        try:
-            self.restore(loaded.resources, revision=loaded.revision)
-        finally:
-            self.store.persist = persist
+        # An old file keeps no store revision: its documents' newest then counts.
+        revision = None if loaded.imported else loaded.revision
+        self._commit(functools.partial(self.store.sync, loaded.resources, (), revision, whole=True))
         if refused is not None:
             log.warning(
                 "cannot write the state %s (%s): serving its %d resources; applies and "
@@ -446,9 +447,7 @@ class ControlPlane:
         except (ConfigError, StateWriteError) as e:
             self._rejected(e)
             return
-        changed = [str(c) for c in applied if c.action != "unchanged"]
-        if changed:
-            log.info("reloaded revision %d: %s", self.store.revision, "; ".join(changed))
+        _log_changes(applied, f"reloaded revision {self.store.revision}")
 
     def _rejected(self, e: Exception) -> None:
         log.error("rejected config change, still serving revision %d:\n%s", self.store.revision, e)

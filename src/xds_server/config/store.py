@@ -222,13 +222,13 @@ class ConfigStore:
         self,
         upserts: Iterable[Resource],
         gone: Iterable[Key],
-        revision: int,
+        revision: int | None,
         *,
         whole: bool = False,
     ) -> list[Change]:
-        """Take a change another replica made (its documents carry their metadata) at its
-        store revision, without persisting it: the shared store already holds it.
-        ``whole``: ``upserts`` is the whole config (a listing)."""
+        """Take a change the durable store holds already (another replica's, or the saved
+        state at start-up; its documents carry their metadata) at its store revision (None:
+        as ``restore``), without persisting it. ``whole``: ``upserts`` is the whole config."""
         return self._adopt(upserts, gone, revision, whole=whole, persist=False)
 
     def _adopt(
