@@ -34,8 +34,8 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests
 	$(BIN)/ruff check --fix src tests
 
-# Regenerate the admin API and etcd client code from proto/ (committed; tests/test_admin_proto.py
-# and tests/test_etcd_proto.py check it).
+# Regenerate the admin API and etcd client code from proto/ (committed; tests/test_proto.py
+# checks it).
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=src --pyi_out=src \
 		--grpc_python_out=src proto/xds_server/admin/v1/admin.proto

@@ -1,5 +1,9 @@
 """Shared test helpers and fixtures."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from xds_server.config.load import load_paths
@@ -7,7 +11,18 @@ from xds_server.controlplane import ControlPlane
 from xds_server.lab.lab import SAMPLES, EchoProcess
 from xds_server.lab.server import ServerProcess
 
-__all__ = ["ServerProcess", "locality_split_ok"]
+__all__ = ["ServerProcess", "locality_split_ok", "serve_once"]
+
+
+def serve_once(state_dir: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    """``xds-server serve --state-dir`` on free ports, for a start that must fail."""
+    return subprocess.run(
+        [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(state_dir)]
+        + ["--xds-port", "0", "--admin-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def locality_split_ok(counts, n: int = 100, v2_share: float = 0.2) -> bool:

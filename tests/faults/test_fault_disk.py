@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ServerProcess
+from conftest import ServerProcess, serve_once
 
 from xds_server.admin.client import AdminClient
 from xds_server.lab.envoy import EnvoyProcess
@@ -25,16 +25,6 @@ ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
 V2_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
 
 
-def _serve_once(state_dir: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "xds_server", "serve", "--state-dir", state_dir]
-        + ["--xds-port", "0", "--admin-port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 def test_state_dir_that_is_a_file_or_cannot_be_created(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory\n")
@@ -42,7 +32,7 @@ def test_state_dir_that_is_a_file_or_cannot_be_created(tmp_path: Path) -> None:
         (a_file, f"error: state directory {a_file} is a file, not a directory"),
         (a_file / "state", f"error: cannot create the state directory {a_file / 'state'}"),
     ]:
-        result = _serve_once(str(path))
+        result = serve_once(path)
         assert result.returncode == 1
         (line,) = result.stderr.splitlines()  # no traceback
         assert line.startswith(says), line

@@ -5,13 +5,11 @@ emptied, replaced or damaged never shrinks what is served."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.parse
 from pathlib import Path
 
-from conftest import ServerProcess
+from conftest import ServerProcess, serve_once
 
 from xds_server.admin.client import AdminClient
 from xds_server.lab.envoy import EnvoyProcess
@@ -144,13 +142,7 @@ def test_damaged_database_at_start_is_refused_with_one_line(tmp_path: Path) -> N
         (saved[:100] + b"\xff" * 4000 + saved[4100:], "is not a state database"),
     ]:
         db.write_bytes(data)
-        result = subprocess.run(
-            [sys.executable, "-m", "xds_server", "serve", "--state-dir", str(tmp_path)]
-            + ["--xds-port", "0", "--admin-port", "0"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = serve_once(tmp_path)
         assert result.returncode == 1, result
         (line,) = result.stderr.splitlines()
         assert line.startswith(f"error: state database {db} {problem}"), line
