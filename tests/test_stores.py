@@ -287,3 +287,24 @@ def test_a_row_that_is_not_a_document_is_refused_naming_it(store_kwargs):
         store.close()
     with pytest.raises(StateDamagedError, match=f"has a row it cannot read \\({named}: "):
         ControlPlane(**store_kwargs).load_state()
+
+
+def test_a_bad_document_from_elsewhere_is_logged_and_following_goes_on(replicas, etcd, caplog):
+    """A value under the prefix that is not a document (written by some other tool): each
+    replica says so and keeps its config, and what is applied next still reaches both."""
+    a, b = replicas
+    a.apply_yaml(SERVICES)
+    a.apply_yaml(ALL_V1)
+    _same(a, b)
+    state = a.cp.state
+    assert isinstance(state, EtcdStore)
+    client = etcd.client()
+    client.put(f"{state.prefix}/resources/Gateway/default/bad", "{")
+    wait_until(
+        lambda: sum("cannot take a change" in r.getMessage() for r in caplog.records) >= 2,
+        10,
+        what="both replicas to log the bad value",
+    )
+    a.apply_yaml(V2_20)
+    _same(a, b)
+    assert b.get(*VS[:1], VS[2]).tcp[0].route[1].weight == 20

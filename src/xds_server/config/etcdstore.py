@@ -27,8 +27,9 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
-from .errors import Source
+from .errors import ConfigError, Source
 from .etcd import (
     CompactedError,
     EtcdClient,
@@ -203,18 +204,31 @@ class EtcdStore:
                     batch = watch.get(timeout=0.5)
                     if batch is not None and batch.events:
                         with self._writing:
-                            change = self._change(batch.events, batch.revision)
-                        apply(change)
+                            change = self._read(self._change, batch.events, batch.revision)
+                        if change is not None:
+                            apply(change)
             except CompactedError:
                 log.warning("%s: the watch's revision was compacted: listing it again", self.where)
                 try:
-                    apply(self._listing())
+                    if (listing := self._read(self._listing)) is not None:
+                        apply(listing)
                 except EtcdError as e:
                     failures = self._unreachable(failures, e)
             except EtcdError as e:
                 failures = self._unreachable(failures, e)
             finally:
                 watch.close()
+
+    def _read(self, read: Callable[..., Replicated], *args: Any) -> Replicated | None:
+        """What another replica wrote, or None (logged) if a document of it is not one this
+        replica can take: the last good config stays."""
+        try:
+            return read(*args)
+        except (ConfigError, StateError) as e:
+            log.error(
+                "cannot take a change from %s, still serving the last config:\n%s", self.where, e
+            )
+            return None
 
     def _unreachable(self, failures: int, e: EtcdError) -> int:
         if not failures:
