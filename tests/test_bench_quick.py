@@ -41,6 +41,10 @@ EXPECTED = [
     "stall_apply_ms",
     "stall_xds_probes",
     "stall_admin_probes",
+    "replica_lag_ms_p99",
+    "replica_local_ms_p99",
+    "failover_s",
+    "failover_failed",
 ]
 
 
@@ -65,7 +69,9 @@ def test_quick_bench_produces_every_figure(tmp_path):
         for v in values:
             assert isinstance(v, int | float) and not math.isnan(v), (key, v)
     assert len(results["fanout_all_acked_ms_p99"]) == 2  # one per N
-    assert set(results["store_one_weight_ms"]) >= {"sqlite"}  # one per store
+    assert set(results["store_one_weight_ms"]) >= {"sqlite", "etcd"}  # one per store
+    # Not a time: no connection through Envoy failed while its replica was killed.
+    assert results["failover_connections"] > 0 and results["failover_failed"] == 0
     # Not a time: a one-weight change re-serializes exactly one resource at any size.
     assert results["one_weight_repacked"] == 1
     # Both probes answered while the apply ran (not a time: that they were answered at all).

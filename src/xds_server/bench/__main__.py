@@ -10,6 +10,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -17,9 +18,9 @@ from pathlib import Path
 from typing import TypedDict
 
 from ..text import format_table
-from . import config_size, fanout, push, stall
+from . import config_size, fanout, push, replicas, stall
 
-SCENARIOS = ("push", "fanout", "config", "churn", "stall")
+SCENARIOS = ("push", "fanout", "config", "churn", "stall", "replicas")
 
 
 class Params(TypedDict):
@@ -33,13 +34,16 @@ class Params(TypedDict):
     sizes: list[int]
     trials: int
     stall: int
+    replica_changes: int
+    failovers: int
 
 
 FULL: Params = {"changes": 200, "churn": 1000, "fanout": [100, 1000], "fanout_changes": 20,
         "fanout_big": (100, 1000), "sizes": [100, 1000, 10000], "trials": 5,
-        "stall": 10000}  # fmt: skip
+        "stall": 10000, "replica_changes": 100, "failovers": 5}  # fmt: skip
 QUICK: Params = {"changes": 4, "churn": 20, "fanout": [5, 20], "fanout_changes": 3,
-         "fanout_big": (5, 20), "sizes": [10, 50], "trials": 2, "stall": 50}  # fmt: skip
+         "fanout_big": (5, 20), "sizes": [10, 50], "trials": 2, "stall": 50,
+         "replica_changes": 3, "failovers": 1}  # fmt: skip
 
 
 def machine() -> str:
@@ -72,6 +76,8 @@ def goals(r: Mapping[str, object]) -> list[tuple[str, str, bool | None]]:
     # The goal is for a 10k-service apply: a smaller one (--quick) does not measure it.
     stall_ms = get("stall_max_ms") if r.get("stall_services") == 10000 else math.nan
     at_10k = r.get("envoy_ack_services") == 10000  # the store goals are for 10k services
+    lag, stats = get("replica_lag_ms_p99"), get("push_stats_ms_p99")
+    failover, failed = get("failover_s"), get("failover_failed")
     one = get("one_weight_change_ms") if at_10k else math.nan
     stores = [
         (name, get("store_one_weight_ms", name), get("state_restart_s", name) * 1000)
@@ -91,6 +97,10 @@ def goals(r: Mapping[str, object]) -> list[tuple[str, str, bool | None]]:
          check(math.nan if math.isnan(big) else big <= 1500)),
         ("stall during 10k apply < 50 ms", f"{stall_ms:.0f} ms",
          check(math.nan if math.isnan(stall_ms) else stall_ms < 50)),
+        ("replica lag p99 <= 2 x single-replica push p99", f"{lag:.2f} vs {2 * stats:.2f} ms",
+         check(math.nan if math.isnan(lag + stats) else lag <= 2 * stats)),
+        ("failover < 1 s, 0 failed connections", f"{failover:.2f} s, {failed:.0f} failed",
+         check(math.nan if math.isnan(failover + failed) else failover < 1 and failed == 0)),
         *[row for name, ms, restart_ms in stores for row in [
             (f"one weight on {name} <= 2 x without a store", f"{ms:.2f} vs {2 * one:.2f} ms",
              check(math.nan if math.isnan(ms + one) else ms <= 2 * one)),
@@ -146,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     if "stall" in args.only:
         results.update(stall.run(p["stall"], say))
+    if "replicas" in args.only:
+        if shutil.which("etcd") is None:
+            say("replicas: skipped, no etcd binary (apt-get install etcd-server)")
+        else:
+            results.update(replicas.run(p["replica_changes"], p["failovers"], say))
     results["seconds"] = time.monotonic() - started
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
