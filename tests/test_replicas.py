@@ -5,6 +5,9 @@ to, under load: it reconnects to the other and syncs, and no connection fails.""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -86,6 +89,52 @@ def test_apply_on_one_replica_reaches_an_envoy_on_the_other_and_kill_9_fails_ove
         wait_until(lambda: _serving(alive_client), 20, what="Envoy synced")
         assert traffic.split(traffic.send_many("127.0.0.1", ingress, 20)) == {"one": 20}
         dead_client.close()
+    finally:
+        envoy.stop()
+        for server, client in ((a, a_client), (b, b_client)):
+            client.close()
+            server.stop()
+
+
+def _proxy_status(admin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "xds_server.xdsctl", "--server", admin, "proxy-status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_proxy_status_shows_the_proxies_of_every_replica(etcd, echoes):
+    """Asked of replica A, xdsctl proxy-status lists the Envoy connected to replica B, with
+    B in its REPLICA column; a replica killed leaves the list when its etcd lease ends."""
+    url, ingress = etcd.url("/status"), free_port()
+    a, _, a_client = _replica(url, ingress)
+    b, b_xds, b_client = _replica(url, ingress)
+    envoy = EnvoyProcess(b_xds)
+    try:
+        services = "---\n".join([SERVICE_ENTRY, *(e.workload_entry() for e in echoes)])
+        a_client.apply([("services.yaml", services), ("all-v1.yaml", ALL_V1)])
+        envoy.start()
+        wait_until(lambda: _serving(b_client), 20, what="Envoy synced on B")
+        b_id = f"{socket.gethostname()}-{b.proc.pid}"
+        a_admin = a_client.target
+
+        def listed() -> subprocess.CompletedProcess[str] | None:
+            result = _proxy_status(a_admin)
+            return result if b_id in result.stdout else None
+
+        result = wait_until(listed, 10, what="B and its Envoy in A's proxy-status")
+        assert result.returncode == 0, result.stderr
+        header, *rows = result.stdout.splitlines()
+        assert header.split()[-1] == "REPLICA"
+        (row,) = [r for r in rows if r.startswith("ingressgateway")]
+        assert row.split()[-1] == b_id and "SYNCED" in row
+
+        envoy.stop()
+        b.kill()
+        wait_until(lambda: b_id not in (r := _proxy_status(a_admin)).stdout + r.stderr, 15,
+                   what="B to leave the list of replicas")  # fmt: skip
     finally:
         envoy.stop()
         for server, client in ((a, a_client), (b, b_client)):

@@ -13,6 +13,7 @@ import functools
 import gc
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Coroutine, Hashable, Iterable
 from pathlib import Path
@@ -28,6 +29,7 @@ from .config.load import load_paths, load_text
 from .config.model import Resource
 from .config.persist import (
     Durable,
+    Replica,
     Replicated,
     Shared,
     StateWriteError,
@@ -107,6 +109,11 @@ def _collector_paused(method: Callable[..., T]) -> Callable[..., T]:
 def _of_scope(scope: Hashable, slot: Hashable) -> bool:
     """Whether a result slot is one of a translation's (see Assembler)."""
     return isinstance(slot, tuple) and slot[0] == scope
+
+
+def _dialable(address: str) -> str:
+    """An address others can reach this host at: a wildcard stands for the host's name."""
+    return socket.gethostname() if address in ("0.0.0.0", "::", "") else address
 
 
 def _log_changes(applied: list[Change], what: str) -> None:
@@ -206,6 +213,7 @@ class ControlPlane:
                 self.load_state()
                 if isinstance(self.state, Shared):
                     self.state.follow(self._take)
+                    self.state.announce(self.replica)
             for server in servers:
                 await server.start()
         except BaseException:
@@ -223,6 +231,13 @@ class ControlPlane:
             log.info("metrics on http://%s:%d/metrics", self.metrics_address, self.metrics_port)
         if self.admin_port:
             log.info("admin API listening on %s:%d", self.admin_address, self.admin_port)
+
+    @property
+    def replica(self) -> Replica:
+        """This control plane as the other replicas of a shared store see it."""
+        admin = f"{_dialable(self.admin_address)}:{self.admin_port}" if self.admin_port else ""
+        xds = f"{_dialable(self.xds_address)}:{self.port}"
+        return Replica(f"{socket.gethostname()}-{os.getpid()}", admin, xds)
 
     @_collector_paused
     def _take(self, change: Replicated) -> None:

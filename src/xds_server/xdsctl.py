@@ -195,7 +195,11 @@ def format_resources(resources: Sequence[admin_pb2.Resource], output: str, wide_
 
 def format_proxy_status(response: admin_pb2.ProxyStatusResponse) -> str:
     """``istioctl proxy-status``, from the admin API's answer."""
-    rows = [
+    return status_table(_proxy_rows(response))
+
+
+def _proxy_rows(response: admin_pb2.ProxyStatusResponse, replica: str = "") -> list[ProxyRow]:
+    return [
         ProxyRow(
             peer=p.peer,  # two proxies with one node id: told apart by it
             name=p.node_id,
@@ -205,10 +209,30 @@ def format_proxy_status(response: admin_pb2.ProxyStatusResponse) -> str:
             api=p.api,
             version=p.version,
             connected_since=p.connected_since or None,
+            replica=replica,
         )
         for p in response.proxies
     ]
-    return status_table(rows)
+
+
+def every_replica_status(client: AdminClient) -> tuple[list[ProxyRow], list[str]]:
+    """The proxies of every replica sharing the store (as istioctl asks every istiod), each
+    row naming its replica; and a line for each replica that could not be asked."""
+    response = client.proxy_status()
+    if len(response.replicas) <= 1:
+        return _proxy_rows(response), []
+    me, *others = response.replicas
+    rows, unreachable = _proxy_rows(response, me.id), []
+    for r in others:
+        if not r.admin:
+            unreachable.append(f"replica {r.id} (xDS {r.xds}) serves no admin API: not asked")
+            continue
+        try:
+            with AdminClient(r.admin, timeout=REPLICA_TIMEOUT_S) as other:
+                rows += _proxy_rows(other.proxy_status(), r.id)
+        except AdminError as e:
+            unreachable.append(f"replica {r.id} ({r.admin}): {e}")
+    return rows, unreachable
 
 
 def _summary(type_url: str, res: dict[str, Any]) -> list[str]:
@@ -305,8 +329,14 @@ def cmd_delete(client: AdminClient, args: argparse.Namespace) -> int:
     return 0
 
 
+REPLICA_TIMEOUT_S = 3.0
+
+
 def cmd_proxy_status(client: AdminClient, args: argparse.Namespace) -> int:
-    print(format_proxy_status(client.proxy_status()))
+    rows, unreachable = every_replica_status(client)
+    print(status_table(rows))
+    for line in unreachable:
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -440,7 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     ns(p)
     p.set_defaults(run=cmd_delete)
 
-    p = sub.add_parser("proxy-status", help="sync state of every connected proxy (istioctl)")
+    p = sub.add_parser(
+        "proxy-status",
+        help="sync state of every connected proxy, of every replica on a shared store (istioctl)",
+    )
     p.set_defaults(run=cmd_proxy_status)
 
     p = sub.add_parser(

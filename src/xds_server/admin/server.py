@@ -22,7 +22,7 @@ from grpc_status import rpc_status
 from ..config.errors import ConfigError, Problem
 from ..config.load import load_text
 from ..config.model import DEFAULT_NAMESPACE, KINDS, resource_type
-from ..config.persist import StateWriteError
+from ..config.persist import Shared, StateWriteError
 from ..config.store import Change, ConflictError, NotFoundError
 from ..text import shorten
 from ..xds.csds import nack_limit
@@ -273,7 +273,14 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
                     version=row.version,
                 )
             )
-        return admin_pb2.ProxyStatusResponse(proxies=proxies, versions=self.cp.cache.versions())
+        replicas = []
+        if isinstance(self.cp.state, Shared):
+            me = self.cp.replica
+            others = [r for r in self.cp.state.replicas() if r.id != me.id]
+            replicas = [admin_pb2.Replica(id=r.id, admin=r.admin, xds=r.xds) for r in [me, *others]]
+        return admin_pb2.ProxyStatusResponse(
+            proxies=proxies, versions=self.cp.cache.versions(), replicas=replicas
+        )
 
     async def ProxyConfig(
         self, request: admin_pb2.ProxyConfigRequest, context: Context

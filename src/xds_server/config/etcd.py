@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 from urllib.parse import urlsplit
 
 import grpc
@@ -120,6 +120,11 @@ if TYPE_CHECKING:
     class _Cluster(Protocol):
         MemberList: _Unary[rpc_pb2.MemberListRequest, rpc_pb2.MemberListResponse]
 
+    class _Lease(Protocol):
+        LeaseGrant: _Unary[rpc_pb2.LeaseGrantRequest, rpc_pb2.LeaseGrantResponse]
+        LeaseRevoke: _Unary[rpc_pb2.LeaseRevokeRequest, rpc_pb2.LeaseRevokeResponse]
+        LeaseKeepAlive: _Stream[rpc_pb2.LeaseKeepAliveRequest, rpc_pb2.LeaseKeepAliveResponse]
+
 
 class _Stubs:
     """The generated stubs of one endpoint's channel, typed (the generated module is not)."""
@@ -129,6 +134,7 @@ class _Stubs:
         self.watch: _Watch = rpc_pb2_grpc.WatchStub(channel)
         self.maintenance: _Maintenance = rpc_pb2_grpc.MaintenanceStub(channel)
         self.cluster: _Cluster = rpc_pb2_grpc.ClusterStub(channel)
+        self.lease: _Lease = rpc_pb2_grpc.LeaseStub(channel)
 
 
 # ---------------------------------------------------------------------------- errors
@@ -305,8 +311,10 @@ def compare_missing(key: str) -> rpc_pb2.Compare:
     )
 
 
-def put_op(key: str, value: str | bytes) -> rpc_pb2.RequestOp:
-    return rpc_pb2.RequestOp(request_put=rpc_pb2.PutRequest(key=_bytes(key), value=_bytes(value)))
+def put_op(key: str, value: str | bytes, lease: int = 0) -> rpc_pb2.RequestOp:
+    """A put; ``lease``: the key goes when that lease expires or is revoked (0: never)."""
+    request = rpc_pb2.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease)
+    return rpc_pb2.RequestOp(request_put=request)
 
 
 def delete_op(key: str) -> rpc_pb2.RequestOp:
@@ -482,10 +490,43 @@ class EtcdClient:
 
     # -- writes
 
-    def put(self, key: str, value: str | bytes) -> int:
-        """Write one key; returns the revision of the write."""
-        request = rpc_pb2.PutRequest(key=_bytes(key), value=_bytes(value))
+    def put(self, key: str, value: str | bytes, lease: int = 0) -> int:
+        """Write one key (``lease``: see put_op); returns the revision of the write."""
+        request = rpc_pb2.PutRequest(key=_bytes(key), value=_bytes(value), lease=lease)
         return self._call(lambda s: s.kv.Put, request).header.revision
+
+    # -- leases: keys that go with their writer
+
+    def lease_grant(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; its id."""
+        request = rpc_pb2.LeaseGrantRequest(TTL=ttl)
+        return self._call(lambda s: s.lease.LeaseGrant, request).ID
+
+    def lease_keepalive(self, lease: int) -> int:
+        """Renew a lease; the seconds it has left then (0: it had expired, and its keys are
+        gone). One request on etcd's keep-alive stream, which is then closed."""
+        request = rpc_pb2.LeaseKeepAliveRequest(ID=lease)
+
+        def once(
+            s: _Stubs,
+        ) -> _Unary[rpc_pb2.LeaseKeepAliveRequest, rpc_pb2.LeaseKeepAliveResponse]:
+            def call(r: rpc_pb2.LeaseKeepAliveRequest, **kw: Any) -> rpc_pb2.LeaseKeepAliveResponse:
+                responses = s.lease.LeaseKeepAlive(iter([r]), **kw)
+                try:
+                    return next(responses)
+                finally:
+                    responses.cancel()
+
+            # Called as _call calls a unary method: (request, timeout=..., metadata=...).
+            return cast(
+                "_Unary[rpc_pb2.LeaseKeepAliveRequest, rpc_pb2.LeaseKeepAliveResponse]", call
+            )
+
+        return max(0, self._call(once, request).TTL)
+
+    def lease_revoke(self, lease: int) -> None:
+        """End a lease now, and delete its keys."""
+        self._call(lambda s: s.lease.LeaseRevoke, rpc_pb2.LeaseRevokeRequest(ID=lease))
 
     def delete(self, key: str) -> tuple[int, int]:
         """(revision, keys deleted). Deleting nothing does not bump the revision."""

@@ -24,6 +24,9 @@ saying so.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -46,6 +49,7 @@ from .etcd import (
 from .model import Key, Resource
 from .persist import (
     Loaded,
+    Replica,
     Replicated,
     StateError,
     StateWriteError,
@@ -55,9 +59,21 @@ from .persist import (
 )
 from .store import Proposal
 
+
+def _replica(value: bytes) -> Replica:
+    """A replica's entry; what is not one (written by another tool) reads as unnamed."""
+    try:
+        fields = json.loads(value)
+        return Replica(str(fields["id"]), str(fields["admin"]), str(fields["xds"]))
+    except (ValueError, KeyError, TypeError):
+        return Replica("?", "", "")
+
+
 log = logging.getLogger("xds_server")
 DEFAULT_PREFIX = "/xds-server"
 RETRY_S = (0.05, 0.1, 0.2, 0.5, 1.0)  # pauses between watches while etcd is unreachable
+LEASE_S = 5  # a replica that died leaves the list of replicas within this (etcd's lease)
+BEAT_S = 1.0  # how often a replica renews its lease and reads the list
 
 
 class EtcdStore:
@@ -83,6 +99,8 @@ class EtcdStore:
         self._writing = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._announcer: threading.Thread | None = None
+        self._replicas: list[Replica] = []
 
     @property
     def read_only(self) -> StateWriteError | None:
@@ -260,9 +278,40 @@ class EtcdStore:
         resources, revision, revision_mod = self._decode(kvs)
         return Replicated(resources, [], revision, revision_mod, etcd_revision, whole=True)
 
+    # --- the replicas there ----------------------------------------------------------
+
+    def announce(self, me: Replica) -> None:
+        """Keep ``PREFIX/replicas/ID`` (this replica's addresses) under a lease renewed every
+        BEAT_S, and read the others' at the same pace (see replicas)."""
+        self._replicas = [me]
+        self._announcer = threading.Thread(
+            target=self._announce, args=(me,), name="etcd announce", daemon=True
+        )
+        self._announcer.start()
+
+    def replicas(self) -> list[Replica]:
+        return list(self._replicas)
+
+    def _announce(self, me: Replica) -> None:
+        key, lease = f"{self.prefix}/replicas/{me.id}", 0
+        while not self._stop.is_set():
+            try:
+                if not lease or not self.client.lease_keepalive(lease):
+                    lease = self.client.lease_grant(LEASE_S)
+                    self.client.put(key, dump_document(dataclasses.asdict(me)), lease=lease)
+                _, kvs = self.client.get_prefix(f"{self.prefix}/replicas/")
+                self._replicas = [_replica(kv.value) for kv in kvs] or [me]
+            except EtcdError:
+                pass  # etcd down: the follow thread says so; the list is as it was
+            self._stop.wait(BEAT_S)
+        if lease:
+            with contextlib.suppress(EtcdError):
+                self.client.lease_revoke(lease)  # gone from the list at once
+
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+        for thread in (self._thread, self._announcer):
+            if thread is not None:
+                thread.join(timeout=5)
+        self._thread = self._announcer = None
         self.client.close()

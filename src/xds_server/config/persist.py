@@ -139,6 +139,16 @@ class Replicated:
     whole: bool = False
 
 
+@dataclass(frozen=True)
+class Replica:
+    """A control plane sharing the store, as it announced itself: where its admin API and
+    xDS listen, so that xdsctl can ask each one for its proxies."""
+
+    id: str
+    admin: str  # HOST:PORT, "" if it serves no admin API
+    xds: str
+
+
 @runtime_checkable
 class Shared(Durable, Protocol):
     """A durable store that several control planes share (etcd): each takes what the
@@ -152,6 +162,12 @@ class Shared(Durable, Protocol):
 
     def wait_for(self, etcd_revision: int, timeout: float) -> bool:
         """Whether the changes up to that revision are taken within ``timeout`` seconds."""
+
+    def announce(self, me: Replica) -> None:
+        """Tell the other replicas this one is there, for as long as it runs."""
+
+    def replicas(self) -> list[Replica]:
+        """The replicas there now (this one included), as of a second ago at most."""
 
 
 # What to do about a write that failed with this errno.

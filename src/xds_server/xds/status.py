@@ -294,6 +294,7 @@ class ProxyRow:
     connected_since: float | None = None
     peer: str = ""  # its connection's address, e.g. "ipv4:127.0.0.1:40312"
     connection: int = 0  # the server's id for it: its first stream's (0: unknown)
+    replica: str = ""  # the control plane serving it, when several share a store
 
 
 def proxy_rows(proxies: Iterable[ProxyStatus]) -> list[ProxyRow]:
@@ -348,9 +349,10 @@ def format_proxy_status(
     proxies: Iterable[ProxyStatus] | Iterable[ProxyRow], now: float | None = None
 ) -> str:
     """A table like ``istioctl proxy-status``: NAME, CLUSTER, CDS, LDS, EDS, API, VERSION,
-    CONNECTED, one row per proxy (connection: a node id connected twice has two rows,
-    ``id#connection``, each followed by a line with its peer address); then one line per
-    NACK with the proxy's own error text."""
+    CONNECTED (and REPLICA when rows name one, as istioctl's ISTIOD), one row per proxy
+    (connection: a node id connected twice has two rows, ``id#connection``, each followed
+    by a line with its peer address); then one line per NACK with the proxy's own error
+    text."""
     items = list(proxies)
     rows = [r for r in items if isinstance(r, ProxyRow)]
     rows += proxy_rows(p for p in items if isinstance(p, ProxyStatus))
@@ -358,6 +360,9 @@ def format_proxy_status(
         return "No proxies connected."
     headers = ["NAME", "CLUSTER", *(SHORT_NAMES[t] for t in COLUMNS), "API", "VERSION"]
     headers.append("CONNECTED")
+    replicas = any(r.replica for r in rows)
+    if replicas:
+        headers.append("REPLICA")
     table = []
     errors = []
     rows.sort(key=lambda r: (r.name, r.connected_since or 0.0, r.connection, r.peer))
@@ -366,6 +371,8 @@ def format_proxy_status(
         cells = [label, r.cluster or "-"]
         cells += [r.states.get(t, NOT_SENT) for t in COLUMNS]
         cells += [r.api or "-", r.version or "-", age(r.connected_since, now)]
+        if replicas:
+            cells.append(r.replica or "-")
         table.append(cells)
         if label != r.name:
             peers.append(f"{label}: connection {r.connection or '?'} from {r.peer or '?'}")

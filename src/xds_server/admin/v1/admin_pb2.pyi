@@ -187,7 +187,7 @@ class Proxy(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., node_cluster: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since: _Optional[float] = ..., types: _Optional[_Iterable[_Union[TypeStatus, _Mapping]]] = ..., synced: _Optional[bool] = ..., api: _Optional[str] = ..., version: _Optional[str] = ...) -> None: ...
 
 class ProxyStatusResponse(_message.Message):
-    __slots__ = ("proxies", "versions")
+    __slots__ = ("proxies", "versions", "replicas")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -197,9 +197,21 @@ class ProxyStatusResponse(_message.Message):
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     PROXIES_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     proxies: _containers.RepeatedCompositeFieldContainer[Proxy]
     versions: _containers.ScalarMap[str, str]
-    def __init__(self, proxies: _Optional[_Iterable[_Union[Proxy, _Mapping]]] = ..., versions: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    def __init__(self, proxies: _Optional[_Iterable[_Union[Proxy, _Mapping]]] = ..., versions: _Optional[_Mapping[str, str]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+
+class Replica(_message.Message):
+    __slots__ = ("id", "admin", "xds")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    XDS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    admin: str
+    xds: str
+    def __init__(self, id: _Optional[str] = ..., admin: _Optional[str] = ..., xds: _Optional[str] = ...) -> None: ...
 
 class ProxyConfigRequest(_message.Message):
     __slots__ = ("node_id", "type_url")
