@@ -48,9 +48,10 @@ README = ROOT / "README.md"
 IMAGES = {
     "XDS_SERVER_IMAGE": "xds-server:local",
     "XDS_ENVOY_IMAGE": "xds-envoy:local",
+    "XDS_ETCD_IMAGE": "xds-etcd:local",
 }
 SPELLINGS = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
-README_PORTS = {"INGRESS_PORT": 31400}  # what the README's commands name literally
+README_PORTS = {"INGRESS_PORT": 31400, "HA_INGRESS_PORT": 31410}  # named in the commands
 
 # What the README's compose block must hold, in this order: (step, pattern of the command).
 STEPS = [
@@ -62,6 +63,18 @@ STEPS = [
     ("traffic 80/20", r"^for i in \$\(seq 1 10\); do .* \| nc .*127\.0\.0\.1 31400; done$"),
     ("proxy-status", r"^docker compose exec -T control-plane xdsctl proxy-status$"),
     ("down", r"^docker compose down$"),
+]
+# The README's `ha` block: the task on two replicas sharing etcd, then one killed.
+HA_STEPS = [
+    ("up", r"^docker compose --profile ha up -d envoy-ha$"),
+    ("apply on a", r"^docker compose exec -T control-plane-a xdsctl apply .*all-v1\.yaml$"),
+    ("apply on b", r"^docker compose exec -T control-plane-b xdsctl apply .*20-v2\.yaml$"),
+    ("status on a", r"^docker compose exec -T control-plane-a xdsctl proxy-status$"),
+    ("traffic 80/20", r"^for i in \$\(seq 1 10\); do .* \| nc .*127\.0\.0\.1 31410; done$"),
+    ("kill a", r"^docker compose kill control-plane-a$"),
+    ("status on b", r"^docker compose exec -T control-plane-b xdsctl proxy-status$"),
+    ("traffic after", r"^for i in \$\(seq 1 10\); do .* \| nc .*127\.0\.0\.1 31410; done$"),
+    ("down", r"^docker compose --profile ha down$"),
 ]
 
 
@@ -120,7 +133,14 @@ class Compose:
         self.project = f"xdstest{uuid.uuid4().hex[:10]}"
         self.ports = {
             name: free_port()
-            for name in ("INGRESS_PORT", "ENVOY_ADMIN_PORT", "XDS_PORT", "XDS_ADMIN_PORT")
+            for name in (
+                "INGRESS_PORT",
+                "ENVOY_ADMIN_PORT",
+                "XDS_PORT",
+                "XDS_ADMIN_PORT",
+                "HA_INGRESS_PORT",
+                "HA_ENVOY_ADMIN_PORT",
+            )
         }
         self.env = {
             **os.environ,
@@ -222,23 +242,46 @@ def nc_versions(out: str) -> Counter[str]:
     return Counter(line.split()[0] for line in out.splitlines() if line.strip())
 
 
-def readme_steps() -> list[tuple[str, str]]:
-    commands = readme_block("compose")
-    names = [name for name, _ in STEPS]
-    assert len(commands) == len(STEPS), (
-        f"README's compose block has {len(commands)} commands, the test knows {names}:\n"
+def readme_steps(
+    marker: str = "compose", known: list[tuple[str, str]] = STEPS
+) -> list[tuple[str, str]]:
+    commands = readme_block(marker)
+    names = [name for name, _ in known]
+    assert len(commands) == len(known), (
+        f"README's {marker} block has {len(commands)} commands, the test knows {names}:\n"
         + "\n".join(commands)
     )
-    for (name, pattern), command in zip(STEPS, commands, strict=True):
+    for (name, pattern), command in zip(known, commands, strict=True):
         assert re.search(pattern, command), f"step {name!r}: {command!r} !~ {pattern!r}"
-    return [(name, command) for (name, _), command in zip(STEPS, commands, strict=True)]
+    return [(name, command) for (name, _), command in zip(known, commands, strict=True)]
 
 
-def test_readme_compose_block_is_the_task() -> None:
+@pytest.mark.parametrize(("marker", "known"), [("compose", STEPS), ("compose-ha", HA_STEPS)])
+def test_readme_compose_block_is_the_task(marker: str, known: list[tuple[str, str]]) -> None:
     """No Docker needed: the block parses into the task's steps, in the task's order."""
-    steps = readme_steps()
-    assert [name for name, _ in steps] == [name for name, _ in STEPS]
+    steps = readme_steps(marker, known)
+    assert [name for name, _ in steps] == [name for name, _ in known]
     assert not any("--build" in command for _, command in steps), "offline, up must not build"
+
+
+def test_the_ha_bootstrap_differs_only_in_the_control_plane_addresses() -> None:
+    """envoy/bootstrap-ha.yaml is envoy/bootstrap.yaml but for xds_cluster's type and
+    hosts, so the two cannot drift apart."""
+    import yaml
+
+    one, ha = (yaml.safe_load((ROOT / "envoy" / f).read_text()) for f in
+               ("bootstrap.yaml", "bootstrap-ha.yaml"))  # fmt: skip
+    (xds,) = one["static_resources"]["clusters"]
+    (xds_ha,) = ha["static_resources"]["clusters"]
+    hosts = [
+        e["endpoint"]["address"]["socket_address"]["address"]
+        for e in xds_ha["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    ]
+    assert hosts == ["control-plane-a", "control-plane-b"]
+    assert xds_ha["type"] == "STRICT_DNS"
+    for cluster in (xds, xds_ha):
+        del cluster["type"], cluster["load_assignment"]["endpoints"]
+    assert one == ha
 
 
 def test_readme_compose_setup_is_what_ci_runs() -> None:
@@ -258,15 +301,24 @@ def test_readme_compose_setup_is_what_ci_runs() -> None:
 
 @pytest.fixture(params=["v2", "v1"])
 def compose(request):
+    yield from _compose_lab(request.param, ("XDS_SERVER_IMAGE", "XDS_ENVOY_IMAGE"))
+
+
+@pytest.fixture
+def compose_ha():
+    """The ha profile, with compose v2 only (the v1 spelling is the task's test)."""
+    yield from _compose_lab("v2", tuple(IMAGES))
+
+
+def _compose_lab(version: str, images: tuple[str, ...]):
     require_docker()
-    version = request.param
     if not have_spelling(version):
         skip_or_fail(f"compose {version} (`{' '.join(SPELLINGS[version])}`) is not installed")
     if not shutil.which("nc"):
         skip_or_fail("nc is not installed (Debian: netcat-openbsd)")
     lab = Compose(version)
     missing = []
-    for image in (lab.env["XDS_SERVER_IMAGE"], lab.env["XDS_ENVOY_IMAGE"]):
+    for image in (lab.env[name] for name in images):
         probe = subprocess.run(["docker", "image", "inspect", image], capture_output=True)
         if probe.returncode != 0:
             missing.append(image)
@@ -275,7 +327,7 @@ def compose(request):
     try:
         yield lab
     finally:
-        lab.run("down", "--volumes", "--remove-orphans", "--timeout", "5")
+        lab.run("--profile", "ha", "down", "--volumes", "--remove-orphans", "--timeout", "5")
         print(f"compose {version}: " + ", ".join(f"{c!r} {s:.1f} s" for c, s in lab.times))
 
 
@@ -314,3 +366,53 @@ def test_readme_compose_steps(compose: Compose) -> None:
         raise
     compose.shell(steps["down"])
     assert compose.leftovers() == ""
+
+
+def test_readme_compose_ha_steps(compose_ha: Compose) -> None:
+    """The ha block: applies on either replica, Envoy on one of them, the 80/20 split, then
+    control-plane-a killed: the Envoy is (or stays) on control-plane-b, synced, and the
+    split goes on."""
+    lab = compose_ha
+    admin = lab.ports["HA_ENVOY_ADMIN_PORT"]
+    steps = dict(readme_steps("compose-ha", HA_STEPS))
+
+    def envoy_row(command: str, replica: str | None = None) -> str | None:
+        """proxy-status's row for the Envoy once it is synced (on ``replica``, if given)."""
+        out = lab.shell(command)
+        header, *rows = out.splitlines() or [""]
+        if header.split()[-1:] != ["REPLICA"]:
+            return None
+        for row in rows:
+            cells = row.split()
+            # CDS and LDS ACKed; EDS "NOT SENT": the compose lab's clusters resolve by DNS.
+            synced = cells[:1] == ["ingressgateway"] and cells[2:5] == ["SYNCED", "SYNCED", "NOT"]
+            if synced and (replica is None or cells[-1].startswith(f"{replica}-")):  # host-pid
+                return row
+        return None
+
+    try:
+        lab.shell(steps["up"])
+        wait_for("Envoy's admin endpoint", lambda: envoy_admin(admin, "/ready")[0] in (200, 503))
+        out = lab.shell(steps["apply on a"])
+        assert "virtualservice.networking.istio.io/tcp-echo created" in out
+        out = lab.shell(steps["apply on b"])
+        assert out.strip() == "virtualservice.networking.istio.io/tcp-echo configured"
+        wait_until(lambda: envoy_row(steps["status on a"]), 60, what="Envoy synced, on a replica")
+        wait_for("Envoy settled", lambda: settled(admin))
+        counts = nc_versions(lab.shell(steps["traffic 80/20"]))
+        assert sum(counts.values()) == 10 and 1 <= counts["two"] <= 3, counts
+
+        lab.shell(steps["kill a"])
+        wait_until(
+            lambda: envoy_row(steps["status on b"], "control-plane-b"),
+            60,
+            what="Envoy synced on control-plane-b",
+        )
+        wait_for("Envoy settled", lambda: settled(admin))
+        counts = nc_versions(lab.shell(steps["traffic after"]))
+        assert sum(counts.values()) == 10 and 1 <= counts["two"] <= 3, counts
+    except BaseException:
+        print(lab.logs())
+        raise
+    lab.shell(steps["down"])
+    assert lab.leftovers() == ""

@@ -219,7 +219,7 @@ def every_replica_status(client: AdminClient) -> tuple[list[ProxyRow], list[str]
     """The proxies of every replica sharing the store (as istioctl asks every istiod), each
     row naming its replica; and a line for each replica that could not be asked."""
     response = client.proxy_status()
-    if len(response.replicas) <= 1:
+    if not response.replicas:  # not a shared store
         return _proxy_rows(response), []
     me, *others = response.replicas
     rows, unreachable = _proxy_rows(response, me.id), []
