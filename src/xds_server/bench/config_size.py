@@ -8,7 +8,10 @@ restart with a state directory."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -105,13 +108,13 @@ ETCD_REQUEST_BYTES = 64 * 1024 * 1024  # a first apply of 10k services is ~15 Mi
 
 
 def _durable(
-    resources: list[Resource], trials: int, make: Callable[[], ControlPlane]
+    resources: list[Resource], size: int, trials: int, store: dict[str, str]
 ) -> tuple[float, float, float]:
-    """A control plane on a durable store (``make`` gives one on the same, empty store):
-    the first apply (every row written), one weight changed (one row, committed before the
-    push: ``trials`` times, the median), and a restart (the rows read, the state restored).
-    Seconds, milliseconds, seconds."""
-    cp = make()
+    """A control plane on a durable store (``store``: ControlPlane's keywords for it, an
+    empty one): the first apply (every row written), one weight changed (one row, committed
+    before the push: ``trials`` times, the median), and a restart in a new process (the
+    rows read, the state restored: see restart.py). Seconds, milliseconds, seconds."""
+    cp = ControlPlane(options=_options(size), **store)  # type: ignore[arg-type]
     cp.load_state()
     started = time.perf_counter()
     cp.apply(resources)
@@ -124,13 +127,24 @@ def _durable(
         samples.append(time.perf_counter() - started)
     assert cp.state is not None
     cp.state.close()  # a store has one server at a time
-    again = make()
-    started = time.perf_counter()
-    again.load_state()  # what start() does
-    restart = time.perf_counter() - started
-    assert again.state is not None and len(again.store.resources()) == len(resources)
-    again.state.close()
+    flag, value = next(iter(store.items()))
+    restart = _in_new_process(size, f"--{flag.replace('_', '-')}", value, len(resources))
     return first, median(samples) * 1000, restart
+
+
+def _in_new_process(size: int, *args: str | int) -> float:
+    """restart.py's seconds; the last arg: how many resources it must end up holding."""
+    *flags, want = args
+    out = subprocess.run(
+        [sys.executable, "-m", "xds_server.bench.restart", "--size", str(size), *map(str, flags)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    result = json.loads(out.stdout)
+    assert result["resources"] == want, result
+    return float(result["seconds"])
 
 
 def _stores(
@@ -138,14 +152,13 @@ def _stores(
 ) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
     """``_durable`` on each store, by name: SQLite in a state directory, and a real etcd
     (one member, local; its limits raised for a first apply of the whole config in one
-    transaction) when the ``etcd`` binary is there."""
+    transaction) when the ``etcd`` binary is there. ``restart["fresh"]``: the fresh
+    translation in a new process, the restarts' baseline."""
     first: dict[str, float] = {}
     one: dict[str, float] = {}
-    restart: dict[str, float] = {}
+    restart: dict[str, float] = {"fresh": _in_new_process(size, "--fresh", len(resources))}
     with tempfile.TemporaryDirectory() as path:
-        figures = _durable(
-            resources, trials, lambda: ControlPlane(options=_options(size), state_dir=path)
-        )
+        figures = _durable(resources, size, trials, {"state_dir": path})
         first["sqlite"], one["sqlite"], restart["sqlite"] = figures
     if shutil.which("etcd") is None:
         return first, one, restart
@@ -154,9 +167,7 @@ def _stores(
     flags = ("--max-txn-ops=1000000", f"--max-request-bytes={ETCD_REQUEST_BYTES}")
     with EtcdCluster(1, flags=flags) as etcd:
         url = etcd.url("/bench")
-        figures = _durable(
-            resources, trials, lambda: ControlPlane(options=_options(size), store=url)
-        )
+        figures = _durable(resources, size, trials, {"store": url})
         first["etcd"], one["etcd"], restart["etcd"] = figures
     return first, one, restart
 

@@ -272,6 +272,7 @@ class SqliteStore:
                     upserts.append((*key, s.state.resource_version, dump_document(document), obj))
                 else:
                     deletes.append(key)
+            upserts.sort()  # in the table's key order: a B-tree filled in order splits least
             try:
                 db.execute("BEGIN IMMEDIATE")
                 if changed is None:
