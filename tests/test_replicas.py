@@ -11,13 +11,13 @@ import sys
 import threading
 import time
 
-from conftest import ServerProcess, locality_split_ok
+from conftest import locality_split_ok
 
-from xds_server.admin.client import AdminClient
 from xds_server.lab import traffic
 from xds_server.lab.envoy import EnvoyProcess
 from xds_server.lab.lab import SAMPLES
 from xds_server.ports import free_port
+from xds_server.testing.replicas import Replica
 from xds_server.waiting import wait_until
 
 SERVICE_ENTRY = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
@@ -25,39 +25,21 @@ ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
 V2_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
 
 
-def _replica(url: str, ingress: int) -> tuple[ServerProcess, int, AdminClient]:
-    xds = free_port()
-    server = ServerProcess(
-        "--store", url, "--xds-port", str(xds), "--admin-port", "0",
-        "--port-map", f"31400={ingress}",
-    )  # fmt: skip
-    return server, xds, AdminClient(f"127.0.0.1:{server.wait_port('admin API')}")
-
-
-def _serving(client: AdminClient) -> bool:
-    """Whether this replica has the Envoy connected and in sync."""
-    status = client.proxy_status()
-    return any(p.node_id == "ingressgateway" and p.synced for p in status.proxies)
-
-
 def test_apply_on_one_replica_reaches_an_envoy_on_the_other_and_kill_9_fails_over(etcd, echoes):
     url, ingress = etcd.url("/ha"), free_port()
-    a, a_xds, a_client = _replica(url, ingress)
-    b, b_xds, b_client = _replica(url, ingress)
-    envoy = EnvoyProcess(b_xds, xds_more=[("127.0.0.1", a_xds)])
+    a, b = Replica(url, ingress), Replica(url, ingress)
+    envoy = EnvoyProcess(b.xds_port, xds_more=[("127.0.0.1", a.xds_port)])
     try:
         services = "---\n".join([SERVICE_ENTRY, *(e.workload_entry() for e in echoes)])
-        a_client.apply([("services.yaml", services), ("all-v1.yaml", ALL_V1)])
+        a.admin.apply([("services.yaml", services), ("all-v1.yaml", ALL_V1)])
         envoy.start()
-        wait_until(lambda: _serving(a_client) or _serving(b_client), 20, what="Envoy synced")
+        wait_until(lambda: a.serving() or b.serving(), 20, what="Envoy synced")
         # Applied on one replica, whichever the Envoy is on: the traffic follows.
-        a_client.apply([("20-v2.yaml", V2_20)])
-        wait_until(lambda: _serving(a_client) or _serving(b_client), 20, what="Envoy synced")
+        a.admin.apply([("20-v2.yaml", V2_20)])
+        wait_until(lambda: a.serving() or b.serving(), 20, what="Envoy synced")
         assert locality_split_ok(traffic.split(traffic.send_many("127.0.0.1", ingress, 100)))
 
-        on_a = _serving(a_client)
-        dead, dead_client = (a, a_client) if on_a else (b, b_client)
-        alive_client = b_client if on_a else a_client
+        dead, alive = (a, b) if a.serving() else (b, a)
         failed: list[str] = []
         sent = [0]
         stop = threading.Event()
@@ -75,7 +57,7 @@ def test_apply_on_one_replica_reaches_an_envoy_on_the_other_and_kill_9_fails_ove
             wait_until(lambda: sent[0] >= 20, 10, what="load to run")
             killed = time.monotonic()
             dead.kill()
-            wait_until(lambda: _serving(alive_client), 10, interval=0.01, what="failover")
+            wait_until(alive.serving, 10, interval=0.01, what="failover")
             failover = time.monotonic() - killed
             wait_until(lambda: sent[0] >= 60, 20, what="more load after the failover")
         finally:
@@ -85,15 +67,13 @@ def test_apply_on_one_replica_reaches_an_envoy_on_the_other_and_kill_9_fails_ove
         print(f"[failover: synced on the other replica {failover:.2f} s after kill -9, "
               f"{sent[0]} connections, 0 failed]")  # fmt: skip
         # And the survivor's applies reach the Envoy, now on it.
-        alive_client.apply([("all-v1.yaml", ALL_V1)])
-        wait_until(lambda: _serving(alive_client), 20, what="Envoy synced")
+        alive.admin.apply([("all-v1.yaml", ALL_V1)])
+        wait_until(alive.serving, 20, what="Envoy synced")
         assert traffic.split(traffic.send_many("127.0.0.1", ingress, 20)) == {"one": 20}
-        dead_client.close()
     finally:
         envoy.stop()
-        for server, client in ((a, a_client), (b, b_client)):
-            client.close()
-            server.stop()
+        for replica in (a, b):
+            replica.stop()
 
 
 def _proxy_status(admin: str) -> subprocess.CompletedProcess[str]:
@@ -109,16 +89,15 @@ def test_proxy_status_shows_the_proxies_of_every_replica(etcd, echoes):
     """Asked of replica A, xdsctl proxy-status lists the Envoy connected to replica B, with
     B in its REPLICA column; a replica killed leaves the list when its etcd lease ends."""
     url, ingress = etcd.url("/status"), free_port()
-    a, _, a_client = _replica(url, ingress)
-    b, b_xds, b_client = _replica(url, ingress)
-    envoy = EnvoyProcess(b_xds)
+    a, b = Replica(url, ingress), Replica(url, ingress)
+    envoy = EnvoyProcess(b.xds_port)
     try:
         services = "---\n".join([SERVICE_ENTRY, *(e.workload_entry() for e in echoes)])
-        a_client.apply([("services.yaml", services), ("all-v1.yaml", ALL_V1)])
+        a.admin.apply([("services.yaml", services), ("all-v1.yaml", ALL_V1)])
         envoy.start()
-        wait_until(lambda: _serving(b_client), 20, what="Envoy synced on B")
-        b_id = f"{socket.gethostname()}-{b.proc.pid}"
-        a_admin = a_client.target
+        wait_until(lambda: b.serving(), 20, what="Envoy synced on B")
+        b_id = f"{socket.gethostname()}-{b.proc.proc.pid}"
+        a_admin = a.admin.target
 
         def listed() -> subprocess.CompletedProcess[str] | None:
             result = _proxy_status(a_admin)
@@ -137,6 +116,5 @@ def test_proxy_status_shows_the_proxies_of_every_replica(etcd, echoes):
                    what="B to leave the list of replicas")  # fmt: skip
     finally:
         envoy.stop()
-        for server, client in ((a, a_client), (b, b_client)):
-            client.close()
-            server.stop()
+        for replica in (a, b):
+            replica.stop()

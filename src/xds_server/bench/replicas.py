@@ -21,51 +21,18 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 
-from ..admin.client import AdminClient
 from ..lab import traffic
 from ..lab.envoy import EnvoyProcess
 from ..lab.lab import HOST, SAMPLES, EchoProcess
-from ..lab.server import ServerProcess
 from ..ports import free_port
 from ..testing.etcd import EtcdCluster
+from ..testing.replicas import Replica
 from ..waiting import wait_until
 from .push import eds_updates, route
 from .stats import Figures, ms
 
 SERVICE_ENTRY = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
-NODE = "ingressgateway"
-
-
-class Replica:
-    """One ``serve --store etcd`` process and an admin client of it."""
-
-    def __init__(self, url: str, ingress: int) -> None:
-        self.url, self.ingress, self.xds_port = url, ingress, free_port()
-        self.start()
-
-    def start(self) -> None:
-        self.proc = ServerProcess(
-            *("--store", self.url, "--xds-port", str(self.xds_port), "--admin-port", "0"),
-            *("--port-map", f"31400={self.ingress}"),
-        )
-        self.admin = AdminClient(f"{HOST}:{self.proc.wait_port('admin API')}")
-
-    def serving(self) -> bool:
-        """Whether the Envoy is connected to this replica and in sync."""
-        try:
-            status = self.admin.proxy_status()
-        except Exception:  # noqa: BLE001 - a replica that is down serves nobody
-            return False
-        return any(p.node_id == NODE and p.synced for p in status.proxies)
-
-    def kill(self) -> None:
-        self.admin.close()
-        self.proc.kill()
-
-    def stop(self) -> None:
-        self.admin.close()
-        self.proc.stop()
 
 
 @contextmanager

@@ -15,11 +15,10 @@ import time
 from ..config.load import load_text
 from ..controlplane import ControlPlane
 from .common import config_yaml
+from .config_size import _options
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config_size import _options
-
     parser = argparse.ArgumentParser(prog="python -m xds_server.bench.restart")
     parser.add_argument("--size", type=int, required=True)
     where = parser.add_mutually_exclusive_group(required=True)
