@@ -139,8 +139,8 @@ def test_grpc_xds_client_gets_lds_cds_eds_and_its_rpcs_work(servers):
             # It asked by name (no wildcard) and ACKed every answer, NACKed none.
             expected = {
                 LISTENER: {"greeter:50051"},
-                CLUSTER: {"outbound|50051||greeter"},
-                ENDPOINT: {"outbound|50051||greeter"},
+                CLUSTER: {"outbound|50051||greeter.default.svc.cluster.local"},
+                ENDPOINT: {"outbound|50051||greeter.default.svc.cluster.local"},
             }
             for type_url, wanted in expected.items():
                 st = p.types[type_url]

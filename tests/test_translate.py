@@ -116,7 +116,7 @@ def test_istio_mode_zero_weight_left_out_of_weighted_clusters():
     out = translate(resources, TranslateOptions(split=ISTIO))
     proxy = tcp_proxy_pb2.TcpProxy()
     out.listeners["0.0.0.0_31400"].filter_chains[0].filters[0].typed_config.Unpack(proxy)
-    assert proxy.cluster == "outbound|9000|v2|tcp-echo"
+    assert proxy.cluster == "outbound|9000|v2|tcp-echo.default.svc.cluster.local"
     assert not proxy.weighted_clusters.clusters
 
 

@@ -13,7 +13,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.message import Message
 
-from ..config.index import ConfigIndex
+from ..config.index import ConfigIndex, canonical_host
 from ..config.model import Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
 from ..config.routing import Backend, vs_routes
 from .clusters import build_cluster, effective_policy, merge_policies
@@ -29,9 +29,10 @@ def route_cluster_name(vs: VirtualService, index: int) -> str:
     return f"route|{vs.meta.namespace}/{vs.meta.name}|tcp[{index}]"
 
 
-def subset_cluster_name(port: int, subset: str, host: str) -> str:
-    """Istio's outbound cluster name."""
-    return f"outbound|{port}|{subset}|{host}"
+def subset_cluster_name(port: int, subset: str, host: str, namespace: str) -> str:
+    """Istio's outbound cluster name, after the fully qualified host (a short host is
+    read in the ServiceEntry's namespace), so that two hosts never share a cluster."""
+    return f"outbound|{port}|{subset}|{canonical_host(host, namespace)}"
 
 
 # --- Outputs ------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ def _subset_clusters(index: ConfigIndex, se: ServiceEntry, options: TranslateOpt
         for port in se.ports:
             for subset in dr_subsets:
                 b = Backend(host, se, port, subset, 1)
-                name = subset_cluster_name(port.number, b.subset_name, host)
+                name = subset_cluster_name(port.number, b.subset_name, host, se.meta.namespace)
                 groups, policy = [_group(index, b, None)], effective_policy(dr, subset)
                 cluster, cla = _cluster(name, groups, policy, options, _is_dns(se), False)
                 out.append(_cluster_outputs(cluster, cla))
@@ -96,7 +97,10 @@ def _weighted_listeners(
     out: Outputs = []
     for br in vs_routes(index, vs):
         clusters = [
-            (subset_cluster_name(b.port.number, b.subset_name, b.host), b.weight)
+            (
+                subset_cluster_name(b.port.number, b.subset_name, b.host, b.service.meta.namespace),
+                b.weight,
+            )
             for b in br.backends
         ]
         listener = _tcp_listener(br.port, options, clusters)
@@ -114,7 +118,7 @@ def _grpc_targets(index: ConfigIndex, se: ServiceEntry, options: TranslateOption
         dr = index.destination_rule(host, se.meta.namespace)
         for port in se.ports:
             b = Backend(host, se, port, None, 1)
-            name = subset_cluster_name(port.number, "", host)
+            name = subset_cluster_name(port.number, "", host, se.meta.namespace)
             groups, policy = [_group(index, b, 1)], effective_policy(dr, None)
             cluster, cla = _cluster(name, groups, policy, options, False, True)
             target = f"{host}:{port.number}"

@@ -1,0 +1,44 @@
+"""Istio's meaning for what is served: the cases where reading a config another way than
+Istio would route traffic somewhere else."""
+
+from __future__ import annotations
+
+from xds_server.lab import traffic
+from xds_server.lab.lab import SAMPLES, Lab
+
+ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
+
+# The short host tcp-echo in another namespace, with a v1 subset whose endpoint is the
+# server that answers "two": default's gateway must never reach it.
+OTHER_NAMESPACE = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: tcp-echo, namespace: app}}
+spec:
+  hosts: [tcp-echo]
+  ports: [{{number: 9000, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: {address}, ports: {{tcp: {port}}}, labels: {{version: v1}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: tcp-echo, namespace: app}}
+spec:
+  host: tcp-echo
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+"""
+
+
+def test_one_short_host_in_two_namespaces_is_two_clusters():
+    """Istio mode names a cluster after the fully qualified host, so app's tcp-echo
+    (tcp-echo.app.svc.cluster.local) and default's are two clusters with their own
+    endpoints; a cluster named after the short host was shared, with app's endpoints."""
+    with Lab(ingress_port=0, xds_port=0, admin_port=0, split="istio") as lab:
+        v2 = next(e for e in lab.echoes if e.version == "v2")
+        host, port = v2.addresses[0]
+        lab.apply_yaml(OTHER_NAMESPACE.format(address=host, port=port))
+        lab.apply([ALL_V1])
+        assert traffic.split(lab.send(20)) == {"one": 20}
+        clusters = lab.envoy.admin_get("/clusters")
+        for ns in ("default", "app"):
+            assert f"outbound|9000|v1|tcp-echo.{ns}.svc.cluster.local::" in clusters
