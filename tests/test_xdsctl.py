@@ -467,3 +467,30 @@ def test_proxy_status_shows_each_connection_of_one_node_id():
     )
     out = xdsctl.format_proxy_status(response)
     assert "gw@ipv4:127.0.0.1:4001" in out and "gw@ipv4:127.0.0.1:4002" in out
+
+
+def test_apply_n_sets_the_namespace_and_refuses_another(ctl, tmp_path):
+    """kubectl apply -n: documents without a namespace go there, in one batch with those
+    naming it; a document naming another namespace refuses the whole batch."""
+    named = tmp_path / "named.yaml"
+    named.write_text(
+        SERVICES_TEXT.replace("name: tcp-echo-v1\n", "name: tcp-echo-v1\n  namespace: app\n")
+    )
+    code, out, err = ctl("apply", "-n", "app", "-f", str(named))
+    assert code == 0, err
+    assert ctl("get", "se", "-n", "app")[1].splitlines()[1].split()[0] == "tcp-echo"
+    assert len(ctl("get", "we", "-n", "app")[1].splitlines()) == 3
+    assert ctl("get", "se")[0:2] == (0, "")  # nothing went to default
+
+    code, out, err = ctl("apply", "-n", "other", "-f", str(named))
+    assert code == 1 and out == ""
+    assert "(WorkloadEntry app/tcp-echo-v1): metadata.namespace:" in err
+    assert (
+        'the namespace from the provided object "app" does not match the namespace "other"' in err
+    )
+    assert "hint: pass --namespace=app, or leave it out" in err
+    assert ctl("get", "se", "-n", "other")[0:2] == (0, "")
+
+    code, out, err = ctl("delete", "-n", "app", "-f", SERVICES)
+    assert code == 0, err
+    assert ctl("get", "we", "-n", "app")[0:2] == (0, "")

@@ -285,7 +285,8 @@ DRY_RUN_SUFFIX = {"none": "", "client": " (dry run)", "server": " (server dry ru
 
 def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
     dry_run = args.dry_run != "none"
-    response = client.apply(read_inputs(args.filename), dry_run=dry_run)
+    documents = read_inputs(args.filename)
+    response = client.apply(documents, dry_run=dry_run, namespace=args.namespace or "")
     if not response.changes:  # every document applied is a change, "unchanged" included
         raise UsageError("no objects passed to apply")
     for c in response.changes:
@@ -295,12 +296,12 @@ def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
 
 def cmd_get(client: AdminClient, args: argparse.Namespace) -> int:
     targets = resolve_targets(args.resources)
-    namespace = "" if args.all_namespaces else args.namespace
+    namespace = "" if args.all_namespaces else args.namespace or DEFAULT_NAMESPACE
     found: list[admin_pb2.Resource] = []
     for kind, name in targets:
         found += client.get(kind, name or "", namespace).resources
     if not found:
-        where = "any namespace" if args.all_namespaces else f"{args.namespace} namespace"
+        where = "any namespace" if args.all_namespaces else f"{namespace} namespace"
         print(f"No resources found in {where}.", file=sys.stderr)
         return 0
     print(format_resources(found, args.output or "", args.all_namespaces))
@@ -315,12 +316,17 @@ def cmd_delete(client: AdminClient, args: argparse.Namespace) -> int:
         targets = resolve_targets(args.resources)
         if any(name is None for _, name in targets):
             raise UsageError("resource(s) were provided, but no name was specified")
-        refs = [(kind, args.namespace, name or "") for kind, name in targets]
+        ns = args.namespace or DEFAULT_NAMESPACE
+        refs = [(kind, ns, name or "") for kind, name in targets]
     elif not args.filename:
         raise UsageError("give -f FILE or KIND NAME")
     documents = read_inputs(args.filename) if args.filename else []
     response = client.delete(
-        documents, refs, ignore_not_found=args.ignore_not_found, dry_run=args.dry_run != "none"
+        documents,
+        refs,
+        ignore_not_found=args.ignore_not_found,
+        dry_run=args.dry_run != "none",
+        namespace=args.namespace or "",
     )
     if not response.changes and not args.ignore_not_found:  # -f of files with no documents
         print("No resources found")  # what kubectl delete prints for no objects, exit 0
@@ -393,9 +399,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def ns(p: argparse.ArgumentParser) -> None:
+    def ns(p: argparse.ArgumentParser, files: bool = False) -> None:
+        more = (
+            "; a document without one is in it, one naming another is refused (as kubectl)"
+            if files
+            else ""
+        )
         p.add_argument(
-            "-n", "--namespace", default=DEFAULT_NAMESPACE, help="namespace (default: default)"
+            "-n", "--namespace", help=f"namespace (default: default){more}", metavar="NAMESPACE"
         )
 
     def dry_run(p: argparse.ArgumentParser) -> None:
@@ -427,6 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="YAML file, directory of them, or - for stdin (repeatable)",
     )
     dry_run(p)
+    ns(p, files=True)
     p.set_defaults(run=cmd_apply)
 
     p = sub.add_parser("get", help="show one resource or a list", description=f"{forms}.")
@@ -467,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a resource that does not exist is not an error",
     )
     dry_run(p)
-    ns(p)
+    ns(p, files=True)
     p.set_defaults(run=cmd_delete)
 
     p = sub.add_parser(

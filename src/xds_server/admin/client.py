@@ -117,11 +117,16 @@ class AdminClient:
     # --- operations ------------------------------------------------------------------------
 
     def apply(
-        self, documents: Iterable[tuple[str, str]], *, dry_run: bool = False
+        self,
+        documents: Iterable[tuple[str, str]],
+        *,
+        dry_run: bool = False,
+        namespace: str = "",
     ) -> admin_pb2.ApplyResponse:
-        """``documents``: (file name for errors, YAML text)."""
+        """``documents``: (file name for errors, YAML text); ``namespace``: as ``kubectl
+        apply -n`` (empty: each document's own, or default)."""
         docs = [admin_pb2.Document(file=f, yaml=t) for f, t in documents]
-        request = admin_pb2.ApplyRequest(documents=docs, dry_run=dry_run)
+        request = admin_pb2.ApplyRequest(documents=docs, dry_run=dry_run, namespace=namespace)
         return self._refused(self._call(self.stub.Apply, request))
 
     @staticmethod
@@ -141,8 +146,10 @@ class AdminClient:
         *,
         ignore_not_found: bool = False,
         dry_run: bool = False,
+        namespace: str = "",
     ) -> admin_pb2.DeleteResponse:
         request = admin_pb2.DeleteRequest(
+            namespace=namespace,
             documents=[admin_pb2.Document(file=f, yaml=t) for f, t in documents],
             refs=[admin_pb2.ResourceRef(kind=k, namespace=ns, name=n) for k, ns, n in refs],
             ignore_not_found=ignore_not_found,

@@ -150,12 +150,12 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
             )
 
     @staticmethod
-    def _parse(documents: Iterable[admin_pb2.Document]) -> list[Resource]:
+    def _parse(documents: Iterable[admin_pb2.Document], namespace: str) -> list[Resource]:
         resources: list[Resource] = []
         problems: list[Problem] = []
         for doc in documents:
             try:
-                resources += load_text(doc.yaml, doc.file or "<stdin>")
+                resources += load_text(doc.yaml, doc.file or "<stdin>", namespace or None)
             except ConfigError as e:
                 problems += e.problems
         if problems:
@@ -166,7 +166,7 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         self, request: admin_pb2.ApplyRequest, context: Context
     ) -> admin_pb2.ApplyResponse:
         def call() -> tuple[list[admin_pb2.Change], int]:
-            resources = self._parse(request.documents)
+            resources = self._parse(request.documents, request.namespace)
             with self.cp.lock:  # the revision this change made, not a later one's
                 changes = self.cp.apply(resources, dry_run=request.dry_run)
                 revision = self.cp.store.revision
@@ -183,7 +183,7 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
         self, request: admin_pb2.DeleteRequest, context: Context
     ) -> admin_pb2.DeleteResponse:
         def call() -> tuple[list[admin_pb2.Change], int]:
-            keys = [r.key for r in self._parse(request.documents)]
+            keys = [r.key for r in self._parse(request.documents, request.namespace)]
             for ref in request.refs:
                 keys.append((ref.kind, ref.namespace or DEFAULT_NAMESPACE, ref.name))
             with self.cp.lock:

@@ -36,7 +36,9 @@ def _refused(d: yamldata.Document, rep: Reporter) -> None:
         )
 
 
-def _load(text: str, file: str, problems: list[Problem]) -> list[Resource]:
+def _load(
+    text: str, file: str, problems: list[Problem], namespace: str | None = None
+) -> list[Resource]:
     resources = []
     for d in yamldata.documents(text):
         if d.error is not None:
@@ -46,7 +48,7 @@ def _load(text: str, file: str, problems: list[Problem]) -> list[Resource]:
         if d.refusals:
             _refused(d, rep)
             continue
-        resource = parse_resource(d.data, rep)
+        resource = parse_resource(d.data, rep, namespace)
         for path in d.dups:
             rep.add(path, "duplicate key: YAML keeps only the last value")
         if resource is not None:
@@ -57,10 +59,11 @@ def _load(text: str, file: str, problems: list[Problem]) -> list[Resource]:
 # --- Public API ----------------------------------------------------------------------------
 
 
-def load_text(text: str, file: str = "<input>") -> list[Resource]:
-    """Resources in a multi-document YAML text; raises ConfigError listing every problem."""
+def load_text(text: str, file: str = "<input>", namespace: str | None = None) -> list[Resource]:
+    """Resources in a multi-document YAML text; raises ConfigError listing every problem.
+    ``namespace``: as ``kubectl apply -n`` (see parse.parse_resource)."""
     problems: list[Problem] = []
-    resources = _load(text, file, problems)
+    resources = _load(text, file, problems, namespace)
     if problems:
         raise ConfigError(sort_problems(problems))
     return resources
@@ -93,9 +96,9 @@ def _expand(path: Path, problems: list[Problem]) -> list[Path]:
     return [path]
 
 
-def load_paths(paths: Iterable[str | Path]) -> list[Resource]:
+def load_paths(paths: Iterable[str | Path], namespace: str | None = None) -> list[Resource]:
     """Resources from files and directories, in order; raises ConfigError listing every
-    problem in every file."""
+    problem in every file. ``namespace``: as for load_text."""
     problems: list[Problem] = []
     resources: list[Resource] = []
     for path in paths:
@@ -105,7 +108,7 @@ def load_paths(paths: Iterable[str | Path]) -> list[Resource]:
             except (OSError, UnicodeDecodeError) as e:
                 problems.append(Problem(Source(str(file)), f"cannot read file: {e}"))
                 continue
-            resources += _load(text, str(file), problems)
+            resources += _load(text, str(file), problems, namespace)
     if problems:
         raise ConfigError(sort_problems(problems))
     return resources

@@ -217,12 +217,17 @@ def _kind(rd: Reader, doc: dict[str, Any]) -> type[Resource] | None:
     return KINDS[kind]
 
 
-def _meta(rd: Reader, value: Any) -> Meta:
+def _meta(rd: Reader, value: Any, given: str | None) -> Meta:
     m: dict[str, Any] = value if isinstance(value, dict) else {}
     name = rd.string(m, "metadata", "name", required=isinstance(value, dict)) or ""
-    namespace = rd.string(m, "metadata", "namespace") or DEFAULT_NAMESPACE
+    written = rd.string(m, "metadata", "namespace")
+    namespace = written or given or DEFAULT_NAMESPACE
     if name:
         rd.rep.name = f"{namespace}/{name}"
+    if written and given and written != given:  # kubectl's rule for apply -n
+        message = f'the namespace from the provided object "{written}" does not match the '
+        message += f'namespace "{given}"'
+        rd.rep.add("metadata.namespace", message, f"pass --namespace={written}, or leave it out")
     if value is None:
         rd.rep.add("metadata", "required")
     rd.mapping(value, "metadata", METADATA)
@@ -243,14 +248,16 @@ def _api_version(rd: Reader, doc: dict[str, Any]) -> str:
     return api_version or ""
 
 
-def parse_resource(doc: Any, rep: Reporter) -> Resource | None:
-    """The resource in one document, or None when it cannot be built (problems say why)."""
+def parse_resource(doc: Any, rep: Reporter, namespace: str | None = None) -> Resource | None:
+    """The resource in one document, or None when it cannot be built (problems say why).
+    ``namespace``: the one a request names (``apply -n``): a document without one is in
+    it, and a document naming another is refused."""
     if not isinstance(doc, dict):
         rep.add("", f"must be a mapping (an Istio resource), got {describe(doc)}")
         return None
     rd = Reader(rep)
     cls = _kind(rd, doc)
-    meta = _meta(rd, doc.get("metadata"))
+    meta = _meta(rd, doc.get("metadata"), namespace)
     api_version = _api_version(rd, doc)
     rd.mapping(doc, "", DOCUMENT)
     if cls is None:

@@ -35,12 +35,14 @@ class Change(_message.Message):
     def __init__(self, ref: _Optional[_Union[ResourceRef, _Mapping]] = ..., action: _Optional[str] = ..., resource_version: _Optional[int] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("documents", "dry_run")
+    __slots__ = ("documents", "dry_run", "namespace")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     dry_run: bool
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    namespace: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., dry_run: _Optional[bool] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("changes", "revision", "refusal")
@@ -53,16 +55,18 @@ class ApplyResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., revision: _Optional[int] = ..., refusal: _Optional[_Union[Refusal, _Mapping]] = ...) -> None: ...
 
 class DeleteRequest(_message.Message):
-    __slots__ = ("documents", "refs", "ignore_not_found", "dry_run")
+    __slots__ = ("documents", "refs", "ignore_not_found", "dry_run", "namespace")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     REFS_FIELD_NUMBER: _ClassVar[int]
     IGNORE_NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
     refs: _containers.RepeatedCompositeFieldContainer[ResourceRef]
     ignore_not_found: bool
     dry_run: bool
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., refs: _Optional[_Iterable[_Union[ResourceRef, _Mapping]]] = ..., ignore_not_found: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    namespace: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., refs: _Optional[_Iterable[_Union[ResourceRef, _Mapping]]] = ..., ignore_not_found: _Optional[bool] = ..., dry_run: _Optional[bool] = ..., namespace: _Optional[str] = ...) -> None: ...
 
 class DeleteResponse(_message.Message):
     __slots__ = ("changes", "revision", "refusal")
