@@ -91,7 +91,8 @@ def run(*docs: str, base: tuple[str, ...] = BASE) -> list[Problem]:
 
 def brief(p: Problem) -> str:
     """The message without its line number, which the layout of a test's YAML decides."""
-    return str(replace(p, source=replace(p.source, line=None)))
+    text = str(replace(p, source=replace(p.source, line=None)))
+    return f"Warning: {text}" if p.warning else text
 
 
 def briefs(*docs: str, base: tuple[str, ...] = BASE) -> list[str]:
@@ -212,19 +213,28 @@ def test_gateway_hosts_required() -> None:
 
 
 def test_same_port_twice_in_one_gateway() -> None:
+    """Istio accepts it and drops the second server: a warning."""
     servers = "- {port: {number: 80}, hosts: ['*']}\n- {port: {number: 80}, hosts: [a]}"
     assert briefs(gateway(servers)) == [
-        "mesh.yaml: document 6 (Gateway default/gw): spec.servers[1].port.number:"
-        " port 80 is already used by spec.servers[0]"
+        "Warning: mesh.yaml: document 6 (Gateway default/gw): spec.servers[1].port.number:"
+        " port 80 is already served by spec.servers[0]: this server is dropped"
     ]
 
 
 def test_same_port_in_two_gateways() -> None:
+    """A selector-less Gateway and the task's may select one proxy: the first one serves
+    the port there (a warning on the other)."""
     assert briefs(gateway("- {port: {number: 31400}, hosts: ['*']}", name="zz-gw")) == [
-        "mesh.yaml: document 6 (Gateway default/zz-gw): spec.servers[0].port.number: port 31400"
-        " is already used by Gateway default/tcp-echo-gateway (spec.servers[0]) (hint: one Envoy"
-        " serves every Gateway here, so server ports must be unique)"
+        "Warning: mesh.yaml: document 6 (Gateway default/zz-gw): spec.servers[0].port.number:"
+        " port 31400 is already served by Gateway default/tcp-echo-gateway (spec.servers[0]):"
+        " this server is dropped (hint: on a proxy both select, the first Gateway in"
+        " namespace/name order serves a port)"
     ]
+
+
+def test_same_port_in_gateways_of_different_proxies() -> None:
+    servers = "selector: {istio: egressgateway}\nservers: [{port: {number: 31400}, hosts: ['*']}]"
+    assert run(resource("Gateway", "other", servers)) == []
 
 
 # --- VirtualService: shape -----------------------------------------------------------------
@@ -394,8 +404,8 @@ def test_match_port_must_be_a_gateway_port() -> None:
         + "  route: [{destination: {host: tcp-echo, port: {number: 9000}}}]"
     )
     assert briefs(virtual_service(tcp)) == [
-        f"{VS}: spec.tcp[0].match[0].port: no gateway among [default/tcp-echo-gateway] listens"
-        " on port 31401 (hint: server ports: 31400)"
+        f"Warning: {VS}: spec.tcp[0].match[0].port: no gateway among [default/tcp-echo-gateway]"
+        " listens on port 31401: the match is unused (hint: server ports: 31400)"
     ]
 
 
@@ -413,9 +423,13 @@ def test_match_port_range() -> None:
 
 
 def test_two_virtual_services_on_one_gateway_port() -> None:
+    """Istio accepts both and serves one (pilot serves a gateway port from one
+    VirtualService): a warning on the one left unused."""
     assert briefs(virtual_service(name="other"), virtual_service()) == [
-        "mesh.yaml: document 7 (VirtualService default/tcp-echo): spec.tcp[0]: gateway"
-        " default/tcp-echo-gateway port 31400 is already routed by VirtualService default/other"
+        "Warning: mesh.yaml: document 7 (VirtualService default/tcp-echo): spec.tcp[0]: gateway"
+        " default/tcp-echo-gateway port 31400 is already routed by VirtualService default/other:"
+        " this route is unused there (hint: the first VirtualService in namespace/name order"
+        " serves a port)"
     ]
 
 

@@ -11,7 +11,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from xds_server import ControlPlane
 from xds_server.bench.common import BASE_PORT, config_yaml, route_yaml
-from xds_server.config.errors import ConfigError
+from xds_server.config.errors import ConfigError, errors_of, warnings_of
 from xds_server.config.index import ConfigIndex
 from xds_server.config.load import load_text
 from xds_server.config.results import Results
@@ -94,6 +94,15 @@ TWO_PORTS = ALL_V1.replace(GATEWAY_HOSTS, GATEWAY_HOSTS + MORE_SERVER, 1)
 TWO = config(all_v1=TWO_PORTS)  # the task, and a second port on its gateway
 TWO_BARE = without("VirtualService", TWO)
 ONE_PORT_TWICE = config(all_v1=TWO_PORTS.replace("31401", "31400"))
+OTHER_GATEWAY = """\
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: z-gateway}
+spec:
+  selector: {istio: ingressgateway}
+  servers: [{port: {number: 31401, name: tcp, protocol: TCP}, hosts: ["*"]}]
+"""
+ON_OTHER_GATEWAY = route_named("z-route", 31401).replace("- tcp-echo-gateway", "- z-gateway")
 SECOND_ENTRY = """\
 ---
 apiVersion: networking.istio.io/v1
@@ -119,7 +128,7 @@ STEPS = [
     # whose reference changed under it must be checked again.
     ("no v2 subset (invalid)", config(all_v1=ALL_V1.replace(SUBSET_V2, ""))),
     ("the task, subset back", config()),
-    ("the gateway port moved (invalid)", config(all_v1=ALL_V1.replace(PORT, "number: 31401"))),
+    ("the gateway port moved (warned)", config(all_v1=ALL_V1.replace(PORT, "number: 31401"))),
     ("the task, port back", config()),
     ("the service renamed (invalid)", config(services=SERVICES.replace(HOSTS, RENAMED))),
     ("the task, name back", config()),
@@ -135,22 +144,27 @@ STEPS = [
     ("the task once more", config()),
     # Two VirtualServices for one gateway port: the first in namespace/name order serves
     # it and the other is reported, also when the other is the unchanged one.
-    ("a route for the port, sorted first (invalid)", docs(config(), route_named("a-first"))),
-    ("a route for the port, sorted last (invalid)", docs(config(), route_named("z-last"))),
+    ("a route for the port, sorted first (warned)", docs(config(), route_named("a-first"))),
+    ("the task, the first route deleted", config()),
+    ("a route for the port, sorted last (warned)", docs(config(), route_named("z-last"))),
     ("a gateway port more, routed by another", docs(TWO, route_named("z-last", 31401))),
-    ("the other moves onto the task's port (invalid)", docs(TWO, route_named("z-last"))),
-    ("the port more removed under it (invalid)", docs(config(), route_named("z-last", 31401))),
+    ("the other moves onto the task's port (warned)", docs(TWO, route_named("z-last"))),
+    ("the port more removed under it (warned)", docs(config(), route_named("z-last", 31401))),
+    ("the port more back", docs(TWO, route_named("z-last", 31401))),
     ("the task's route deleted", docs(TWO_BARE, route_named("z-last", 31401))),
     ("the other takes the task's port", docs(TWO_BARE, route_named("z-last"))),
-    ("the task's route back, sorted first (invalid)", docs(TWO, route_named("z-last"))),
+    ("the task's route back, sorted first (warned)", docs(TWO, route_named("z-last"))),
     ("the other deleted", TWO_BARE),
     # A route without a port match claims every port of its gateway: a gateway change
     # alone changes what it claims, and the next claim must be compared with that.
     ("a route for every port", docs(without("VirtualService"), EVERY_PORT)),
     ("a gateway port more under it", docs(TWO_BARE, EVERY_PORT)),
-    ("a route for it, sorted first (invalid)", docs(TWO_BARE, EVERY_PORT, route_named("a", 31401))),
+    ("a route for it, sorted first (warned)", docs(TWO_BARE, EVERY_PORT, route_named("a", 31401))),
     ("the every-port route deleted", TWO_BARE),
-    ("a second server on one port (invalid)", without("VirtualService", ONE_PORT_TWICE)),
+    ("a second server on one port (warned)", without("VirtualService", ONE_PORT_TWICE)),
+    ("another gateway, on a port of its own", docs(config(), OTHER_GATEWAY, ON_OTHER_GATEWAY)),
+    ("the task's gateway takes its port (warned)", docs(TWO, OTHER_GATEWAY, ON_OTHER_GATEWAY)),
+    ("and gives it back", docs(config(), OTHER_GATEWAY, ON_OTHER_GATEWAY)),
     ("the task at last", config()),
 ]  # fmt: skip
 
@@ -164,10 +178,13 @@ def serialized(resources) -> dict:
 
 def test_the_steps_change_what_they_say():
     """The sequence is worth comparing: each valid step that follows a valid one differs
-    from it (in Istio's shape, where every service port has clusters)."""
+    from it, in Istio's shape, where every service port has clusters (a warned step may
+    not: it can add what is left unused)."""
     options = TranslateOptions(split=ISTIO)
     outputs = [
-        None if "(invalid)" in label else serialized(translate(load_text(text), options))
+        None
+        if "(invalid)" in label or "(warned)" in label
+        else serialized(translate(load_text(text), options))
         for label, text in STEPS
     ]
     pairs = [(a, b) for a, b in zip(outputs, outputs[1:], strict=False) if a and b]
@@ -177,26 +194,45 @@ def test_the_steps_change_what_they_say():
 def through_a_store():
     """Each step replaces the whole config of one ConfigStore, as a reloaded config
     directory does: the store works out what changed, and only that is worked out again.
-    Yields (label, the step's resources, what the store found wrong, store)."""
+    Yields (label, the step's resources, the errors the store found, the warnings it gave,
+    the keys the step changed, store)."""
     store = ConfigStore()
+    committed: dict = {}
     for label, text in STEPS:
         resources = load_text(text)
+        changed = {r.key for r in resources if r.raw != getattr(committed.get(r.key), "raw", 0)}
         try:
-            store.replace(resources)
+            applied = store.replace(resources)
         except ConfigError as e:
-            yield label, resources, e.problems, store
+            yield label, resources, e.problems, [], changed, store
         else:
-            yield label, resources, [], store
+            committed = {r.key: r for r in resources}
+            yield label, resources, [], applied.warnings, changed, store
+
+
+def _about(what: tuple) -> tuple:
+    kind, name = what[:2]
+    return (kind, *name.split("/", 1))
 
 
 def test_check_memory_finds_what_a_fresh_validation_finds():
+    """The errors of a rejected step, and the warnings about what an accepted step
+    changed, are what a fresh validation finds."""
     checked = {}
-    for label, resources, problems, store in through_a_store():
-        assert problems == validate(resources)[0], label
+    for label, resources, errors, warnings, changed, store in through_a_store():
+        fresh = validate(resources)[0]
+        assert errors == errors_of(fresh), label
+        if not errors:  # every warning about what changed, and none that is not fresh
+            about = {w for w in _what(warnings_of(fresh)) if _about(w) in changed}
+            assert about <= set(_what(warnings)) <= set(_what(warnings_of(fresh))), label
         checked[label] = store.last_run.computed[CHECK]
-    invalid = [label for label, text in STEPS if validate(load_text(text))[0]]
+    outcome = [validate(load_text(text))[0] for _label, text in STEPS]
+    invalid = [label for (label, _), found in zip(STEPS, outcome, strict=True) if errors_of(found)]
     assert invalid == [label for label, _ in STEPS if "(invalid)" in label]
-    assert len(invalid) == 13
+    assert len(invalid) == 5
+    warned = [label for (label, _), found in zip(STEPS, outcome, strict=True) if found]
+    assert warned == [label for label, _ in STEPS if "(invalid)" in label or "(warned)" in label]
+    assert len(warned) == 14
     # Not fresh runs in disguise: a weight change checks its VirtualService only.
     assert checked["a weight change"] == 1
 
@@ -460,7 +496,7 @@ def test_steps_as_applies_and_deletes_give_what_a_fresh_run_gives(split):
                 cp.delete_keys(gone)
         except ConfigError as e:
             assert "(invalid)" in label
-            assert _what(e.problems) == _what(validate(list(target.values()))[0]), label
+            assert _what(e.problems) == _what(errors_of(validate(list(target.values()))[0])), label
             continue
         assert "(invalid)" not in label
         committed = target
@@ -531,17 +567,15 @@ def test_what_a_rejected_proposal_was_checked_against_is_not_reused():
     """A rejected apply was still checked: a result worked out against it (a VirtualService
     on every Gateway port claiming the port the rejected Gateway had instead of 31400)
     must not outlive it. The next apply sees the committed Gateway: the second route on
-    31400 conflicts with the first."""
+    31400 is shadowed by the first (a warning)."""
     cp = ControlPlane()
     cp.apply(load_text(config(route=every_port("tcp-echo"))))
     gateway = next(d for d in ALL_V1.split("---\n") if "kind: Gateway" in d)
     with pytest.raises(ConfigError):  # the rule is bad; the VirtualService checks clean
         cp.apply(load_text(gateway.replace(PORT, "number: 31402") + "---\n" + BAD_RULE))
-    with pytest.raises(ConfigError) as e:
-        cp.apply(load_text(route_named("tcp-echo-second")))
-    committed = [r for r in cp.store.resources()] + load_text(route_named("tcp-echo-second"))
-    assert _what(e.value.problems) == _what(validate(committed)[0])
-    assert any("already routed by" in p.message for p in e.value.problems)
+    applied = cp.apply(load_text(route_named("tcp-echo-second")))
+    assert _what(applied.warnings) == _what(validate(list(cp.store.resources()))[0])
+    assert any("already routed by" in p.message for p in applied.warnings)
 
 
 def test_new_options_serve_what_a_fresh_translation_gives():

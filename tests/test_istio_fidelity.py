@@ -42,3 +42,22 @@ def test_one_short_host_in_two_namespaces_is_two_clusters():
         clusters = lab.envoy.admin_get("/clusters")
         for ns in ("default", "app"):
             assert f"outbound|9000|v1|tcp-echo.{ns}.svc.cluster.local::" in clusters
+
+
+def test_a_shadowed_route_is_accepted_and_takes_over_when_the_first_goes():
+    """Two VirtualServices on one gateway port: Istio accepts both and serves one. The
+    other (a warning) serves the port once the first is deleted."""
+    with Lab(ingress_port=0, xds_port=0, admin_port=0) as lab:
+        lab.apply([ALL_V1])
+        first = ALL_V1.read_text().split("---\n")[-1]
+        assert "kind: VirtualService" in first
+        shadowing = first.replace("name: tcp-echo\n", "name: a-first\n", 1)
+        shadowing = shadowing.replace("subset: v1", "subset: v2")
+        applied = lab.apply_yaml(shadowing)
+        [warning] = applied.warnings
+        assert warning.name == "default/tcp-echo" and warning.warning
+        assert "already routed by VirtualService default/a-first" in warning.message
+        assert traffic.split(lab.send(20)) == {"two": 20}
+        lab.cp.delete("VirtualService", "a-first")
+        lab.wait_synced()
+        assert traffic.split(lab.send(20)) == {"one": 20}

@@ -494,3 +494,15 @@ def test_apply_n_sets_the_namespace_and_refuses_another(ctl, tmp_path):
     code, out, err = ctl("delete", "-n", "app", "-f", SERVICES)
     assert code == 0, err
     assert ctl("get", "we", "-n", "app")[0:2] == (0, "")
+
+
+def test_what_istio_accepts_and_ignores_is_applied_with_a_warning(ctl, tmp_path):
+    """kubectl's Warning: lines, on stderr; the apply succeeds."""
+    assert ctl("apply", "-f", SERVICES, "-f", ALL_V1)[0] == 0
+    second = tmp_path / "second.yaml"
+    second.write_text(V2_20_TEXT.replace("name: tcp-echo\n", "name: tcp-echo-z\n", 1))
+    code, out, err = ctl("apply", "-f", str(second))
+    assert code == 0 and out == "virtualservice.networking.istio.io/tcp-echo-z created\n"
+    [line] = err.splitlines()
+    assert line.startswith(f"Warning: {second}:") and "(VirtualService default/tcp-echo-z)" in line
+    assert "already routed by VirtualService default/tcp-echo: this route is unused there" in line

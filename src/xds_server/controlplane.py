@@ -37,7 +37,7 @@ from .config.persist import (
     open_durable,
 )
 from .config.results import Run
-from .config.store import Change, ConfigStore, Proposal
+from .config.store import Applied, Change, ConfigStore, Proposal
 from .ports import port_is_free
 from .translate import (
     PUSH_ORDER,
@@ -327,29 +327,29 @@ class ControlPlane:
     # --- config ----------------------------------------------------------------------------
 
     @_collector_paused
-    def apply(self, resources: Iterable[Resource], *, dry_run: bool = False) -> list[Change]:
+    def apply(self, resources: Iterable[Resource], *, dry_run: bool = False) -> Applied:
         """kubectl apply: all-or-nothing; raises ConfigError (or ConflictError for a stale
         resourceVersion) and changes nothing if the batch is not good."""
         return self._commit(functools.partial(self.store.apply, resources, dry_run=dry_run))
 
-    def apply_yaml(self, text: str, file: str = "<input>") -> list[Change]:
+    def apply_yaml(self, text: str, file: str = "<input>") -> Applied:
         return self.apply(load_text(text, file))
 
-    def apply_paths(self, paths: Iterable[str]) -> list[Change]:
+    def apply_paths(self, paths: Iterable[str]) -> Applied:
         return self.apply(load_paths(paths))
 
     @_collector_paused
-    def replace(self, resources: Iterable[Resource]) -> list[Change]:
+    def replace(self, resources: Iterable[Resource]) -> Applied:
         """Make the config exactly ``resources`` (what a watched directory holds)."""
         return self._commit(functools.partial(self.store.replace, resources))
 
     @_collector_paused
-    def restore(self, resources: Iterable[Resource], revision: int | None = None) -> list[Change]:
+    def restore(self, resources: Iterable[Resource], revision: int | None = None) -> Applied:
         """Load saved resources, keeping their resourceVersions (start-up from a state dir);
         ``revision``: the saved store revision, which becomes the current one."""
         return self._commit(functools.partial(self.store.restore, resources, revision))
 
-    def delete(self, kind: str, name: str, namespace: str = "default") -> list[Change]:
+    def delete(self, kind: str, name: str, namespace: str = "default") -> Applied:
         return self.delete_keys([(kind, namespace, name)])
 
     @_collector_paused
@@ -359,7 +359,7 @@ class ControlPlane:
         *,
         ignore_not_found: bool = False,
         dry_run: bool = False,
-    ) -> list[Change]:
+    ) -> Applied:
         """kubectl delete: all or none; a missing resource raises NotFoundError.
         ``dry_run``: report what would be deleted (validated), change nothing."""
         return self._commit(
@@ -463,6 +463,8 @@ class ControlPlane:
             self._rejected(e)
             return
         _log_changes(applied, f"reloaded revision {self.store.revision}")
+        for warning in applied.warnings:  # no one else would see them
+            log.warning("Warning: %s", warning)
 
     def _rejected(self, e: Exception) -> None:
         log.error("rejected config change, still serving revision %d:\n%s", self.store.revision, e)
@@ -521,7 +523,7 @@ class ControlPlane:
     CATCH_UP_S = 5.0  # how long a change waits for another replica's change to arrive
     RETRIES = 5
 
-    def _commit(self, change: Callable[[], list[Change]]) -> list[Change]:
+    def _commit(self, change: Callable[[], Applied]) -> Applied:
         """Run a store change; the store calls ``_prepare`` (translation) before it persists
         and commits, so nothing that translation finds wrong is ever committed or saved,
         and the cache gets the new translation only once the store holds its config. On
@@ -544,7 +546,7 @@ class ControlPlane:
                 "apply again",
             ) from None
 
-    def _commit_once(self, change: Callable[[], list[Change]]) -> list[Change]:
+    def _commit_once(self, change: Callable[[], Applied]) -> Applied:
         with self.lock:
             self._prepared = None
             try:
@@ -758,19 +760,19 @@ class BackgroundControlPlane:
     # Changes run in the calling thread, not on the loop: the streams go on meanwhile (the
     # control plane takes one change at a time, and swaps the new snapshots in as one).
 
-    def apply(self, resources: Iterable[Resource]) -> list[Change]:
+    def apply(self, resources: Iterable[Resource]) -> Applied:
         return self.cp.apply(list(resources))
 
-    def apply_yaml(self, text: str, file: str = "<input>") -> list[Change]:
+    def apply_yaml(self, text: str, file: str = "<input>") -> Applied:
         return self.apply(load_text(text, file))
 
-    def apply_paths(self, paths: Iterable[str]) -> list[Change]:
+    def apply_paths(self, paths: Iterable[str]) -> Applied:
         return self.apply(load_paths(paths))
 
-    def replace(self, resources: Iterable[Resource]) -> list[Change]:
+    def replace(self, resources: Iterable[Resource]) -> Applied:
         return self.cp.replace(list(resources))
 
-    def delete(self, kind: str, name: str, namespace: str = "default") -> list[Change]:
+    def delete(self, kind: str, name: str, namespace: str = "default") -> Applied:
         return self.cp.delete(kind, name, namespace)
 
     def get(self, kind: str, name: str, namespace: str = "default") -> Resource | None:

@@ -287,6 +287,8 @@ def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
     dry_run = args.dry_run != "none"
     documents = read_inputs(args.filename)
     response = client.apply(documents, dry_run=dry_run, namespace=args.namespace or "")
+    for warning in response.warnings:
+        print(f"Warning: {warning}", file=sys.stderr)
     if not response.changes:  # every document applied is a change, "unchanged" included
         raise UsageError("no objects passed to apply")
     for c in response.changes:

@@ -165,18 +165,19 @@ class ConfigAdminService(admin_pb2_grpc.ConfigAdminServicer):
     async def Apply(
         self, request: admin_pb2.ApplyRequest, context: Context
     ) -> admin_pb2.ApplyResponse:
+        warnings: list[str] = []
+
         def call() -> tuple[list[admin_pb2.Change], int]:
             resources = self._parse(request.documents, request.namespace)
             with self.cp.lock:  # the revision this change made, not a later one's
                 changes = self.cp.apply(resources, dry_run=request.dry_run)
                 revision = self.cp.store.revision
+            warnings.extend(printable(shorten(str(w), MESSAGE_CHARS)) for w in changes.warnings)
             return [change_pb(c) for c in changes], revision
 
         changes, revision, refusal = await self._guard(context, call)
         return admin_pb2.ApplyResponse(
-            changes=changes,
-            revision=revision,
-            refusal=refusal,
+            changes=changes, revision=revision, refusal=refusal, warnings=warnings
         )
 
     async def Delete(

@@ -35,7 +35,9 @@ class Source:
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong with the input: a location, a field path and what to do about it."""
+    """One thing wrong with the input: a location, a field path and what to do about it.
+    A warning is accepted, as Istio accepts it (its webhook's warnings and its analyzers'
+    messages, with their ``code`` such as IST0101), and shown as kubectl shows warnings."""
 
     source: Source
     message: str
@@ -43,6 +45,8 @@ class Problem:
     name: str | None = None  # "namespace/name"
     field: str | None = None  # e.g. "spec.tcp[0].route[1].weight"
     hint: str | None = None
+    warning: bool = False
+    code: str | None = None  # Istio's message code (istioctl analyze)
 
     def __str__(self) -> str:
         where = self.source.file
@@ -53,7 +57,7 @@ class Problem:
             parts[0] += f" ({self.kind} {self.name})" if self.name else f" ({self.kind})"
         if self.field:
             parts.append(self.field)
-        parts.append(self.message)
+        parts.append(f"{self.message} [{self.code}]" if self.code else self.message)
         text = ": ".join(parts)
         if self.hint:
             text += f" (hint: {self.hint})"
@@ -167,3 +171,21 @@ class Reporter:
         self.problems.append(
             Problem(self.source.at(line), message, self.kind, self.name, path or None, hint)
         )
+
+    def warn(
+        self, path: str, message: str, hint: str | None = None, code: str | None = None
+    ) -> None:
+        """Something Istio accepts and then ignores or works around: said, not refused."""
+        line = line_of(self.lines, path, self.source.line)
+        where = self.source.at(line)
+        self.problems.append(
+            Problem(where, message, self.kind, self.name, path or None, hint, True, code)
+        )
+
+
+def errors_of(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if not p.warning]
+
+
+def warnings_of(problems: Iterable[Problem]) -> list[Problem]:
+    return [p for p in problems if p.warning]

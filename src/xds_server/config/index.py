@@ -29,8 +29,11 @@ from .model import (
 CLUSTER_DOMAIN = "svc.cluster.local"
 
 Dep = tuple[str, Hashable]
-"""What a look-up's answer depends on: ("gateway", (ns, name)), ("host", host),
-("rule", host), ("selectors", ns) or ("workloads", ns); hosts are canonical."""
+"""What a look-up's answer depends on: ("gateway", (ns, name)), ("port", number or
+ANY_PORT), ("host", host), ("rule", host), ("selectors", ns) or ("workloads", ns); hosts
+are canonical."""
+
+ANY_PORT = "*"  # the dep of a route that takes every port of its gateways
 
 
 def canonical_host(host: str, namespace: str) -> str:
@@ -59,8 +62,9 @@ def provides(r: Resource) -> list[Dep]:
     """The deps whose answer ``r`` can be (or change, by coming or going): one resource
     changed means only the look-ups with these deps may answer differently."""
     ns = r.meta.namespace
-    if isinstance(r, Gateway):
-        return [("gateway", (ns, r.meta.name))]
+    if isinstance(r, Gateway):  # its ports decide which Gateway serves a port first
+        ports: list[Dep] = [("port", n) for n in dict.fromkeys(s.port.number for s in r.servers)]
+        return [("gateway", (ns, r.meta.name)), ("port", ANY_PORT), *ports]
     if isinstance(r, ServiceEntry):
         deps: list[Dep] = [("host", canonical_host(h, ns)) for h in r.hosts]
         return deps + [("selectors", ns)] if r.workload_selector is not None else deps
@@ -81,6 +85,8 @@ def requires(r: Resource) -> list[Dep]:
         refs = [*r.gateways, *(g for route in r.tcp for m in route.match for g in m.gateways)]
         deps += [("gateway", split_ref(ref, ns)) for ref in refs]
         for route in r.tcp:
+            ports = {m.port if m and m.port else ANY_PORT for m in route.match or (None,)}
+            deps += [("port", port) for port in ports]
             for dest in route.route:
                 host = canonical_host(dest.destination.host, ns)
                 deps += [("host", host), ("rule", host)]
@@ -177,6 +183,7 @@ class ConfigIndex:
         for ns, name in dropped:
             del by_key[(Gateway.kind, ns, name)]
         view = self._view(by_key)
+        view.__dict__.pop("_port_owners", None)
         view._gateways = {k: gw for k, gw in self._gateways.items() if selects(gw)}
         return view
 
@@ -232,6 +239,23 @@ class ConfigIndex:
         if ports is None:
             ports = self._ports[gw.key] = dict.fromkeys(s.port.number for s in gw.servers)
         return ports
+
+    @functools.cached_property
+    def _port_owners(self) -> dict[Key, dict[int, None]]:
+        """Gateway key -> the server ports it serves first, in namespace/name order."""
+        owners: dict[int, Key] = {}
+        served: dict[Key, dict[int, None]] = {}
+        for gw in self._gateways.values():
+            ports = self.server_ports(gw)
+            mine = {n: None for n in ports if owners.setdefault(n, gw.key) == gw.key}
+            served[gw.key] = ports if len(mine) == len(ports) else mine
+        return served
+
+    def served_ports(self, gw: Gateway) -> dict[int, None]:
+        """The server ports ``gw`` serves: one listener serves a port, so where Gateways
+        share one (on a proxy they both select: this index), the first serves it, as
+        Istio keeps a port's first server and drops the others."""
+        return self._port_owners.get(gw.key, {})
 
     def service(self, host: str, namespace: str) -> ServiceEntry | None:
         return self._services.get(canonical_host(host, namespace))

@@ -89,7 +89,7 @@ def route_bindings(
     index: ConfigIndex, vs: VirtualService, route: TCPRoute
 ) -> list[tuple[Gateway, int]]:
     """The (gateway, server port) pairs a route claims: matches are OR'd, and inside one
-    match `port` and `gateways` are AND'd."""
+    match `port` and `gateways` are AND'd; a port another Gateway serves is not claimed."""
     ns = vs.meta.namespace
     out: dict[tuple[Key, int], tuple[Gateway, int]] = {}
     for match in route.match or (None,):
@@ -99,7 +99,7 @@ def route_bindings(
             gw = None if ref == MESH else index.gateway(ref, ns)
             if gw is None:
                 continue
-            ports = index.server_ports(gw)
+            ports = index.served_ports(gw)
             for port in ports if wanted is None else (wanted,) if wanted in ports else ():
                 out.setdefault((gw.key, port), (gw, port))
     return list(out.values())

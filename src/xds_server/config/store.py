@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from .errors import ConfigError, Problem
+from .errors import ConfigError, Problem, errors_of
 from .index import ConfigIndex
 from .model import Key, Resource, resource_type
 from .results import Results, Run
@@ -41,6 +41,17 @@ class Change(NamedTuple):  # a named tuple: an apply of 30k resources makes 30k 
 
     def __str__(self) -> str:
         return f"{self.kind.lower()}.networking.istio.io/{self.name} {self.action}"
+
+
+class Applied(list[Change]):
+    """What a change did, one Change per resource, and the warnings (what Istio accepts and
+    then ignores or works around; kubectl's ``Warning:``) about the resources the change
+    set reaches: those it wrote, and those whose checks depend on them (a route it
+    shadows)."""
+
+    def __init__(self, changes: Iterable[Change] = (), warnings: Iterable[Problem] = ()) -> None:
+        super().__init__(changes)
+        self.warnings = list(warnings)
 
 
 @dataclass(frozen=True)
@@ -184,7 +195,7 @@ class ConfigStore:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def apply(self, batch: Iterable[Resource], *, dry_run: bool = False) -> list[Change]:
+    def apply(self, batch: Iterable[Resource], *, dry_run: bool = False) -> Applied:
         """Create or update each resource of the batch (kubectl apply)."""
         batch = list(batch)
         self._reject_duplicates(batch)
@@ -203,7 +214,7 @@ class ConfigStore:
             raise ConflictError(conflicts)
         return self._commit(proposed, [r.key for r in batch], dry_run=dry_run)
 
-    def replace(self, resources: Iterable[Resource]) -> list[Change]:
+    def replace(self, resources: Iterable[Resource]) -> Applied:
         """Make the store hold exactly ``resources`` (a config directory reloaded)."""
         resources = list(resources)
         self._reject_duplicates(resources)
@@ -211,7 +222,7 @@ class ConfigStore:
         gone = [k for k in self._resources if k not in proposed]
         return self._commit(proposed, list(proposed), gone)
 
-    def restore(self, resources: Iterable[Resource], revision: int | None = None) -> list[Change]:
+    def restore(self, resources: Iterable[Resource], revision: int | None = None) -> Applied:
         """Load a saved state: like ``replace``, but keep the resourceVersion, generation and
         creationTimestamp the documents carry, so that they survive a restart. ``revision``:
         the saved store revision, which the commit takes (None: one past the newest
@@ -225,7 +236,7 @@ class ConfigStore:
         revision: int | None,
         *,
         whole: bool = False,
-    ) -> list[Change]:
+    ) -> Applied:
         """Take a change the durable store holds already (another replica's, or the saved
         state at start-up; its documents carry their metadata) at its store revision (None:
         as ``restore``), without persisting it. ``whole``: ``upserts`` is the whole config."""
@@ -239,7 +250,7 @@ class ConfigStore:
         *,
         whole: bool,
         persist: bool,
-    ) -> list[Change]:
+    ) -> Applied:
         resources = list(resources)
         self._reject_duplicates(resources)
         proposed: dict[Key, Resource] = {} if whole else dict(self._resources)
@@ -270,11 +281,11 @@ class ConfigStore:
 
     def delete(
         self, keys: Iterable[Key], *, ignore_not_found: bool = False, dry_run: bool = False
-    ) -> list[Change]:
+    ) -> Applied:
         """Delete by key, all or none; a missing resource is kubectl's NotFound. ``dry_run``:
         validate what is left (a rule still naming a deleted host fails) and change nothing."""
         proposed = dict(self._resources)
-        changes = []
+        changes = Applied()
         for key in keys:
             if proposed.pop(key, None) is None:
                 if ignore_not_found:
@@ -319,7 +330,7 @@ class ConfigStore:
         saved: dict[Key, ObjectState] | None = None,
         revision: int | None = None,
         persist: bool = True,
-    ) -> list[Change]:
+    ) -> Applied:
         """Validate ``proposed`` (the current state with ``touched`` written and ``gone``
         removed), hand it to the hooks and make it current. Only the change set, the keys
         whose document changed, is validated and translated again. ``revision``: the one
@@ -356,9 +367,10 @@ class ConfigStore:
                     moved.append(key)
                 continue
             changed.add(key)
-        changes = [Change(*k, DELETED) for k in sorted(gone)] + [
-            Change(*k, actions[k], state[k].resource_version) for k in touched
-        ]
+        changes = Applied(
+            [Change(*k, DELETED) for k in sorted(gone)]
+            + [Change(*k, actions[k], state[k].resource_version) for k in touched]
+        )
         if not changed:
             return changes
         first = not self._resources
@@ -366,8 +378,9 @@ class ConfigStore:
         stale = None if first else index.stale(changed, self.index)
         run = self.last_run = self.results.run(stale)
         problems, claims = validate(index.resources, index, run, None if first else self.claims)
-        if problems:
-            raise ConfigError(problems)
+        if errors := errors_of(problems):
+            raise ConfigError(errors)
+        changes.warnings = problems  # about what the change set made stale: errors raised
         if dry_run:
             return changes
         proposal = Proposal(

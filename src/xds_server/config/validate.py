@@ -16,10 +16,12 @@ from .errors import (
     Problem,
     Reporter,
     describe,
+    errors_of,
     item,
     join,
     known_hint,
     sort_problems,
+    warnings_of,
 )
 from .index import ConfigIndex, canonical_host, split_ref
 from .model import (
@@ -120,26 +122,33 @@ def _check_gateway(gw: Gateway, rep: Reporter, index: ConfigIndex) -> None:
             rep.add(join(path, "hosts"), "at least one host is required", 'use ["*"] for any host')
 
 
+def _may_select_one_proxy(a: Gateway, b: Gateway) -> bool:
+    """Whether one proxy's labels can match both selectors (an empty one matches all)."""
+    return all(a.selector[k] == b.selector[k] for k in a.selector.keys() & b.selector.keys())
+
+
 def _check_gateway_ports(index: ConfigIndex, problems: list[Problem]) -> None:
-    """One Envoy serves every Gateway here, with one listener per port, so a port can
-    belong to only one server across all Gateways."""
-    owners: dict[int, tuple[Gateway, int]] = {}
+    """One listener serves a port on a proxy. Istio keeps the first server of a port and
+    drops the others (for proxies that two Gateways select, as for one Gateway listing a
+    port twice); Gateways whose selectors pick different proxies share a port freely."""
+    owners: dict[int, list[tuple[Gateway, int]]] = {}
     for gw in index.gateways.values():
         for i, server in enumerate(gw.servers):
             number = server.port.number
-            if number not in owners:
-                owners[number] = (gw, i)
+            others = owners.setdefault(number, [])
+            owner = next((o for o in others if _may_select_one_proxy(o[0], gw)), None)
+            others.append((gw, i))
+            if owner is None:
                 continue
             rep = Reporter.for_resource(gw, problems)
-            path = item("spec.servers", i)
-            owner, first = owners[number]
-            owner_path = item("spec.servers", first)
-            if owner is gw:
-                rep.add(join(path, "port.number"), f"port {number} is already used by {owner_path}")
-            else:
-                message = f"port {number} is already used by {_ref(owner)} ({owner_path})"
-                hint = "one Envoy serves every Gateway here, so server ports must be unique"
-                rep.add(join(path, "port.number"), message, hint)
+            path, owner_path = item("spec.servers", i), item("spec.servers", owner[1])
+            where = owner_path if owner[0] is gw else f"{_ref(owner[0])} ({owner_path})"
+            message = f"port {number} is already served by {where}: this server is dropped"
+            hint = None
+            if owner[0] is not gw:
+                hint = "on a proxy both select, the first Gateway in namespace/name order "
+                hint += "serves a port"
+            rep.warn(join(path, "port.number"), message, hint)
 
 
 # --- VirtualService ------------------------------------------------------------------------
@@ -184,8 +193,8 @@ def _check_match(
     if gateways and not any(match.port in index.server_ports(g) for g in gateways):
         ports = [s.port for g in gateways for s in g.servers]
         names = ", ".join(g.ref for g in gateways)
-        message = f"no gateway among [{names}] listens on port {match.port}"
-        rep.add(join(mpath, "port"), message, f"server ports: {_numbers(ports)}")
+        message = f"no gateway among [{names}] listens on port {match.port}: the match is unused"
+        rep.warn(join(mpath, "port"), message, f"server ports: {_numbers(ports)}")
 
 
 def _check_destination(
@@ -440,8 +449,9 @@ class PortClaims:
         self.claimants = claimants  # None: nothing committed, every claim is compared
 
     def check(self, index: ConfigIndex, run: Run, problems: list[Problem]) -> PortClaims:
-        """Report every claim that a VirtualService earlier in namespace/name order made
-        first, among the claims this run may change; returns the claims as they would
+        """Warn of every claim that a VirtualService earlier in namespace/name order made
+        first (Istio serves one VirtualService per gateway port, and ignores the others),
+        among the claims this run may change; returns the claims as they would
         be once the run's proposal is committed."""
 
         def claims_of(r: Resource) -> list[Claim]:
@@ -484,8 +494,9 @@ class PortClaims:
                 r = index.by_key[key]
                 i, gw, port = next(c for c in claims_of(r) if (c[1].key, c[2]) == claim)
                 message = f"gateway {gw.ref} port {port} is already routed by "
-                message += _ref(index.by_key[owner])
-                Reporter.for_resource(r, problems).add(item("spec.tcp", i), message)
+                message += f"{_ref(index.by_key[owner])}: this route is unused there"
+                hint = "the first VirtualService in namespace/name order serves a port"
+                Reporter.for_resource(r, problems).warn(item("spec.tcp", i), message, hint)
         return PortClaims(claimants)
 
 
@@ -509,11 +520,12 @@ def validate(
     run: Run | None = None,
     claims: PortClaims | None = None,
 ) -> tuple[list[Problem], PortClaims]:
-    """Every problem in one consistent set of resources, in reading order, and the port
-    claims it makes. ``index``: the look-ups over ``resources``, if the caller has built
-    them. ``run``: results kept from the committed config, for a proposal that differs
-    from it where ``run.stale`` says; ``claims``: that config's port claims. Only what may
-    have changed is checked again: the problems found are the same either way."""
+    """Every problem (errors and warnings) in one consistent set of resources, in reading
+    order, and the port claims it makes. ``index``: the look-ups over ``resources``, if
+    the caller has built them. ``run``: results kept from the committed config, for a
+    proposal that differs from it where ``run.stale`` says; ``claims``: that config's
+    port claims. Only what may have changed is checked again: the problems found are the
+    same either way."""
     problems: list[Problem] = []
     index = index if index is not None else ConfigIndex(resources)
     if len(index.by_key) != len(resources):  # some key twice: check every document
@@ -537,8 +549,10 @@ def validate(
     return problems, claimed
 
 
-def check(resources: Sequence[Resource]) -> None:
-    """Raise ConfigError listing every problem, so the user fixes them in one round."""
+def check(resources: Sequence[Resource]) -> list[Problem]:
+    """Raise ConfigError listing every error, so the user fixes them in one round; else
+    the warnings."""
     problems, _claims = validate(resources)
-    if problems:
-        raise ConfigError(problems)
+    if errors := errors_of(problems):
+        raise ConfigError(errors)
+    return warnings_of(problems)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fxds_server/admin/v1/admin.proto\x12\x13xds_server.admin.v1\"&\n\x08\x44ocument\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"<\n\x0bResourceRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"a\n\x06\x43hange\x12-\n\x03ref\x18\x01 \x01(\x0b\x32 .xds_server.admin.v1.ResourceRef\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"d\n\x0c\x41pplyRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.xds_server.admin.v1.Document\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x11\n\tnamespace\x18\x03 \x01(\t\"~\n\rApplyResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.xds_server.admin.v1.Change\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12-\n\x07refusal\x18\x03 \x01(\x0b\x32\x1c.xds_server.admin.v1.Refusal\"\xaf\x01\n\rDeleteRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.xds_server.admin.v1.Document\x12.\n\x04refs\x18\x02 \x03(\x0b\x32 .xds_server.admin.v1.ResourceRef\x12\x18\n\x10ignore_not_found\x18\x03 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x11\n\tnamespace\x18\x05 \x01(\t\"\x7f\n\x0e\x44\x65leteResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.xds_server.admin.v1.Change\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12-\n\x07refusal\x18\x03 \x01(\x0b\x32\x1c.xds_server.admin.v1.Refusal\"f\n\x07Refusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12.\n\x08problems\x18\x03 \x03(\x0b\x32\x1c.xds_server.admin.v1.Problem\x12\x0c\n\x04more\x18\x04 \x01(\x05\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x91\x01\n\x08Resource\x12-\n\x03ref\x18\x01 \x01(\x0b\x32 .xds_server.admin.v1.ResourceRef\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x1a\n\x12\x63reation_timestamp\x18\x05 \x01(\t\"Q\n\x0bGetResponse\x12\x30\n\tresources\x18\x01 \x03(\x0b\x32\x1d.xds_server.admin.v1.Resource\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x8f\x01\n\x07Problem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x05\x12\x0c\n\x04line\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05\x66ield\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\x12\x0c\n\x04text\x18\t \x01(\t\"=\n\x0bProblemList\x12.\n\x08problems\x18\x01 \x03(\x0b\x32\x1c.xds_server.admin.v1.Problem\"\x14\n\x12ProxyStatusRequest\"~\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0csent_version\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x13\n\x0blast_change\x18\x06 \x01(\x01\"\xb3\x01\n\x05Proxy\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cnode_cluster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x04 \x01(\x01\x12.\n\x05types\x18\x05 \x03(\x0b\x32\x1f.xds_server.admin.v1.TypeStatus\x12\x0e\n\x06synced\x18\x06 \x01(\x08\x12\x0b\n\x03\x61pi\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\"\xed\x01\n\x13ProxyStatusResponse\x12+\n\x07proxies\x18\x01 \x03(\x0b\x32\x1a.xds_server.admin.v1.Proxy\x12H\n\x08versions\x18\x02 \x03(\x0b\x32\x36.xds_server.admin.v1.ProxyStatusResponse.VersionsEntry\x12.\n\x08replicas\x18\x03 \x03(\x0b\x32\x1c.xds_server.admin.v1.Replica\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x07Replica\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\t\x12\x0b\n\x03xds\x18\x03 \x01(\t\"7\n\x12ProxyConfigRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\"y\n\x13ProxyConfigResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05names\x18\x04 \x03(\t\x12\x0c\n\x04json\x18\x05 \x03(\t\x12\x11\n\tnode_json\x18\x06 \x01(\t2\xbe\x03\n\x0b\x43onfigAdmin\x12N\n\x05\x41pply\x12!.xds_server.admin.v1.ApplyRequest\x1a\".xds_server.admin.v1.ApplyResponse\x12Q\n\x06\x44\x65lete\x12\".xds_server.admin.v1.DeleteRequest\x1a#.xds_server.admin.v1.DeleteResponse\x12H\n\x03Get\x12\x1f.xds_server.admin.v1.GetRequest\x1a .xds_server.admin.v1.GetResponse\x12`\n\x0bProxyStatus\x12\'.xds_server.admin.v1.ProxyStatusRequest\x1a(.xds_server.admin.v1.ProxyStatusResponse\x12`\n\x0bProxyConfig\x12\'.xds_server.admin.v1.ProxyConfigRequest\x1a(.xds_server.admin.v1.ProxyConfigResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fxds_server/admin/v1/admin.proto\x12\x13xds_server.admin.v1\"&\n\x08\x44ocument\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"<\n\x0bResourceRef\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"a\n\x06\x43hange\x12-\n\x03ref\x18\x01 \x01(\x0b\x32 .xds_server.admin.v1.ResourceRef\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\"d\n\x0c\x41pplyRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.xds_server.admin.v1.Document\x12\x0f\n\x07\x64ry_run\x18\x02 \x01(\x08\x12\x11\n\tnamespace\x18\x03 \x01(\t\"\x90\x01\n\rApplyResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.xds_server.admin.v1.Change\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12-\n\x07refusal\x18\x03 \x01(\x0b\x32\x1c.xds_server.admin.v1.Refusal\x12\x10\n\x08warnings\x18\x04 \x03(\t\"\xaf\x01\n\rDeleteRequest\x12\x30\n\tdocuments\x18\x01 \x03(\x0b\x32\x1d.xds_server.admin.v1.Document\x12.\n\x04refs\x18\x02 \x03(\x0b\x32 .xds_server.admin.v1.ResourceRef\x12\x18\n\x10ignore_not_found\x18\x03 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\x12\x11\n\tnamespace\x18\x05 \x01(\t\"\x7f\n\x0e\x44\x65leteResponse\x12,\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x1b.xds_server.admin.v1.Change\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12-\n\x07refusal\x18\x03 \x01(\x0b\x32\x1c.xds_server.admin.v1.Refusal\"f\n\x07Refusal\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12.\n\x08problems\x18\x03 \x03(\x0b\x32\x1c.xds_server.admin.v1.Problem\x12\x0c\n\x04more\x18\x04 \x01(\x05\";\n\nGetRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x91\x01\n\x08Resource\x12-\n\x03ref\x18\x01 \x01(\x0b\x32 .xds_server.admin.v1.ResourceRef\x12\x0c\n\x04json\x18\x02 \x01(\t\x12\x18\n\x10resource_version\x18\x03 \x01(\x03\x12\x12\n\ngeneration\x18\x04 \x01(\x03\x12\x1a\n\x12\x63reation_timestamp\x18\x05 \x01(\t\"Q\n\x0bGetResponse\x12\x30\n\tresources\x18\x01 \x03(\x0b\x32\x1d.xds_server.admin.v1.Resource\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\x8f\x01\n\x07Problem\x12\x0c\n\x04\x66ile\x18\x01 \x01(\t\x12\x10\n\x08\x64ocument\x18\x02 \x01(\x05\x12\x0c\n\x04line\x18\x03 \x01(\x05\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\r\n\x05\x66ield\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x0c\n\x04hint\x18\x08 \x01(\t\x12\x0c\n\x04text\x18\t \x01(\t\"=\n\x0bProblemList\x12.\n\x08problems\x18\x01 \x03(\x0b\x32\x1c.xds_server.admin.v1.Problem\"\x14\n\x12ProxyStatusRequest\"~\n\nTypeStatus\x12\x10\n\x08type_url\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0csent_version\x18\x03 \x01(\t\x12\x15\n\racked_version\x18\x04 \x01(\t\x12\r\n\x05\x65rror\x18\x05 \x01(\t\x12\x13\n\x0blast_change\x18\x06 \x01(\x01\"\xb3\x01\n\x05Proxy\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0cnode_cluster\x18\x02 \x01(\t\x12\x0c\n\x04peer\x18\x03 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x04 \x01(\x01\x12.\n\x05types\x18\x05 \x03(\x0b\x32\x1f.xds_server.admin.v1.TypeStatus\x12\x0e\n\x06synced\x18\x06 \x01(\x08\x12\x0b\n\x03\x61pi\x18\x07 \x01(\t\x12\x0f\n\x07version\x18\x08 \x01(\t\"\xed\x01\n\x13ProxyStatusResponse\x12+\n\x07proxies\x18\x01 \x03(\x0b\x32\x1a.xds_server.admin.v1.Proxy\x12H\n\x08versions\x18\x02 \x03(\x0b\x32\x36.xds_server.admin.v1.ProxyStatusResponse.VersionsEntry\x12.\n\x08replicas\x18\x03 \x03(\x0b\x32\x1c.xds_server.admin.v1.Replica\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"1\n\x07Replica\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64min\x18\x02 \x01(\t\x12\x0b\n\x03xds\x18\x03 \x01(\t\"7\n\x12ProxyConfigRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\"y\n\x13ProxyConfigResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08type_url\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\r\n\x05names\x18\x04 \x03(\t\x12\x0c\n\x04json\x18\x05 \x03(\t\x12\x11\n\tnode_json\x18\x06 \x01(\t2\xbe\x03\n\x0b\x43onfigAdmin\x12N\n\x05\x41pply\x12!.xds_server.admin.v1.ApplyRequest\x1a\".xds_server.admin.v1.ApplyResponse\x12Q\n\x06\x44\x65lete\x12\".xds_server.admin.v1.DeleteRequest\x1a#.xds_server.admin.v1.DeleteResponse\x12H\n\x03Get\x12\x1f.xds_server.admin.v1.GetRequest\x1a .xds_server.admin.v1.GetResponse\x12`\n\x0bProxyStatus\x12\'.xds_server.admin.v1.ProxyStatusRequest\x1a(.xds_server.admin.v1.ProxyStatusResponse\x12`\n\x0bProxyConfig\x12\'.xds_server.admin.v1.ProxyConfigRequest\x1a(.xds_server.admin.v1.ProxyConfigResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,40 +41,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHANGE']._serialized_end=255
   _globals['_APPLYREQUEST']._serialized_start=257
   _globals['_APPLYREQUEST']._serialized_end=357
-  _globals['_APPLYRESPONSE']._serialized_start=359
-  _globals['_APPLYRESPONSE']._serialized_end=485
-  _globals['_DELETEREQUEST']._serialized_start=488
-  _globals['_DELETEREQUEST']._serialized_end=663
-  _globals['_DELETERESPONSE']._serialized_start=665
-  _globals['_DELETERESPONSE']._serialized_end=792
-  _globals['_REFUSAL']._serialized_start=794
-  _globals['_REFUSAL']._serialized_end=896
-  _globals['_GETREQUEST']._serialized_start=898
-  _globals['_GETREQUEST']._serialized_end=957
-  _globals['_RESOURCE']._serialized_start=960
-  _globals['_RESOURCE']._serialized_end=1105
-  _globals['_GETRESPONSE']._serialized_start=1107
-  _globals['_GETRESPONSE']._serialized_end=1188
-  _globals['_PROBLEM']._serialized_start=1191
-  _globals['_PROBLEM']._serialized_end=1334
-  _globals['_PROBLEMLIST']._serialized_start=1336
-  _globals['_PROBLEMLIST']._serialized_end=1397
-  _globals['_PROXYSTATUSREQUEST']._serialized_start=1399
-  _globals['_PROXYSTATUSREQUEST']._serialized_end=1419
-  _globals['_TYPESTATUS']._serialized_start=1421
-  _globals['_TYPESTATUS']._serialized_end=1547
-  _globals['_PROXY']._serialized_start=1550
-  _globals['_PROXY']._serialized_end=1729
-  _globals['_PROXYSTATUSRESPONSE']._serialized_start=1732
-  _globals['_PROXYSTATUSRESPONSE']._serialized_end=1969
-  _globals['_PROXYSTATUSRESPONSE_VERSIONSENTRY']._serialized_start=1922
-  _globals['_PROXYSTATUSRESPONSE_VERSIONSENTRY']._serialized_end=1969
-  _globals['_REPLICA']._serialized_start=1971
-  _globals['_REPLICA']._serialized_end=2020
-  _globals['_PROXYCONFIGREQUEST']._serialized_start=2022
-  _globals['_PROXYCONFIGREQUEST']._serialized_end=2077
-  _globals['_PROXYCONFIGRESPONSE']._serialized_start=2079
-  _globals['_PROXYCONFIGRESPONSE']._serialized_end=2200
-  _globals['_CONFIGADMIN']._serialized_start=2203
-  _globals['_CONFIGADMIN']._serialized_end=2649
+  _globals['_APPLYRESPONSE']._serialized_start=360
+  _globals['_APPLYRESPONSE']._serialized_end=504
+  _globals['_DELETEREQUEST']._serialized_start=507
+  _globals['_DELETEREQUEST']._serialized_end=682
+  _globals['_DELETERESPONSE']._serialized_start=684
+  _globals['_DELETERESPONSE']._serialized_end=811
+  _globals['_REFUSAL']._serialized_start=813
+  _globals['_REFUSAL']._serialized_end=915
+  _globals['_GETREQUEST']._serialized_start=917
+  _globals['_GETREQUEST']._serialized_end=976
+  _globals['_RESOURCE']._serialized_start=979
+  _globals['_RESOURCE']._serialized_end=1124
+  _globals['_GETRESPONSE']._serialized_start=1126
+  _globals['_GETRESPONSE']._serialized_end=1207
+  _globals['_PROBLEM']._serialized_start=1210
+  _globals['_PROBLEM']._serialized_end=1353
+  _globals['_PROBLEMLIST']._serialized_start=1355
+  _globals['_PROBLEMLIST']._serialized_end=1416
+  _globals['_PROXYSTATUSREQUEST']._serialized_start=1418
+  _globals['_PROXYSTATUSREQUEST']._serialized_end=1438
+  _globals['_TYPESTATUS']._serialized_start=1440
+  _globals['_TYPESTATUS']._serialized_end=1566
+  _globals['_PROXY']._serialized_start=1569
+  _globals['_PROXY']._serialized_end=1748
+  _globals['_PROXYSTATUSRESPONSE']._serialized_start=1751
+  _globals['_PROXYSTATUSRESPONSE']._serialized_end=1988
+  _globals['_PROXYSTATUSRESPONSE_VERSIONSENTRY']._serialized_start=1941
+  _globals['_PROXYSTATUSRESPONSE_VERSIONSENTRY']._serialized_end=1988
+  _globals['_REPLICA']._serialized_start=1990
+  _globals['_REPLICA']._serialized_end=2039
+  _globals['_PROXYCONFIGREQUEST']._serialized_start=2041
+  _globals['_PROXYCONFIGREQUEST']._serialized_end=2096
+  _globals['_PROXYCONFIGRESPONSE']._serialized_start=2098
+  _globals['_PROXYCONFIGRESPONSE']._serialized_end=2219
+  _globals['_CONFIGADMIN']._serialized_start=2222
+  _globals['_CONFIGADMIN']._serialized_end=2668
 # @@protoc_insertion_point(module_scope)
