@@ -198,7 +198,8 @@ def test_destination_rule_traffic_policy() -> None:
     assert dr.subsets[0].traffic_policy == TrafficPolicy(connect_timeout=1.5)
 
 
-def test_service_entry_resolution_defaults_to_static_and_reads_endpoints() -> None:
+def test_service_entry_resolution_defaults_to_none_and_reads_endpoints() -> None:
+    """Istio's default resolution is NONE (validation then refuses the endpoints)."""
     text = """\
         apiVersion: networking.istio.io/v1
         kind: ServiceEntry
@@ -211,7 +212,7 @@ def test_service_entry_resolution_defaults_to_static_and_reads_endpoints() -> No
           - {address: 10.0.0.1, ports: {pg: 6432}, labels: {zone: a}, weight: 3}
         """
     (se,) = load_text(dedent(text))
-    assert se.resolution == "STATIC"
+    assert se.resolution == "NONE" and se.addresses == ["10.0.0.9"]
     assert se.ports[0].target_port == 15432
     assert se.endpoints == [WorkloadEndpoint("10.0.0.1", {"pg": 6432}, {"zone": "a"}, 3)]
 

@@ -8,7 +8,9 @@ from textwrap import dedent, indent
 import pytest
 
 from xds_server.config.errors import ConfigError, Problem
+from xds_server.config.index import ConfigIndex
 from xds_server.config.load import load_text
+from xds_server.config.routing import route_bindings
 from xds_server.config.validate import check, validate
 
 GATEWAY = """\
@@ -129,13 +131,26 @@ def test_an_omitted_weight_among_several_counts_as_zero() -> None:
 
 
 def test_mesh_gateway_is_allowed_and_ignored() -> None:
-    spec = "hosts: ['*']\ngateways: [mesh, default/tcp-echo-gateway]"
+    spec = "hosts: [tcp-echo.example.com]\ngateways: [mesh, default/tcp-echo-gateway]"
     assert run(virtual_service(spec=spec)) == []
 
 
+def test_any_host_is_not_for_the_mesh() -> None:
+    """Istio: ``*`` would take every host of the mesh's sidecars."""
+    spec = "hosts: ['*']\ngateways: [mesh, default/tcp-echo-gateway]"
+    assert briefs(virtual_service(spec=spec)) == [
+        f"{VS}: spec.hosts[0]: wildcard host * is not allowed for virtual services bound to"
+        " the mesh gateway"
+    ]
+
+
 def test_first_matching_route_wins_inside_one_virtual_service() -> None:
+    """The second route is never used: istioctl analyze's IST0130."""
     tcp = ROUTE_V1 + "\n" + ROUTE_V1.replace("v1", "v2")
-    assert run(virtual_service(tcp)) == []
+    assert briefs(virtual_service(tcp)) == [
+        f"Warning: {VS}: spec.tcp[1]: VirtualService rule #1 not used (only the last rule can"
+        " have no matches) [IST0130]"
+    ]
 
 
 def test_check_raises_with_every_problem() -> None:
@@ -184,29 +199,43 @@ def test_gateway_needs_a_server() -> None:
     [
         ("{number: 0}", "spec.servers[0].port.number", 0),
         ("{number: 65536}", "spec.servers[0].port.number", 65536),
-        ("{number: 31401, targetPort: 70000}", "spec.servers[0].port.targetPort", 70000),
     ],
 )
 def test_gateway_port_range(port: str, field: str, value: int) -> None:
-    assert briefs(gateway(f"- {{port: {port}, hosts: ['*']}}")) == [
+    assert briefs(
+        gateway(f"- {{port: {port[:-1]}, name: tcp, protocol: TCP}}, hosts: ['*']}}")
+    ) == [
         f"mesh.yaml: document 6 (Gateway default/gw): {field}: must be a port number"
         f" 1..65535, got {value}"
     ]
 
 
 def test_gateway_server_must_be_tcp() -> None:
-    assert briefs(gateway("- {port: {number: 80, protocol: HTTP}, hosts: ['*']}")) == [
+    assert briefs(gateway("- {port: {number: 80, name: a, protocol: HTTP}, hosts: ['*']}")) == [
         "mesh.yaml: document 6 (Gateway default/gw): spec.servers[0].port.protocol:"
         ' only TCP servers are supported, got "HTTP"'
     ]
 
 
 def test_gateway_protocol_is_case_insensitive() -> None:
-    assert run(gateway("- {port: {number: 80, protocol: tcp}, hosts: ['*']}")) == []
+    assert run(gateway("- {port: {number: 80, name: a, protocol: tcp}, hosts: ['*']}")) == []
+
+
+def test_gateway_port_needs_a_name_and_a_protocol_and_no_target_port() -> None:
+    """Istio's validateServerPort."""
+    assert briefs(gateway("- {port: {number: 80, targetPort: 8080}, hosts: ['*']}")) == [
+        "mesh.yaml: document 6 (Gateway default/gw): spec.servers[0].port.protocol: invalid"
+        ' protocol "", supported protocols are HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL,'
+        " TCP",
+        "mesh.yaml: document 6 (Gateway default/gw): spec.servers[0].port.targetPort:"
+        " targetPort has no impact on Gateways",
+        "mesh.yaml: document 6 (Gateway default/gw): spec.servers[0].port.name: port name must"
+        " be set",
+    ]
 
 
 def test_gateway_hosts_required() -> None:
-    assert briefs(gateway("- {port: {number: 80}, hosts: []}")) == [
+    assert briefs(gateway("- {port: {number: 80, name: a, protocol: TCP}, hosts: []}")) == [
         "mesh.yaml: document 6 (Gateway default/gw): spec.servers[0].hosts:"
         ' at least one host is required (hint: use ["*"] for any host)'
     ]
@@ -214,7 +243,8 @@ def test_gateway_hosts_required() -> None:
 
 def test_same_port_twice_in_one_gateway() -> None:
     """Istio accepts it and drops the second server: a warning."""
-    servers = "- {port: {number: 80}, hosts: ['*']}\n- {port: {number: 80}, hosts: [a]}"
+    servers = "- {port: {number: 80, name: a, protocol: TCP}, hosts: ['*']}\n"
+    servers += "- {port: {number: 80, name: b, protocol: TCP}, hosts: [a.example.com]}"
     assert briefs(gateway(servers)) == [
         "Warning: mesh.yaml: document 6 (Gateway default/gw): spec.servers[1].port.number:"
         " port 80 is already served by spec.servers[0]: this server is dropped"
@@ -224,7 +254,8 @@ def test_same_port_twice_in_one_gateway() -> None:
 def test_same_port_in_two_gateways() -> None:
     """A selector-less Gateway and the task's may select one proxy: the first one serves
     the port there (a warning on the other)."""
-    assert briefs(gateway("- {port: {number: 31400}, hosts: ['*']}", name="zz-gw")) == [
+    server = "- {port: {number: 31400, name: tcp, protocol: TCP}, hosts: ['*']}"
+    assert briefs(gateway(server, name="zz-gw")) == [
         "Warning: mesh.yaml: document 6 (Gateway default/zz-gw): spec.servers[0].port.number:"
         " port 31400 is already served by Gateway default/tcp-echo-gateway (spec.servers[0]):"
         " this server is dropped (hint: on a proxy both select, the first Gateway in"
@@ -233,7 +264,8 @@ def test_same_port_in_two_gateways() -> None:
 
 
 def test_same_port_in_gateways_of_different_proxies() -> None:
-    servers = "selector: {istio: egressgateway}\nservers: [{port: {number: 31400}, hosts: ['*']}]"
+    servers = "selector: {istio: egressgateway}\n"
+    servers += "servers: [{port: {number: 31400, name: tcp, protocol: TCP}, hosts: ['*']}]"
     assert run(resource("Gateway", "other", servers)) == []
 
 
@@ -291,21 +323,19 @@ def test_subset_name_must_be_dns_1123_label() -> None:
     tcp = "- route: [{destination: {host: tcp-echo, subset: V_1, port: {number: 9000}}}]"
     problems = briefs(virtual_service(tcp))
     assert problems[0] == (
-        f"{VS}: spec.tcp[0].route[0].destination.subset: must be a DNS-1123 label (at most 63"
-        """ lowercase letters, digits and '-'), got "V_1\""""
+        f"{VS}: spec.tcp[0].route[0].destination.subset: must be a DNS label (at most 63"
+        """ letters, digits and '-'), got "V_1\""""
     )
 
 
 def test_duplicate_destination() -> None:
+    """Istio takes it: the weights add up (translation merges them)."""
     tcp = """\
         - route:
           - {destination: {host: tcp-echo, subset: v1, port: {number: 9000}}, weight: 50}
           - {destination: {host: tcp-echo, subset: v1, port: {number: 9000}}, weight: 50}
         """
-    assert briefs(virtual_service(tcp)) == [
-        f"{VS}: spec.tcp[0].route[1].destination: duplicate destination: same host, subset and"
-        " port as route[0] (hint: merge them and add up their weights)"
-    ]
+    assert briefs(virtual_service(tcp)) == []
 
 
 # --- VirtualService: cross references ------------------------------------------------------
@@ -314,7 +344,7 @@ def test_duplicate_destination() -> None:
 def test_unknown_host_suggests_known_hosts() -> None:
     tcp = "- route: [{destination: {host: tcp-ech, port: {number: 9000}}}]"
     assert briefs(virtual_service(tcp)) == [
-        f'{VS}: spec.tcp[0].route[0].destination.host: unknown host "tcp-ech"'
+        f'{VS}: spec.tcp[0].route[0].destination.host: unknown host "tcp-ech" [IST0101]'
         ' (hint: did you mean "tcp-echo"?)'
     ]
     tcp = "- route: [{destination: {host: zzz, port: {number: 9000}}}]"
@@ -366,36 +396,35 @@ def test_destination_port_range() -> None:
 def test_unknown_gateway() -> None:
     spec = "hosts: ['*']\ngateways: [tcp-echo-gw]"
     assert briefs(virtual_service(spec=spec)) == [
-        f'{VS}: spec.gateways[0]: unknown gateway "tcp-echo-gw"'
+        f'{VS}: spec.gateways[0]: unknown gateway "tcp-echo-gw" [IST0101]'
         ' (hint: did you mean "default/tcp-echo-gateway"?)'
     ]
 
 
-def test_unknown_match_gateway_not_listed_in_spec_gateways() -> None:
+def test_unknown_match_gateway() -> None:
     tcp = (
         "- match: [{gateways: [other]}]\n"
         + "  route: [{destination: {host: tcp-echo, port: {number: 9000}}}]"
     )
     assert briefs(virtual_service(tcp)) == [
-        f'{VS}: spec.tcp[0].match[0].gateways[0]: unknown gateway "other"'
+        f'{VS}: spec.tcp[0].match[0].gateways[0]: unknown gateway "other" [IST0101]'
         " (hint: known gateways: default/tcp-echo-gateway)",
-        f'{VS}: spec.tcp[0].match[0].gateways[0]: gateway "other" is not listed in spec.gateways'
-        " (hint: add it to spec.gateways)",
     ]
 
 
-def test_match_gateway_must_be_listed_in_spec_gateways() -> None:
+def test_match_gateways_replace_spec_gateways() -> None:
+    """As in Istio, a match's gateways need not be listed in spec.gateways: they replace
+    them for that match (this one claims gw's port 80, not the task's 31400)."""
     tcp = (
         "- match: [{gateways: [gw]}]\n"
         + "  route: [{destination: {host: tcp-echo, port: {number: 9000}}}]"
     )
-    problems = briefs(
-        gateway("- {port: {number: 80}, hosts: ['*']}"), virtual_service(tcp, name="vs")
-    )
-    assert problems == [
-        "mesh.yaml: document 7 (VirtualService default/vs): spec.tcp[0].match[0].gateways[0]:"
-        ' gateway "gw" is not listed in spec.gateways (hint: add it to spec.gateways)'
-    ]
+    gw = gateway("- {port: {number: 80, name: tcp, protocol: TCP}, hosts: ['*']}")
+    resources = load_text("---\n".join((*BASE, gw, virtual_service(tcp, name="vs"))))
+    assert validate(resources)[0] == []
+    [vs] = [r for r in resources if r.kind == "VirtualService"]
+    index = ConfigIndex(resources)
+    assert [(g.meta.name, p) for g, p in route_bindings(index, vs, vs.tcp[0])] == [("gw", 80)]
 
 
 def test_match_port_must_be_a_gateway_port() -> None:
@@ -411,12 +440,18 @@ def test_match_port_must_be_a_gateway_port() -> None:
 
 def test_match_port_range() -> None:
     tcp = (
-        "- match: [{port: 0}]\n"
+        "- match: [{port: 65536}]\n"
         + "  route: [{destination: {host: tcp-echo, port: {number: 9000}}}]"
     )
     assert briefs(virtual_service(tcp))[0] == (
-        f"{VS}: spec.tcp[0].match[0].port: must be a port number 1..65535, got 0"
+        f"{VS}: spec.tcp[0].match[0].port: must be a port number 1..65535, got 65536"
     )
+
+
+def test_match_port_zero_is_not_written() -> None:
+    """Istio's protos: 0 means unset, so the match takes every port of its gateways."""
+    tcp = "- match: [{port: 0}]\n  route: [{destination: {host: tcp-echo, port: {number: 9000}}}]"
+    assert run(virtual_service(tcp)) == []
 
 
 # --- VirtualService: ambiguity -------------------------------------------------------------
@@ -434,7 +469,7 @@ def test_two_virtual_services_on_one_gateway_port() -> None:
 
 
 def test_two_virtual_services_on_different_ports_are_fine() -> None:
-    second = gateway("- {port: {number: 31401}, hosts: ['*']}")
+    second = gateway("- {port: {number: 31401, name: tcp, protocol: TCP}, hosts: ['*']}")
     tcp = (
         "- match: [{port: 31401}]\n"
         + "  route: [{destination: {host: tcp-echo, port: {number: 9000}}}]"
@@ -468,12 +503,15 @@ def test_two_destination_rules_for_one_host() -> None:
 
 
 def test_subset_names_unique_and_dns_labels() -> None:
-    spec = "host: other\nsubsets: [{name: v1}, {name: v1}, {name: V2}, {labels: {a: b}}]"
+    # Istio's DNS labels take capitals: V2 is a name; V_2 is not.
+    spec = (
+        "host: other\nsubsets: [{name: v1}, {name: v1}, {name: V2}, {labels: {a: b}}, {name: V_2}]"
+    )
     assert briefs(rule(spec)) == [
         f'{DR}: spec.subsets[1].name: duplicate subset name "v1" (also spec.subsets[0])',
-        f"{DR}: spec.subsets[2].name: must be a DNS-1123 label (at most 63 lowercase letters,"
-        """ digits and '-'), got "V2\"""",
         f"{DR}: spec.subsets[3].name: required",
+        f"{DR}: spec.subsets[4].name: must be a DNS label (at most 63 letters, digits and '-'),"
+        ' got "V_2"',
     ]
 
 
@@ -483,12 +521,16 @@ def test_connection_pool_limits() -> None:
         trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0s, maxConnections: 0}}}
         subsets:
         - {name: v1, trafficPolicy: {connectionPool: {tcp: {maxConnections: -1}}}}
+        - {name: v2, trafficPolicy: {connectionPool: {tcp: {connectTimeout: 1500us}}}}
         """
+    # Istio's: at least 1 ms, in whole ms; maxConnections 0 is not written
     assert briefs(rule(spec)) == [
-        f"{DR}: spec.trafficPolicy.connectionPool.tcp.connectTimeout: must be more than 0",
-        f"{DR}: spec.trafficPolicy.connectionPool.tcp.maxConnections: must be 1 or more, got 0",
+        f"{DR}: spec.trafficPolicy.connectionPool.tcp.connectTimeout: duration must be greater"
+        " than 1ms",
         f"{DR}: spec.subsets[0].trafficPolicy.connectionPool.tcp.maxConnections:"
-        " must be 1 or more, got -1",
+        " must be 0 or more, got -1",
+        f"{DR}: spec.subsets[1].trafficPolicy.connectionPool.tcp.connectTimeout: only durations"
+        " to ms precision are supported",
     ]
 
 
@@ -496,16 +538,20 @@ def test_connection_pool_limits() -> None:
 
 
 def service(spec: str) -> str:
-    return resource("ServiceEntry", "db", spec)
+    """A ServiceEntry; STATIC unless ``spec`` says (Istio's default NONE takes no routes)."""
+    spec = dedent(spec)
+    return resource(
+        "ServiceEntry", "db", spec + ("" if "resolution:" in spec else "\nresolution: STATIC")
+    )
 
 
 SE = "mesh.yaml: document 6 (ServiceEntry default/db)"
 
 
-def test_service_entry_needs_hosts_and_ports() -> None:
+def test_service_entry_needs_hosts() -> None:
+    """Ports it may go without (Istio's CRD tests: "Weird case but we allow it")."""
     assert briefs(service("resolution: DNS")) == [
         f"{SE}: spec.hosts: at least one host is required",
-        f"{SE}: spec.ports: at least one port is required",
     ]
 
 
@@ -567,11 +613,10 @@ def test_endpoint_ports_and_weight() -> None:
         endpoints: [{address: 10.0.0.1, ports: {pgx: 6432, pg: 0}, weight: 0}]
         """
     assert briefs(service(spec)) == [
-        f'{SE}: spec.endpoints[0].ports.pgx: "pgx" is not the name of a service port'
-        ' (hint: did you mean "pg"?)',
+        f"{SE}: spec.endpoints[0].ports.pgx: endpoint port 6432 is not defined by the service"
+        ' entry (hint: did you mean "pg"?)',
         f"{SE}: spec.endpoints[0].ports.pg: must be a port number 1..65535, got 0",
-        f"{SE}: spec.endpoints[0].weight: must be 1 or more, got 0",
-    ]
+    ]  # weight 0: not written
 
 
 def test_two_service_entries_for_one_host() -> None:
@@ -611,11 +656,12 @@ def test_workload_entry_selected_by_static_service_needs_ip() -> None:
 
 def test_workload_entry_ports_name_selecting_service_ports() -> None:
     spec = "address: 127.0.0.1\nlabels: {app: tcp-echo}\nports: {tpc: 9000, tcp: 99999}\nweight: 0"
+    """Istio checks a WorkloadEntry alone: a port name no selecting service has is not
+    used (a warning)."""
     assert briefs(resource("WorkloadEntry", "we", spec)) == [
-        f'{WE}: spec.ports.tpc: "tpc" is not the name of a service port (hint: did you mean'
-        ' "tcp"?)',
+        f'Warning: {WE}: spec.ports.tpc: "tpc" is not the name of a service port of'
+        ' ServiceEntry default/tcp-echo: not used (hint: did you mean "tcp"?)',
         f"{WE}: spec.ports.tcp: must be a port number 1..65535, got 99999",
-        f"{WE}: spec.weight: must be 1 or more, got 0",
     ]
 
 
@@ -680,4 +726,16 @@ def test_endpoint_weight_and_port_in_range() -> None:
         f"{SE}: spec.endpoints[0].ports.pg: must be a port number 1..65535,"
         " got 18446744073709551616",
         f"{SE}: spec.endpoints[0].weight: must be at most 4294967295, got 4294967296",
+    ]
+
+
+def test_one_port_with_two_binds_is_refused() -> None:
+    """Stricter than Istio, which listens on each bind: one listener serves a port here, so
+    connections to the second bind would take the first server's route."""
+    servers = "- {port: {number: 80, name: a, protocol: TCP}, hosts: ['*'], bind: 10.0.0.1}\n"
+    servers += "- {port: {number: 80, name: b, protocol: TCP}, hosts: ['*'], bind: 10.0.0.2}"
+    assert briefs(gateway(servers)) == [
+        "mesh.yaml: document 6 (Gateway default/gw): spec.servers[1].bind: port 80 is already"
+        " served by spec.servers[0], with another bind: one listener serves a port here, so"
+        " this bind would get its route (hint: use another port)"
     ]

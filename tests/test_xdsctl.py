@@ -300,7 +300,7 @@ def many_destinations(n: int) -> str:
     )
     return (
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: many}\n"
-        "spec:\n  hosts: ['*']\n  tcp:\n  - route:\n" + route
+        "spec:\n  hosts: [many.example.com]\n  tcp:\n  - route:\n" + route
     )
 
 

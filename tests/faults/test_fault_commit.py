@@ -139,7 +139,7 @@ def test_a_failed_write_after_translation_leaves_no_trace(cp) -> None:
     # A change elsewhere (a service no route uses): the route's weights must stay all-v1.
     cp.apply_yaml(
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: db}\n"
-        "spec:\n  hosts: [db]\n  ports: [{number: 5432, name: pg}]\n"
+        "spec:\n  hosts: [db]\n  ports: [{number: 5432, name: pg}]\n  resolution: STATIC\n"
         "  endpoints: [{address: 10.0.0.1}]\n"
     )
     assert served_matches_a_fresh_translation(cp)

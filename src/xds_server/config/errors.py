@@ -166,10 +166,13 @@ class Reporter:
     def for_resource(cls, resource: Resource, problems: list[Problem]) -> Reporter:
         return cls(resource.source, problems, resource.lines, resource.kind, resource.ref)
 
-    def add(self, path: str, message: str, hint: str | None = None) -> None:
+    def add(
+        self, path: str, message: str, hint: str | None = None, code: str | None = None
+    ) -> None:
         line = line_of(self.lines, path, self.source.line)
+        where = self.source.at(line)
         self.problems.append(
-            Problem(self.source.at(line), message, self.kind, self.name, path or None, hint)
+            Problem(where, message, self.kind, self.name, path or None, hint, False, code)
         )
 
     def warn(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Iterable
 from .model import (
     DestinationRule,
     Gateway,
+    GatewayServer,
     Key,
     Port,
     Resource,
@@ -41,10 +42,37 @@ def canonical_host(host: str, namespace: str) -> str:
     return host if "." in host else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
 
 
+def hosts_match(a: str, b: str) -> bool:
+    """Istio's host.Name.Matches: equal, or one a wildcard (``*``, ``*.example.com``)
+    whose suffix the other ends with (for two wildcards, the longer ends with the
+    shorter's)."""
+    if a.startswith("*"):
+        if b.startswith("*"):
+            return b[1:].endswith(a[1:]) if len(a) < len(b) else a[1:].endswith(b[1:])
+        return b.endswith(a[1:])
+    if b.startswith("*"):
+        return a.endswith(b[1:])
+    return a == b
+
+
+def exported(r: ServiceEntry | DestinationRule, namespace: str) -> bool:
+    """Whether ``r`` is visible in ``namespace`` (exportTo: none written is ``*``)."""
+    entries = r.export_to or ("*",)
+    own = r.meta.namespace
+    return "*" in entries or any((own if e == "." else e) == namespace for e in entries)
+
+
+WILDCARDS: Dep = ("host", "*")  # what every wildcard host of a ServiceEntry provides
+
+
 def split_ref(ref: str, namespace: str) -> tuple[str, str]:
-    """``ns/name`` or ``name`` (in the referrer's namespace) -> (ns, name)."""
+    """A gateway reference as Istio reads it -> (ns, name): ``ns/name``, ``name`` (in the
+    referrer's namespace), or the legacy ``name.ns[.svc.cluster.local]``."""
     if "/" in ref:
         ns, name = ref.split("/", 1)
+        return ns, name
+    if "." in ref:
+        name, ns = ref.split(".")[:2]
         return ns, name
     return namespace, ref
 
@@ -67,6 +95,8 @@ def provides(r: Resource) -> list[Dep]:
         return [("gateway", (ns, r.meta.name)), ("port", ANY_PORT), *ports]
     if isinstance(r, ServiceEntry):
         deps: list[Dep] = [("host", canonical_host(h, ns)) for h in r.hosts]
+        if any(h.startswith("*") for h in r.hosts):  # it may answer for any host
+            deps.append(WILDCARDS)
         return deps + [("selectors", ns)] if r.workload_selector is not None else deps
     if isinstance(r, DestinationRule):
         return [("rule", canonical_host(r.host, ns))]
@@ -90,7 +120,7 @@ def requires(r: Resource) -> list[Dep]:
             for dest in route.route:
                 host = canonical_host(dest.destination.host, ns)
                 deps += [("host", host), ("rule", host)]
-        return deps
+        return [*deps, WILDCARDS]  # a wildcard host may answer for any of them
     if isinstance(r, ServiceEntry):
         deps = [("rule", canonical_host(h, ns)) for h in r.hosts]
         return deps + [("workloads", ns)] if r.workload_selector is not None else deps
@@ -110,8 +140,9 @@ class ConfigIndex:
         self.virtual_services: list[VirtualService] = []
         self.destination_rules: dict[str, DestinationRule] = {}
         self._services: dict[str, ServiceEntry] = {}
+        self._wildcards = False  # a host of a ServiceEntry is one (*.example.com)
         self.workload_entries: list[WorkloadEntry] = []
-        self._ports: dict[Key, dict[int, None]] = {}
+        self._ports: dict[Key, dict[int, GatewayServer]] = {}
         # (resource, field path, host, the resource that declared it first): a second
         # DestinationRule or ServiceEntry for one host, which the tables leave out.
         self.clashes: list[tuple[Resource, str, str, Resource]] = []
@@ -126,6 +157,7 @@ class ConfigIndex:
                 if rule is not r and r.host:
                     self.clashes.append((r, "spec.host", r.host, rule))
             elif isinstance(r, ServiceEntry):
+                self._wildcards = self._wildcards or any(h.startswith("*") for h in r.hosts)
                 for i, h in enumerate(r.hosts):
                     owner = self._services.setdefault(canonical_host(h, ns), r)
                     if owner is not r:
@@ -232,36 +264,58 @@ class ConfigIndex:
     def gateway(self, ref: str, namespace: str) -> Gateway | None:
         return self._gateways.get(split_ref(ref, namespace))
 
-    def server_ports(self, gw: Gateway) -> dict[int, None]:
-        """A gateway's server port numbers, each once, in order (a dict: ordered, and a
-        membership test costs the same for a gateway of 10k servers as for one of two)."""
+    def server_ports(self, gw: Gateway) -> dict[int, GatewayServer]:
+        """A gateway's server port numbers, each once, in order, with the first server of
+        each (a dict: ordered, and a look-up costs the same for a gateway of 10k servers
+        as for one of two)."""
         ports = self._ports.get(gw.key)
         if ports is None:
-            ports = self._ports[gw.key] = dict.fromkeys(s.port.number for s in gw.servers)
+            ports = {}
+            for server in gw.servers:
+                ports.setdefault(server.port.number, server)
+            self._ports[gw.key] = ports
         return ports
 
     @functools.cached_property
-    def _port_owners(self) -> dict[Key, dict[int, None]]:
+    def _port_owners(self) -> dict[Key, dict[int, GatewayServer]]:
         """Gateway key -> the server ports it serves first, in namespace/name order."""
         owners: dict[int, Key] = {}
-        served: dict[Key, dict[int, None]] = {}
+        served: dict[Key, dict[int, GatewayServer]] = {}
         for gw in self._gateways.values():
             ports = self.server_ports(gw)
-            mine = {n: None for n in ports if owners.setdefault(n, gw.key) == gw.key}
+            mine = {n: v for n, v in ports.items() if owners.setdefault(n, gw.key) == gw.key}
             served[gw.key] = ports if len(mine) == len(ports) else mine
         return served
 
-    def served_ports(self, gw: Gateway) -> dict[int, None]:
+    def served_ports(self, gw: Gateway) -> dict[int, GatewayServer]:
         """The server ports ``gw`` serves: one listener serves a port, so where Gateways
         share one (on a proxy they both select: this index), the first serves it, as
         Istio keeps a port's first server and drops the others."""
         return self._port_owners.get(gw.key, {})
 
     def service(self, host: str, namespace: str) -> ServiceEntry | None:
-        return self._services.get(canonical_host(host, namespace))
+        """The ServiceEntry of ``host`` as seen from ``namespace``: declared for the host,
+        else for the longest wildcard that matches it (``*.example.com``), and exported
+        to the namespace."""
+        se = self.declared_service(host, namespace)
+        return se if se is not None and exported(se, namespace) else None
+
+    def declared_service(self, host: str, namespace: str) -> ServiceEntry | None:
+        """The ServiceEntry of ``host``, exported to ``namespace`` or not."""
+        wanted = canonical_host(host, namespace)
+        found = self._services.get(wanted)
+        if found is None and self._wildcards:
+            labels = wanted.split(".")
+            for i in range(1, len(labels)):
+                found = self._services.get("*." + ".".join(labels[i:]))
+                if found is not None:
+                    break
+        return found
 
     def destination_rule(self, host: str, namespace: str) -> DestinationRule | None:
-        return self.destination_rules.get(canonical_host(host, namespace))
+        """The DestinationRule of ``host``, if it is exported to ``namespace``."""
+        dr = self.destination_rules.get(canonical_host(host, namespace))
+        return dr if dr is not None and exported(dr, namespace) else None
 
     def subset(self, host: str, namespace: str, name: str) -> Subset | None:
         dr = self.destination_rule(host, namespace)

@@ -56,7 +56,7 @@ class Resource:
 class Port:
     number: int
     name: str = ""
-    protocol: str = "TCP"
+    protocol: str = ""  # "": not written (a ServiceEntry port is then TCP)
     target_port: int | None = None
 
 
@@ -64,6 +64,7 @@ class Port:
 class GatewayServer:
     port: Port
     hosts: tuple[str, ...] = ("*",)
+    bind: str = ""
 
 
 @dataclass
@@ -109,6 +110,7 @@ class VirtualService(Resource):
     hosts: list[str] = field(default_factory=list)
     gateways: list[str] = field(default_factory=list)
     tcp: list[TCPRoute] = field(default_factory=list)
+    export_to: list[str] = field(default_factory=list)
 
 
 # --- DestinationRule -----------------------------------------------------------------------
@@ -138,6 +140,7 @@ class DestinationRule(Resource):
     host: str = ""
     traffic_policy: TrafficPolicy | None = None
     subsets: list[Subset] = field(default_factory=list)
+    export_to: list[str] = field(default_factory=list)
 
 
 # --- Endpoints: ServiceEntry and WorkloadEntry ---------------------------------------------
@@ -151,6 +154,7 @@ class WorkloadEndpoint:
     ports: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     weight: int | None = None
+    network: str = ""
 
     def __hash__(self) -> int:
         return hash(
@@ -163,10 +167,12 @@ class ServiceEntry(Resource):
     kind: ClassVar[str] = "ServiceEntry"
     hosts: list[str] = field(default_factory=list)
     ports: list[Port] = field(default_factory=list)
-    resolution: str = "STATIC"  # STATIC | DNS | NONE
+    resolution: str = "NONE"  # STATIC | DNS | NONE (Istio's default)
     location: str = "MESH_INTERNAL"
     endpoints: list[WorkloadEndpoint] = field(default_factory=list)
     workload_selector: dict[str, str] | None = None
+    addresses: list[str] = field(default_factory=list)
+    export_to: list[str] = field(default_factory=list)
 
 
 @dataclass

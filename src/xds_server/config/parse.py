@@ -74,7 +74,7 @@ def _port(rd: Reader, value: Any, path: str) -> Port:
     return Port(
         number=rd.integer(m, path, "number", required=isinstance(value, dict)) or 0,
         name=rd.string(m, path, "name") or "",
-        protocol=rd.string(m, path, "protocol") or "TCP",
+        protocol=rd.string(m, path, "protocol") or "",
         target_port=rd.integer(m, path, "targetPort"),
     )
 
@@ -85,17 +85,20 @@ def _gateway(rd: Reader, spec: Any) -> Fields:
     for path, value in rd.items(m, "spec", "servers"):
         s = rd.mapping(value, path, SERVER)
         port = _port(rd, s.get("port"), join(path, "port"))
-        servers.append(GatewayServer(port=port, hosts=tuple(rd.strings(s, path, "hosts"))))
+        hosts = tuple(rd.strings(s, path, "hosts"))
+        servers.append(GatewayServer(port, hosts, rd.string(s, path, "bind") or ""))
     return {"selector": rd.string_map(m, "spec", "selector"), "servers": servers}
 
 
 def _destination(rd: Reader, value: Any, path: str) -> Destination:
+    """``subset: ""`` is not written, as in Istio's protos; ``port: {}`` is port 0."""
     d = rd.mapping(value, path, DESTINATION)
     port = rd.mapping(d.get("port"), join(path, "port"), PORT_SELECTOR)
+    number = rd.integer(port, join(path, "port"), "number")
     return Destination(
         host=rd.string(d, path, "host") or "",
-        subset=rd.string(d, path, "subset"),
-        port=rd.integer(port, join(path, "port"), "number"),
+        subset=rd.string(d, path, "subset") or None,
+        port=0 if number is None and isinstance(d.get("port"), dict) else number,
     )
 
 
@@ -105,7 +108,8 @@ def _tcp_route(rd: Reader, value: Any, path: str) -> TCPRoute:
     for mpath, mvalue in rd.items(r, path, "match"):
         m = rd.mapping(mvalue, mpath, L4_MATCH)
         gateways = tuple(rd.strings(m, mpath, "gateways"))
-        matches.append(L4Match(port=rd.integer(m, mpath, "port"), gateways=gateways))
+        port = rd.integer(m, mpath, "port") or None  # 0: not written, as in Istio's protos
+        matches.append(L4Match(port=port, gateways=gateways))
     routes = []
     for dpath, dvalue in rd.items(r, path, "route"):
         d = rd.mapping(dvalue, dpath, ROUTE_DESTINATION)
@@ -122,20 +126,26 @@ def _virtual_service(rd: Reader, spec: Any) -> Fields:
         "hosts": rd.strings(m, "spec", "hosts"),
         "gateways": rd.strings(m, "spec", "gateways"),
         "tcp": [_tcp_route(rd, v, p) for p, v in rd.items(m, "spec", "tcp")],
+        "export_to": rd.strings(m, "spec", "exportTo"),
     }
 
 
 def _traffic_policy(rd: Reader, value: Any, path: str) -> TrafficPolicy | None:
+    """Istio refuses an empty policy or pool: each must set something."""
     if value is None:
         return None
     tp = rd.mapping(value, path, TRAFFIC_POLICY)
+    if value == {}:
+        rd.rep.add(path, "traffic policy must have at least one field")
     pool_path = join(path, "connectionPool")
     pool = rd.mapping(tp.get("connectionPool"), pool_path, CONNECTION_POOL)
+    if tp.get("connectionPool") == {}:
+        rd.rep.add(pool_path, "connection pool must have at least one field")
     tcp_path = join(pool_path, "tcp")
     tcp = rd.mapping(pool.get("tcp"), tcp_path, TCP_SETTINGS)
     return TrafficPolicy(
         connect_timeout=rd.duration(tcp, tcp_path, "connectTimeout"),
-        max_connections=rd.integer(tcp, tcp_path, "maxConnections"),
+        max_connections=rd.integer(tcp, tcp_path, "maxConnections") or None,  # 0: unset
     )
 
 
@@ -157,6 +167,7 @@ def _destination_rule(rd: Reader, spec: Any) -> Fields:
         "host": rd.string(m, "spec", "host") or "",
         "traffic_policy": _traffic_policy(rd, m.get("trafficPolicy"), "spec.trafficPolicy"),
         "subsets": subsets,
+        "export_to": rd.strings(m, "spec", "exportTo"),
     }
 
 
@@ -166,14 +177,13 @@ def _workload(rd: Reader, value: Any, path: str) -> WorkloadEndpoint:
         address=rd.string(w, path, "address") or "",
         ports=rd.int_map(w, path, "ports"),
         labels=rd.string_map(w, path, "labels"),
-        weight=rd.integer(w, path, "weight"),
+        weight=rd.integer(w, path, "weight") or None,  # 0: not written
+        network=rd.string(w, path, "network") or "",
     )
 
 
 def _service_entry(rd: Reader, spec: Any) -> Fields:
-    """A missing ``resolution`` means STATIC here, not Istio's NONE: endpoints are always
-    given (inline or as WorkloadEntries) and there is no original-destination to fall
-    back to."""
+    """A missing ``resolution`` means NONE, as in Istio."""
     m = rd.mapping(spec, "spec", SERVICE_ENTRY)
     selector = None
     if m.get("workloadSelector") is not None:
@@ -182,10 +192,12 @@ def _service_entry(rd: Reader, spec: Any) -> Fields:
     return {
         "hosts": rd.strings(m, "spec", "hosts"),
         "ports": [_port(rd, v, p) for p, v in rd.items(m, "spec", "ports")],
-        "resolution": rd.choice(m, "spec", "resolution", RESOLUTIONS) or "STATIC",
+        "resolution": rd.choice(m, "spec", "resolution", RESOLUTIONS) or "NONE",
         "location": rd.choice(m, "spec", "location", LOCATIONS) or "MESH_INTERNAL",
         "endpoints": [_workload(rd, v, p) for p, v in rd.items(m, "spec", "endpoints")],
         "workload_selector": selector,
+        "addresses": rd.strings(m, "spec", "addresses"),
+        "export_to": rd.strings(m, "spec", "exportTo"),
     }
 
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .index import ConfigIndex, canonical_host
+from .index import ConfigIndex, canonical_host, hosts_match
 from .model import (
     Gateway,
+    GatewayServer,
     Key,
     Port,
     RouteDestination,
@@ -65,31 +66,77 @@ def declared_host(se: ServiceEntry, host: str, namespace: str) -> str:
     if len(se.hosts) == 1:
         return se.hosts[0]
     wanted = canonical_host(host, namespace)
-    return next(h for h in se.hosts if canonical_host(h, se.meta.namespace) == wanted)
+    declared = [h for h in se.hosts if canonical_host(h, se.meta.namespace) == wanted]
+    return (
+        declared[0]
+        if declared
+        else max(  # found through a wildcard: the longest
+            (h for h in se.hosts if h.startswith("*") and hosts_match(h, wanted)), key=len
+        )
+    )
 
 
 def resolve_backends(index: ConfigIndex, vs: VirtualService, route: TCPRoute) -> list[Backend]:
     """Backends of a validated route; unresolvable destinations are skipped (validation
-    reports them)."""
-    out = []
+    reports them). A destination listed twice is one backend with the weights added up,
+    which is what Envoy makes of it."""
+    out: dict[tuple[Key, int, str], Backend] = {}
     ns = vs.meta.namespace
     for dest, weight in effective_weights(route):
         d = dest.destination
         se = index.service(d.host, ns)
-        if se is None or (port := index.service_port(se, d.port)) is None:
+        if se is None or se.resolution == "NONE":
+            continue
+        if (port := index.service_port(se, d.port)) is None:
             continue
         subset = index.subset(d.host, ns, d.subset) if d.subset else None
         if d.subset and subset is None:
             continue
-        out.append(Backend(declared_host(se, d.host, ns), se, port, subset, weight))
-    return out
+        b = Backend(declared_host(se, d.host, ns), se, port, subset, weight)
+        key = (se.key, port.number, b.subset_name)
+        if (same := out.get(key)) is not None:
+            b = same._replace(weight=same.weight + weight)
+        out[key] = b
+    return list(out.values())
+
+
+def _vs_host(host: str, namespace: str) -> str:
+    """A VirtualService host as Istio matches it: a short name in the VirtualService's
+    namespace, ``*`` and IP addresses as written."""
+    if host == "*" or "." in host or ":" in host:
+        return host
+    return canonical_host(host, namespace)
+
+
+def accepts(server: GatewayServer, gw: Gateway, vs: VirtualService) -> bool:
+    """Whether a Gateway server takes the VirtualService: one of its ``[ns/]host`` entries
+    names the VirtualService's namespace (``*`` any, ``.`` the Gateway's) and matches one
+    of its hosts, as Istio binds routes to servers."""
+    hosts = server.hosts
+    if hosts == ("*",) or hosts == ("*/*",):  # the usual case, at 10k servers
+        return True
+    ns = vs.meta.namespace
+    wanted = [_vs_host(h, ns) for h in vs.hosts]
+    for entry in hosts:
+        where, _, name = entry.rpartition("/")
+        if where not in ("", "*") and (gw.meta.namespace if where == "." else where) != ns:
+            continue
+        if any(hosts_match(name, h) for h in wanted):
+            return True
+    return False
+
+
+def attaches(vs: VirtualService, gw: Gateway) -> bool:
+    """Whether any server of ``gw`` takes ``vs`` (istioctl analyze's IST0132 when not)."""
+    return any(accepts(server, gw, vs) for server in gw.servers)
 
 
 def route_bindings(
     index: ConfigIndex, vs: VirtualService, route: TCPRoute
 ) -> list[tuple[Gateway, int]]:
     """The (gateway, server port) pairs a route claims: matches are OR'd, and inside one
-    match `port` and `gateways` are AND'd; a port another Gateway serves is not claimed."""
+    match `port` and `gateways` are AND'd; a port another Gateway serves, or whose server
+    does not take the VirtualService's hosts, is not claimed."""
     ns = vs.meta.namespace
     out: dict[tuple[Key, int], tuple[Gateway, int]] = {}
     for match in route.match or (None,):
@@ -101,7 +148,8 @@ def route_bindings(
                 continue
             ports = index.served_ports(gw)
             for port in ports if wanted is None else (wanted,) if wanted in ports else ():
-                out.setdefault((gw.key, port), (gw, port))
+                if accepts(ports[port], gw, vs):
+                    out.setdefault((gw.key, port), (gw, port))
     return list(out.values())
 
 

@@ -36,10 +36,110 @@ def is_dns1123_subdomain(value: str) -> bool:
     return len(value) <= 253 and _DNS1123_SUBDOMAIN.fullmatch(value) is not None
 
 
+# --- Istio's names: hosts, labels, exportTo, protocols ------------------------------------
+#
+# Istio's own rules (pkg/config/validation, pkg/config/labels), which differ from
+# Kubernetes' for some names: a subset, port or host label may hold capitals.
+
+_ISTIO_LABEL = re.compile(r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
+_WILDCARD_LABEL = re.compile(r"\*|(\*|\*-)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
+ISTIO_LABEL_RULE = "must be a DNS label (at most 63 letters, digits and '-')"
+
+
+def is_istio_label(value: str) -> bool:
+    """Istio's DNS-1123 label, which takes either case (subset and port names)."""
+    return len(value) <= 63 and _ISTIO_LABEL.fullmatch(value) is not None
+
+
+def domain_problem(domain: str, *, wildcard: bool = True) -> str | None:
+    """Why ``domain`` is not a host name Istio takes (None: it is one). ``wildcard``: the
+    first label may be ``*`` or start with it (Istio's ValidateWildcardDomain), else an
+    FQDN's labels (ValidateFQDN)."""
+    if len(domain) > 255:
+        return "domain name too long (max 255)"
+    if not domain:
+        return "empty domain name not allowed"
+    if not wildcard:
+        return _labels_problem(domain)
+    first, dot, rest = domain.partition(".")
+    if len(first) > 63 or _WILDCARD_LABEL.fullmatch(first) is None:
+        return f"domain name {describe(domain)} invalid (label {describe(first)} invalid)"
+    return _labels_problem(rest, domain) if dot else None
+
+
+def _labels_problem(labels: str, domain: str | None = None) -> str | None:
+    domain = domain or labels
+    parts = labels.split(".")
+    if parts[-1].isdigit():
+        top = describe(parts[-1])
+        return (
+            f"domain name {describe(domain)} invalid (top level domain {top} cannot be all-numeric)"
+        )
+    for i, label in enumerate(parts):
+        if i == len(parts) - 1 and label == "":  # a trailing dot: istio.io.
+            return None
+        if not is_istio_label(label):
+            return f"domain name {describe(domain)} invalid (label {describe(label)} invalid)"
+    return None
+
+
+def label_problems(labels: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(key, message) for each label Istio refuses (labels.Instance.Validate): a key is an
+    optional DNS prefix and ``/`` and a name of at most 63 characters; a value may be
+    empty, and has no length limit in Istio."""
+    out = []
+    for key, value in labels.items():
+        prefix, slash, name = key.rpartition("/")
+        bad_prefix = slash and (not prefix or not is_dns1123_subdomain(prefix))
+        if bad_prefix or len(name) > 63 or _LABEL_NAME.fullmatch(name) is None:
+            out.append((key, f"invalid tag key: {describe(key)}"))
+        if _LABEL_VALUE.fullmatch(value) is None:
+            out.append((key, f"invalid tag value: {describe(value)}"))
+    return out
+
+
+# Istio's protocol.Parse, which ignores case
+PROTOCOLS: tuple[str, ...] = ("TCP", "UDP", "GRPC", "GRPC-WEB", "HTTP", "HTTP_PROXY", "HTTP2")
+PROTOCOLS += ("HTTPS", "TLS", "MONGO", "REDIS", "MYSQL")
+
+
+def is_protocol(value: str) -> bool:
+    return value.upper() in PROTOCOLS
+
+
+def export_to_problems(entries: list[str], namespace: str, service_entry: bool) -> list[str]:
+    """Istio's validateExportTo: ``.`` (this namespace), ``*`` (every one, alone), a
+    namespace, or for a ServiceEntry ``~`` (no one, alone); no entry twice."""
+    problems = []
+    seen: set[str] = set()
+    for e in entries:
+        key = namespace if e == "." else e
+        if key in seen:
+            if key != e:
+                problems.append(
+                    f"duplicate entries in exportTo: . and current namespace {namespace}"
+                )
+            else:
+                problems.append(f"duplicate entries in exportTo for entry {e}")
+            continue
+        if (service_entry and e == "~") or key == "*" or is_istio_label(key):
+            seen.add(key)
+        else:
+            rule = "only ., * or a valid DNS 1123 label is allowed as exportTo entry"
+            problems.append(f"{rule}, got {describe(e)}")
+    if "*" in seen and len(entries) > 1:
+        problems.append("cannot have both public (*) and non-public exportTo values for a resource")
+    if "~" in seen and len(entries) > 1:
+        problems.append("cannot export service entry to no one (~) and someone")
+    return problems
+
+
 # --- Durations -----------------------------------------------------------------------------
 
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs)")
+_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(h|ms|m|s|us|µs|ns)")
 _DURATION = re.compile(rf"(?:{_DURATION_PART.pattern})+")
 
 
@@ -88,13 +188,11 @@ METADATA = _shape(
 PORT = _shape("number name protocol targetPort")
 GATEWAY = _shape("selector servers")
 SERVER = _shape(
-    "port hosts",
-    ignored="bind name",
+    "port hosts bind",
+    ignored="name",
     unsupported={"tls": "not supported: only plain TCP servers", "defaultEndpoint": NOT_SUPPORTED},
 )
-VIRTUAL_SERVICE = _shape(
-    "hosts gateways tcp", ignored="exportTo", unsupported=_all("http tls", TCP_ONLY)
-)
+VIRTUAL_SERVICE = _shape("hosts gateways tcp exportTo", unsupported=_all("http tls", TCP_ONLY))
 TCP_ROUTE = _shape("match route")
 L4_MATCH = _shape(
     "port gateways",
@@ -104,8 +202,7 @@ ROUTE_DESTINATION = _shape("destination weight")
 DESTINATION = _shape("host subset port")
 PORT_SELECTOR = _shape("number")
 DESTINATION_RULE = _shape(
-    "host trafficPolicy subsets",
-    ignored="exportTo",
+    "host trafficPolicy subsets exportTo",
     unsupported={"workloadSelector": NOT_SUPPORTED},
 )
 TRAFFIC_POLICY = _shape(
@@ -121,10 +218,10 @@ TCP_SETTINGS = _shape(
 )
 SUBSET = _shape("name labels trafficPolicy")
 SERVICE_ENTRY = _shape(
-    "hosts ports resolution location endpoints workloadSelector",
-    ignored="addresses exportTo subjectAltNames",
+    "hosts ports resolution location endpoints workloadSelector addresses exportTo",
+    ignored="subjectAltNames",
 )
-WORKLOAD = _shape("address ports labels weight", ignored="network locality serviceAccount")
+WORKLOAD = _shape("address ports labels weight network", ignored="locality serviceAccount")
 WORKLOAD_SELECTOR = _shape("labels")
 
 RESOLUTIONS = ("STATIC", "DNS", "NONE")

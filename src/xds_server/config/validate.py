@@ -23,7 +23,7 @@ from .errors import (
     sort_problems,
     warnings_of,
 )
-from .index import ConfigIndex, canonical_host, split_ref
+from .index import ConfigIndex, canonical_host, hosts_match
 from .model import (
     DestinationRule,
     Gateway,
@@ -40,8 +40,16 @@ from .model import (
     WorkloadEntry,
 )
 from .results import Results, Run
-from .routing import MESH, route_bindings
-from .schema import DNS1123_LABEL_RULE, is_dns1123_label, is_dns1123_subdomain
+from .routing import MESH, attaches, route_bindings
+from .schema import (
+    ISTIO_LABEL_RULE,
+    domain_problem,
+    export_to_problems,
+    is_dns1123_subdomain,
+    is_istio_label,
+    is_protocol,
+    label_problems,
+)
 
 MAX_PORT = 65535
 # Each number Envoy is sent must fit its type there and in Istio's API: route weights and
@@ -82,11 +90,40 @@ def _port(rep: Reporter, path: str, port: Port) -> None:
 def _subset_name(rep: Reporter, path: str, name: str) -> bool:
     if not name:
         rep.add(path, "required")
-    elif not is_dns1123_label(name):
-        rep.add(path, f"{DNS1123_LABEL_RULE}, got {describe(name)}")
+    elif not is_istio_label(name):
+        rep.add(path, f"{ISTIO_LABEL_RULE}, got {describe(name)}")
     else:
         return True
     return False
+
+
+def _labels(rep: Reporter, path: str, labels: dict[str, str]) -> None:
+    for key, message in label_problems(labels):
+        rep.add(join(path, key), message)
+
+
+def _export_to(rep: Reporter, r: Resource, entries: list[str]) -> None:
+    service_entry = isinstance(r, ServiceEntry)
+    for message in export_to_problems(entries, r.meta.namespace, service_entry):
+        rep.add("spec.exportTo", message)
+
+
+DRY_RUN = "istio.io/dry-run"
+
+
+def _check_common(r: Resource, rep: Reporter) -> None:
+    """What Istio checks on every kind's metadata."""
+    if DRY_RUN in r.meta.annotations:  # only AuthorizationPolicy takes it
+        message = f"{r.ref} has unsupported annotation {DRY_RUN}, please remove the annotation"
+        rep.add(join("metadata.annotations", DRY_RUN), message)
+
+
+def _is_ip_or_cidr(address: str) -> bool:
+    try:
+        ipaddress.ip_network(address, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=4096)  # a config repeats its addresses; parsing one is ~20 µs
@@ -109,17 +146,65 @@ def _numbers(ports: Sequence[Port]) -> str:
 # --- Gateway -------------------------------------------------------------------------------
 
 
+def _gateway_host(rep: Reporter, path: str, host: str) -> None:
+    """Istio's ValidateNamespaceSlashWildcardHostname for a Gateway: ``[ns/]dnsName``, the
+    namespace ``*``, ``.`` or a DNS label, the name an FQDN, an IP or ``*``, a wildcard
+    only as the whole first label."""
+    ns, slash, name = host.rpartition("/") if "/" in host else ("", "", host)
+    if slash and (not ns or not name):
+        rep.add(path, "config namespace and dnsName in host entry cannot be empty")
+        return
+    if slash and ns not in ("*", ".") and not is_istio_label(ns):
+        rep.add(path, f"invalid namespace value {describe(ns)} in gateway")
+    if name != "*" and "." not in name:
+        rep.add(path, "short names (non FQDN) are not allowed")
+    elif (problem := domain_problem(name)) is not None and not _is_ip(name):
+        rep.add(path, problem)
+    if "*" in name and name != "*" and not name.startswith("*."):
+        rep.add(path, f"partial wildcard {describe(name)} not allowed")
+
+
 def _check_gateway(gw: Gateway, rep: Reporter, index: ConfigIndex) -> None:
+    if not is_istio_label(gw.meta.name):
+        rep.add("metadata.name", f"invalid gateway name: {describe(gw.meta.name)}")
     if not gw.servers:
         rep.add("spec.servers", "at least one server is required")
+    names: dict[str, int] = {}
     for i, server in enumerate(gw.servers):
         path = item("spec.servers", i)
-        _port(rep, join(path, "port"), server.port)
-        if server.port.protocol.upper() != "TCP":
-            message = f"only TCP servers are supported, got {describe(server.port.protocol)}"
+        port = server.port
+        _port_number(rep, join(path, "port.number"), port.number)
+        if not is_protocol(port.protocol):
+            supported = "HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP"
+            message = f"invalid protocol {describe(port.protocol)}, supported protocols are "
+            rep.add(join(path, "port.protocol"), message + supported)
+        elif port.protocol.upper() != "TCP":
+            message = f"only TCP servers are supported, got {describe(port.protocol)}"
             rep.add(join(path, "port.protocol"), message)
+        if port.target_port:
+            rep.add(join(path, "port.targetPort"), "targetPort has no impact on Gateways")
+        if not port.name:
+            rep.add(join(path, "port.name"), "port name must be set")
+        elif port.name in names:
+            message = f"port names in servers must be unique: duplicate name {port.name}"
+            rep.add(join(path, "port.name"), message)
+        names.setdefault(port.name, i)
+        if server.bind and not server.bind.startswith("unix://") and not _is_ip(server.bind):
+            rep.add(join(path, "bind"), f"{server.bind} is not a valid IP")
         if not server.hosts:
             rep.add(join(path, "hosts"), "at least one host is required", 'use ["*"] for any host')
+        for j, host in enumerate(server.hosts):
+            _gateway_host(rep, item(join(path, "hosts"), j), host)
+
+
+def _selector(gw: Gateway) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(gw.selector.items()))
+
+
+def _overlapping(a: Iterable[str], b: Iterable[str]) -> list[str]:
+    """The hosts of ``b`` that some host of ``a`` matches (namespaces aside)."""
+    names_a = [h.rpartition("/")[2] for h in a]
+    return [h for h in b if any(hosts_match(x, h.rpartition("/")[2]) for x in names_a)]
 
 
 def _may_select_one_proxy(a: Gateway, b: Gateway) -> bool:
@@ -142,7 +227,20 @@ def _check_gateway_ports(index: ConfigIndex, problems: list[Problem]) -> None:
                 continue
             rep = Reporter.for_resource(gw, problems)
             path, owner_path = item("spec.servers", i), item("spec.servers", owner[1])
-            where = owner_path if owner[0] is gw else f"{_ref(owner[0])} ({owner_path})"
+            first = owner[0]
+            if first is not gw and first.selector == gw.selector:
+                hosts = _overlapping(first.servers[owner[1]].hosts, server.hosts)
+                if hosts:  # istioctl analyze's IST0145, an error
+                    message = f"Conflict with gateways {first.ref} (workload selector "
+                    message += f"{_selector(gw)}, port {number}, hosts {', '.join(hosts)})"
+                    rep.add(join(path, "port.number"), message, None, "IST0145")
+                    continue
+            where = owner_path if first is gw else f"{_ref(first)} ({owner_path})"
+            if server.bind != first.servers[owner[1]].bind:  # stricter than Istio: see README
+                message = f"port {number} is already served by {where}, with another bind: "
+                message += "one listener serves a port here, so this bind would get its route"
+                rep.add(join(path, "bind"), message, "use another port")
+                continue
             message = f"port {number} is already served by {where}: this server is dropped"
             hint = None
             if owner[0] is not gw:
@@ -158,15 +256,34 @@ def _gateway_refs(
     rep: Reporter, path: str, refs: Sequence[str], vs: VirtualService, index: ConfigIndex
 ) -> list[Gateway]:
     """The Gateways ``refs`` name; unknown ones are reported and ``mesh`` (sidecars, not
-    served here) is skipped."""
+    served here) is skipped. Names are Istio's: ``ns/name``, ``name``, or the legacy
+    ``name.ns[.svc.cluster.local]`` (a warning)."""
     found = []
     for i, ref in enumerate(refs):
         if ref == MESH:
             continue
+        rpath = item(path, i)
+        ns, slash, name = ref.partition("/")
+        if slash and (not ns or not name):
+            rep.add(rpath, "config namespace and gateway name cannot be empty")
+            continue
+        if slash and not (is_istio_label(ns) and is_istio_label(name)):
+            bad = ("namespace", ns) if not is_istio_label(ns) else ("gateway name", name)
+            rep.add(rpath, f"invalid value for {bad[0]}: {describe(bad[1])}")
+            continue
+        if not slash and (problem := domain_problem(ref, wildcard=False)) is not None:
+            rep.add(rpath, problem)
+            continue
+        if not slash and "." in ref:
+            parts = ref.split(".")
+            message = f"using legacy gatewayName format {describe(ref)}; prefer the "
+            message += f'<namespace>/<name> format: "{parts[1]}/{parts[0]}"'
+            rep.warn(rpath, message)
         gw = index.gateway(ref, vs.meta.namespace)
         if gw is None:
             known = [g.ref for g in index.gateways.values()]
-            rep.add(item(path, i), f'unknown gateway "{ref}"', known_hint(ref, known, "gateways"))
+            message = f'unknown gateway "{ref}"'
+            rep.add(rpath, message, known_hint(ref, known, "gateways"), "IST0101")
         else:
             found.append(gw)
     return found
@@ -177,13 +294,8 @@ def _check_match(
 ) -> None:
     ns = vs.meta.namespace
     gateways = []
-    if match.gateways:
+    if match.gateways:  # they replace spec.gateways for this match, as in Istio
         gateways = _gateway_refs(rep, join(mpath, "gateways"), match.gateways, vs, index)
-        declared = {split_ref(g, ns) for g in vs.gateways or [MESH]}
-        for k, ref in enumerate(match.gateways):
-            if split_ref(ref, ns) not in declared:
-                message = f'gateway "{ref}" is not listed in spec.gateways'
-                rep.add(item(join(mpath, "gateways"), k), message, "add it to spec.gateways")
     if match.port is None:
         return
     _port_number(rep, join(mpath, "port"), match.port)
@@ -211,9 +323,20 @@ def _check_destination(
         rep.add(join(dpath, "host"), "required")
         return
     se = index.service(d.host, ns)
+    if se is None and (hidden := index.declared_service(d.host, ns)) is not None:
+        message = f'host "{d.host}" is not exported to namespace {ns} by {_ref(hidden)}'
+        rep.add(join(dpath, "host"), message, "see its spec.exportTo", "IST0101")
+        return
     if se is None:
         hosts = [h for s in index.services.values() for h in s.hosts]
-        rep.add(join(dpath, "host"), f'unknown host "{d.host}"', known_hint(d.host, hosts, "hosts"))
+        hint = known_hint(d.host, hosts, "hosts")
+        rep.add(join(dpath, "host"), f'unknown host "{d.host}"', hint, "IST0101")
+        return
+    if se.resolution == "NONE":  # stricter than Istio, which passes it on to the gateway
+        message = f"{_ref(se)} has resolution NONE (the default): a gateway has no address to "
+        message += "pass the connection on to"
+        hint = "set resolution: STATIC (endpoints or a workloadSelector) or DNS"
+        rep.add(join(dpath, "host"), message, hint)
         return
     if d.subset and index.subset(d.host, ns, d.subset) is None:
         rep.add(
@@ -258,26 +381,100 @@ def _check_route(
         _check_match(rep, item(join(path, "match"), j), match, vs, index)
     if not route.route:
         rep.add(join(path, "route"), "at least one destination is required")
-    seen: dict[tuple[str, str | None, int | None], int] = {}
-    for j, dest in enumerate(route.route):
-        dpath = item(join(path, "route"), j)
-        _check_destination(rep, dpath, dest, vs, index)
-        key = _destination_key(dest, vs.meta.namespace)
-        if key in seen:
-            message = f"duplicate destination: same host, subset and port as route[{seen[key]}]"
-            rep.add(join(dpath, "destination"), message, "merge them and add up their weights")
-        seen.setdefault(key, j)
+    for j, dest in enumerate(route.route):  # one listed twice: Istio adds the weights up
+        _check_destination(rep, item(join(path, "route"), j), dest, vs, index)
     _check_weights(rep, path, route)
 
 
-def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex) -> None:
+def _check_vs_hosts(rep: Reporter, vs: VirtualService) -> None:
+    """Istio's rules: each a host name (a wildcard first label allowed) or an IP; ``*`` not
+    for the mesh (no gateways, or ``mesh`` among them); no host matching another."""
     if not vs.hosts:
         rep.add("spec.hosts", "at least one host is required", 'use ["*"] for any host')
+    mesh = not vs.gateways or MESH in vs.gateways
+    valid = True
+    for i, host in enumerate(vs.hosts):
+        if (problem := domain_problem(host)) is not None and not _is_ip(host):
+            rep.add(item("spec.hosts", i), problem)
+            valid = False
+        elif mesh and host == "*":
+            message = (
+                "wildcard host * is not allowed for virtual services bound to the mesh gateway"
+            )
+            rep.add(item("spec.hosts", i), message)
+            valid = False
+    if valid:
+        for i, a in enumerate(vs.hosts):
+            for j in range(i + 1, len(vs.hosts)):
+                if hosts_match(a, b := vs.hosts[j]):
+                    rep.add(item("spec.hosts", j), f"duplicate hosts in virtual service: {a} & {b}")
+
+
+def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex) -> None:
+    _check_vs_hosts(rep, vs)
+    _export_to(rep, vs, vs.export_to)
     _gateway_refs(rep, "spec.gateways", vs.gateways, vs, index)
+    for i, ref in enumerate(vs.gateways):
+        gw = index.gateway(ref, vs.meta.namespace) if ref != MESH else None
+        if gw is not None and not attaches(vs, gw):  # istioctl analyze's IST0132, a warning
+            hosts = ", ".join(vs.hosts)
+            message = f"one or more host [{hosts}] defined in VirtualService {vs.ref} not found "
+            message += f"in Gateway {gw.ref}: nothing is routed through it"
+            rep.warn(item("spec.gateways", i), message, None, "IST0132")
     if not vs.tcp:
         rep.add("spec.tcp", "at least one tcp route is required")
     for i, route in enumerate(vs.tcp):
         _check_route(rep, item("spec.tcp", i), route, vs, index)
+    _check_reachable(rep, vs)
+
+
+def _covers(earlier: L4Match | None, later: L4Match | None) -> bool:
+    """Whether every connection ``later`` matches is matched by ``earlier`` (None: a
+    route without matches, which takes everything)."""
+    if earlier is None:
+        return True
+    if later is None:
+        return False
+    port = earlier.port is None or earlier.port == later.port
+    gateways = not earlier.gateways or (
+        bool(later.gateways) and set(later.gateways) <= set(earlier.gateways)
+    )
+    return port and gateways
+
+
+def _check_reachable(rep: Reporter, vs: VirtualService) -> None:
+    """istioctl analyze's IST0130 and IST0131: the first matching route takes a
+    connection, so a route (or one of its matches) that earlier ones cover is unused."""
+    for i, route in enumerate(vs.tcp):
+        matches: list[L4Match | None] = list(route.match) or [None]
+        covered = []
+        for k, m in enumerate(matches):
+            by = next(
+                (
+                    (j, n)
+                    for j, before in enumerate(vs.tcp[:i])
+                    for n, e in enumerate(list(before.match) or [None])
+                    if _covers(e, m)
+                ),
+                None,
+            )
+            if by is not None:
+                covered.append((k, by))
+        if covered and len(covered) == len(matches):
+            j = covered[0][1][0]
+            why = (
+                "only the last rule can have no matches"
+                if not vs.tcp[j].match
+                else (f"duplicate/overlapping match in rule #{j}")
+            )
+            rep.warn(
+                item("spec.tcp", i), f"VirtualService rule #{i} not used ({why})", None, "IST0130"
+            )
+        else:
+            for k, (j, n) in covered:
+                message = f"VirtualService rule #{i} match #{k} of tcp is not used "
+                message += f"(duplicate/overlapping match in rule #{j} match #{n})"
+                rep.warn(item(join(item("spec.tcp", i), "match"), k), message, None, "IST0131")
 
 
 Claim = tuple[int, Gateway, int]  # (position in spec.tcp, gateway, server port)
@@ -300,16 +497,22 @@ def _check_traffic_policy(rep: Reporter, path: str, policy: TrafficPolicy | None
     if policy is None:
         return
     tcp = join(path, "connectionPool.tcp")
-    if policy.connect_timeout is not None and policy.connect_timeout <= 0:
-        rep.add(join(tcp, "connectTimeout"), "must be more than 0")
-    elif policy.connect_timeout is not None and policy.connect_timeout > MAX_DURATION_S:
+    timeout = policy.connect_timeout
+    if timeout is not None and timeout < 1e-3:  # Istio's ValidateDuration
+        rep.add(join(tcp, "connectTimeout"), "duration must be greater than 1ms")
+    elif timeout is not None and round(timeout * 1e9) % 1_000_000:
+        rep.add(join(tcp, "connectTimeout"), "only durations to ms precision are supported")
+    elif timeout is not None and timeout > MAX_DURATION_S:
         rep.add(join(tcp, "connectTimeout"), f"must be at most {MAX_DURATION}")
-    _in_range(rep, join(tcp, "maxConnections"), policy.max_connections, 1, INT32_MAX)
+    _in_range(rep, join(tcp, "maxConnections"), policy.max_connections, 0, INT32_MAX)
 
 
 def _check_destination_rule(dr: DestinationRule, rep: Reporter, index: ConfigIndex) -> None:
     if not dr.host:
         rep.add("spec.host", "required")
+    elif (problem := domain_problem(dr.host)) is not None:
+        rep.add("spec.host", problem)
+    _export_to(rep, dr, dr.export_to)
     _check_traffic_policy(rep, "spec.trafficPolicy", dr.traffic_policy)
     seen: dict[str, int] = {}
     for i, subset in enumerate(dr.subsets):
@@ -318,6 +521,7 @@ def _check_destination_rule(dr: DestinationRule, rep: Reporter, index: ConfigInd
             first = item("spec.subsets", seen[subset.name])
             rep.add(join(path, "name"), f'duplicate subset name "{subset.name}" (also {first})')
         seen.setdefault(subset.name, i)
+        _labels(rep, join(path, "labels"), subset.labels)
         _check_traffic_policy(rep, join(path, "trafficPolicy"), subset.traffic_policy)
 
 
@@ -330,11 +534,17 @@ def _check_workload(
     ep: WorkloadEndpoint,
     port_names: set[str] | None,
     static_by: str | None,
+    port_names_by: str = "",
 ) -> None:
-    """An endpoint, inline or a WorkloadEntry. ``port_names``: what ``ports`` keys may be
-    (None: unknown); ``static_by``: why the address must be an IP, if it must."""
+    """An endpoint, inline or a WorkloadEntry (Istio's validateWorkloadEntry).
+    ``port_names``: what ``ports`` keys must be (None: any); ``static_by``: why the
+    address must be an IP, if it must; ``port_names_by``: the ServiceEntries that select
+    a WorkloadEntry, whose port names its ports should be (a warning: Istio does not
+    check them, and a port of another name is not used)."""
     apath = join(path, "address")
-    if not ep.address:
+    if not ep.address and ep.network:
+        rep.warn(apath, f'address is unset with network "{ep.network}": not routed here')
+    elif not ep.address:
         rep.add(apath, "required")
     elif static_by and not _is_ip(ep.address):
         message = f"must be an IP address ({static_by}), got {describe(ep.address)}"
@@ -344,15 +554,20 @@ def _check_workload(
     for name, number in ep.ports.items():
         ppath = join(join(path, "ports"), name)
         _port_number(rep, ppath, number)
-        if port_names is not None and name not in port_names:
+        if not is_istio_label(name):
+            rep.add(ppath, f"invalid port name: {describe(name)}")
+        elif port_names is not None and name not in port_names:
             hint = known_hint(name, port_names, "port names")
-            rep.add(ppath, f'"{name}" is not the name of a service port', hint)
-    _in_range(rep, join(path, "weight"), ep.weight, 1, UINT32_MAX)
+            message = f'"{name}" is not the name of a service port'
+            if port_names_by:
+                rep.warn(ppath, f"{message} of {port_names_by}: not used", hint)
+            else:
+                rep.add(ppath, f"endpoint port {number} is not defined by the service entry", hint)
+    _labels(rep, join(path, "labels"), ep.labels)
+    _in_range(rep, join(path, "weight"), ep.weight, 0, UINT32_MAX)
 
 
 def _check_service_ports(rep: Reporter, se: ServiceEntry) -> None:
-    if not se.ports:
-        rep.add("spec.ports", "at least one port is required")
     names: dict[str, int] = {}
     numbers: dict[int, int] = {}
     for i, port in enumerate(se.ports):
@@ -360,11 +575,15 @@ def _check_service_ports(rep: Reporter, se: ServiceEntry) -> None:
         _port(rep, path, port)
         if not port.name:
             rep.add(join(path, "name"), "required", "endpoints map ports by name")
+        elif not is_istio_label(port.name):
+            rep.add(join(path, "name"), f"invalid port name: {port.name}")
         elif port.name in names:
             rep.add(
                 join(path, "name"),
                 f'duplicate port name "{port.name}" (also ports[{names[port.name]}])',
             )
+        if port.protocol and not is_protocol(port.protocol):
+            rep.add(join(path, "protocol"), f"unsupported protocol: {port.protocol}")
         if port.number in numbers:
             message = f"duplicate port number {port.number} (also ports[{numbers[port.number]}])"
             rep.add(join(path, "number"), message)
@@ -372,12 +591,78 @@ def _check_service_ports(rep: Reporter, se: ServiceEntry) -> None:
         numbers.setdefault(port.number, i)
 
 
-def _check_service_entry(se: ServiceEntry, rep: Reporter, index: ConfigIndex) -> None:
+_NOT_TCP = ("HTTP", "HTTPS", "HTTP2", "GRPC", "GRPC-WEB", "HTTP_PROXY", "TLS")
+
+
+def _check_service_hosts(rep: Reporter, se: ServiceEntry) -> None:
+    """Istio's host rules for a ServiceEntry: not ``*``, each a host name with at most a
+    wildcard first label; with DNS and no endpoints, FQDNs; several only with HTTP or TLS
+    ports (TCP cannot tell them apart), unless the resolution is NONE."""
     if not se.hosts:
         rep.add("spec.hosts", "at least one host is required")
+    for i, host in enumerate(se.hosts):
+        path = item("spec.hosts", i)
+        if host == "*":
+            rep.add(path, "invalid host *")
+        elif (problem := domain_problem(host)) is not None:
+            rep.add(path, problem)
+        elif "*" in host and not host.startswith("*."):
+            rep.warn(path, f"partial wildcard {describe(host)} not allowed")
+        elif se.resolution == "DNS" and not se.endpoints and domain_problem(host, wildcard=False):
+            message = "hosts must be FQDN or contain only prefix wildcards if no endpoints are "
+            rep.add(path, message + "provided for resolution mode DNS")
+    tcp = any(p.protocol.upper() not in _NOT_TCP for p in se.ports)
+    if se.resolution != "NONE" and len(se.hosts) > 1 and tcp:
+        rep.add("spec.hosts", "multiple hosts provided with non-HTTP, non-TLS ports")
+    elif (
+        se.resolution == "DNS"
+        and se.addresses
+        and len(se.hosts) > 1
+        and any(p.protocol.upper() != "UDP" for p in se.ports)  # carried over TCP
+    ):
+        message = "service entry can not have more than one host specified "
+        rep.warn("spec.hosts", message + "simultaneously with address and tcp port")
+
+
+def _check_service_entry(se: ServiceEntry, rep: Reporter, index: ConfigIndex) -> None:
+    _check_service_hosts(rep, se)
     _check_service_ports(rep, se)
+    _export_to(rep, se, se.export_to)
+    cidr = False
+    for i, address in enumerate(se.addresses):
+        cidr = cidr or "/" in address
+        if not _is_ip_or_cidr(address):
+            what = "CIDR block" if "/" in address else "IP"
+            rep.add(item("spec.addresses", i), f"{address} is not a valid {what}")
+    if cidr and se.resolution not in ("NONE", "STATIC"):
+        message = "CIDR addresses are allowed only for NONE/STATIC resolution types"
+        rep.add("spec.addresses", message)
+    if se.workload_selector is not None:
+        for key, value in se.workload_selector.items():
+            spath = join("spec.workloadSelector.labels", key)
+            if not key:
+                rep.add(spath, f'empty key is not supported in selector: "{key}={value}"')
+            if "*" in key or "*" in value:
+                rep.add(spath, f'wildcard is not supported in selector: "{key}={value}"')
+            if len(value) > 63:
+                rep.add(spath, "must be at most 63 characters")
+        if not se.workload_selector:
+            message = "workload selector specified without labels, will be applied to all "
+            rep.warn("spec.workloadSelector", message + "services in namespace")
     if se.endpoints and se.workload_selector is not None:
         rep.add("spec.workloadSelector", "cannot be used together with spec.endpoints")
+    if se.resolution == "NONE":
+        if se.endpoints:
+            message = "no endpoints should be provided for resolution type none"
+            hint = "resolution NONE is the default: set resolution: STATIC or DNS"
+            rep.add("spec.endpoints", message, hint)
+        if se.workload_selector is not None:
+            message = "workloadSelector should not be set when resolution mode is NONE"
+            rep.warn("spec.workloadSelector", message, "set resolution: STATIC")
+        if not se.addresses and any(p.protocol.upper() in ("", "TCP") for p in se.ports):
+            message = "addresses are required for ports serving TCP (or unset) protocol when "
+            rep.warn("spec.addresses", message + "IP Autoallocation is not enabled")
+        return
     static_by = "resolution STATIC" if se.resolution == "STATIC" else None
     port_names = _port_names([se])
     for i, ep in enumerate(se.endpoints):
@@ -385,12 +670,13 @@ def _check_service_entry(se: ServiceEntry, rep: Reporter, index: ConfigIndex) ->
 
 
 def _check_workload_entry(we: WorkloadEntry, rep: Reporter, index: ConfigIndex) -> None:
-    """Ports and address are judged by the ServiceEntries that select this entry."""
+    """The ServiceEntries that select this entry say which port names it should use."""
     selecting = index.selecting(we)
     port_names = _port_names(selecting) if selecting else None
     static = next((se for se in selecting if se.resolution == "STATIC"), None)
     static_by = f"selected by {_ref(static)} with resolution STATIC" if static else None
-    _check_workload(rep, "spec", we.endpoint, port_names, static_by)
+    by = ", ".join(_ref(se) for se in selecting)
+    _check_workload(rep, "spec", we.endpoint, port_names, static_by, by)
 
 
 def _port_names(services: Sequence[ServiceEntry]) -> set[str]:
@@ -507,7 +793,9 @@ def _claim_keys(claims: list[Claim]) -> dict[ClaimKey, None]:
 
 def _check(r: Resource, index: ConfigIndex) -> tuple[list[Problem], list[Claim]]:
     found: list[Problem] = []
-    CHECKS[type(r)](r, Reporter.for_resource(r, found), index)
+    rep = Reporter.for_resource(r, found)
+    _check_common(r, rep)
+    CHECKS[type(r)](r, rep, index)
     return found, _claims(index, r) if isinstance(r, VirtualService) else []
 
 

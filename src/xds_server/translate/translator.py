@@ -128,7 +128,9 @@ def _grpc_targets(index: ConfigIndex, se: ServiceEntry, options: TranslateOption
 
 
 def _is_service(r: Resource) -> bool:
-    return isinstance(r, ServiceEntry) and bool(r.hosts)
+    """A ServiceEntry with something to route to (NONE passes connections on as they came:
+    validation refuses routes to it)."""
+    return isinstance(r, ServiceEntry) and bool(r.hosts) and r.resolution != "NONE"
 
 
 def _is_route(r: Resource) -> bool:
@@ -148,7 +150,8 @@ def _grpc_services(index: ConfigIndex) -> list[ServiceEntry]:
 
 def _services(index: ConfigIndex) -> list[ServiceEntry]:
     """The ServiceEntries that own a host, each once, in namespace/name order."""
-    return sorted({se.key: se for se in index.services.values()}.values(), key=lambda r: r.key)
+    found = {se.key: se for se in index.services.values() if _is_service(se)}
+    return sorted(found.values(), key=lambda r: r.key)
 
 
 def _group(index: ConfigIndex, b: Backend, weight: int | None) -> LocalityGroup:
