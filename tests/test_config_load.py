@@ -246,10 +246,28 @@ def test_document_must_be_a_mapping() -> None:
 
 
 def test_unknown_kind_lists_the_supported_ones() -> None:
+    p = one("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: x}\n")
+    assert str(p) == (
+        'test.yaml:2: document 1: kind: unknown kind "Sidecar" (hint: supported kinds:'
+        " DestinationRule, Gateway, Service, ServiceEntry, VirtualService, WorkloadEntry)"
+    )
+
+
+def test_a_service_is_in_the_core_group() -> None:
     p = one("apiVersion: networking.istio.io/v1\nkind: Service\nmetadata: {name: x}\n")
     assert str(p) == (
-        'test.yaml:2: document 1: kind: unknown kind "Service" (hint: supported kinds:'
-        " DestinationRule, Gateway, ServiceEntry, VirtualService, WorkloadEntry)"
+        "test.yaml:1: document 1 (Service default/x): apiVersion: unsupported apiVersion"
+        ' "networking.istio.io/v1" (hint: use v1)'
+    )
+
+
+def test_a_deployment_says_what_to_do_instead() -> None:
+    p = one("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n")
+    assert str(p) == (
+        "test.yaml:2: document 1 (Deployment default/x): kind: a Deployment is not run here:"
+        " run the workload yourself and describe each instance with a WorkloadEntry (its"
+        " address, labels and ports) (hint: a Service selecting those labels finds the"
+        " WorkloadEntries)"
     )
 
 
@@ -491,7 +509,7 @@ def test_all_problems_across_documents_and_files_are_collected(tmp_path: Path) -
         " not supported: only plain TCP servers",
         "a.yaml: document 2 (Gateway default/gw): spec.servers[0].port: required",
         'b.yaml: document 1: kind: unknown kind "Nope" (hint: supported kinds: DestinationRule,'
-        " Gateway, ServiceEntry, VirtualService, WorkloadEntry)",
+        " Gateway, Service, ServiceEntry, VirtualService, WorkloadEntry)",
         "b.yaml: document 1: metadata: required",
         "b.yaml: document 1: apiVersion: required",
         "missing.yaml: document 1: no such file or directory",

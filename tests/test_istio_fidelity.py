@@ -3,10 +3,17 @@ Istio would route traffic somewhere else."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
+from xds_server.config.errors import ConfigError
+from xds_server.config.load import load_text
 from xds_server.lab import traffic
 from xds_server.lab.lab import SAMPLES, Lab
 
 ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
+ISTIO_SAMPLES = Path(__file__).parent / "istio_samples"  # Istio's files, unchanged
 
 # The short host tcp-echo in another namespace, with a v1 subset whose endpoint is the
 # server that answers "two": default's gateway must never reach it.
@@ -61,3 +68,28 @@ def test_a_shadowed_route_is_accepted_and_takes_over_when_the_first_goes():
         lab.cp.delete("VirtualService", "a-first")
         lab.wait_synced()
         assert traffic.split(lab.send(20)) == {"one": 20}
+
+
+def test_istios_own_sample_files_apply_unchanged():
+    """Istio's tcp-echo-services.yaml as it is: its two Deployments are refused, each with
+    what to do instead; its Service document, unchanged, is the service, and finds the
+    echo servers' WorkloadEntries by its selector. Istio's all-v1 and 20-v2 files then run
+    the task: all "one", then 80/20."""
+    text = (ISTIO_SAMPLES / "tcp-echo-services.yaml").read_text()
+    with pytest.raises(ConfigError) as e:
+        load_text(text, "tcp-echo-services.yaml")
+    assert [(p.kind, p.field, p.source.doc) for p in e.value.problems] == [
+        ("Deployment", "kind", 2),
+        ("Deployment", "kind", 3),
+    ]
+    assert "describe each instance with a WorkloadEntry" in e.value.problems[0].message
+    [service] = [d for d in text.split("---\n") if "\nkind: Service\n" in d]
+    with Lab(ingress_port=0, xds_port=0, admin_port=0) as lab:
+        lab.cp.delete("ServiceEntry", "tcp-echo")  # the lab's stand-in for the Service
+        [created] = lab.apply_yaml(service)
+        assert str(created) == "service/tcp-echo created"
+        lab.apply([ISTIO_SAMPLES / "tcp-echo-all-v1.yaml"])
+        assert traffic.split(lab.send(20)) == {"one": 20}
+        lab.apply([ISTIO_SAMPLES / "tcp-echo-20-v2.yaml"])
+        counts = traffic.split(lab.send(100))
+        assert abs(counts["two"] - 20) <= 1 and sum(counts.values()) == 100, counts

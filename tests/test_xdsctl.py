@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -506,3 +507,20 @@ def test_what_istio_accepts_and_ignores_is_applied_with_a_warning(ctl, tmp_path)
     [line] = err.splitlines()
     assert line.startswith(f"Warning: {second}:") and "(VirtualService default/tcp-echo-z)" in line
     assert "already routed by VirtualService default/tcp-echo: this route is unused there" in line
+
+
+def test_a_kubernetes_service_is_applied_and_listed(ctl, tmp_path):
+    """kubectl's names for the core kind: service/NAME in answers, svc/service/services."""
+    istio = (Path(__file__).parent / "istio_samples" / "tcp-echo-services.yaml").read_text()
+    [service] = [d for d in istio.split("---\n") if "\nkind: Service\n" in d]
+    (tmp_path / "svc.yaml").write_text(service)
+    code, out, err = ctl("apply", "-f", str(tmp_path / "svc.yaml"))
+    assert (code, out) == (0, "service/tcp-echo created\n"), err
+    for form in ("svc", "service", "services", "svc/tcp-echo"):
+        code, out, _ = ctl("get", form)
+        header, row = out.splitlines()
+        assert header.split() == ["NAME", "PORT(S)", "SELECTOR", "AGE"], form
+        assert row.split()[:3] == ["tcp-echo", "9000/TCP,9001/TCP", "app=tcp-echo"], form
+    assert ctl("get", "services.v1.networking.istio.io")[0] == 1
+    code, out, _ = ctl("delete", "svc", "tcp-echo")
+    assert out == "service/tcp-echo deleted\n"

@@ -19,7 +19,7 @@ import yaml
 
 from .admin.client import DEFAULT_ADMIN, AdminClient, AdminError, ServerUnavailable
 from .admin.v1 import admin_pb2
-from .config.model import DEFAULT_NAMESPACE, PLURALS, resource_type
+from .config.model import CORE_KINDS, DEFAULT_NAMESPACE, PLURALS, qualified_kind, resource_type
 from .text import age, format_table
 from .translate import CLUSTER, ENDPOINT, LISTENER
 from .xds.status import ProxyRow
@@ -28,6 +28,7 @@ from .xds.status import format_proxy_status as status_table
 SERVER_ENV = "XDSCTL_SERVER"
 
 SHORT_KIND_NAMES = {
+    "Service": "svc",
     "VirtualService": "vs",
     "DestinationRule": "dr",
     "Gateway": "gw",
@@ -58,6 +59,8 @@ def resolve_kind(text: str) -> str:
     version, _, rest = group.partition(".")
     qualified = group in ("", GROUP) or (version in VERSIONS and rest == GROUP)
     kind = ALIASES.get(resource) if qualified else None
+    if kind in CORE_KINDS and group not in ("", "v1"):  # services.v1, not in Istio's group
+        kind = None
     if kind is None:
         known = ", ".join(f"{k.lower()} ({s})" for k, s in SHORT_KIND_NAMES.items())
         raise UsageError(f'the server doesn\'t have a resource type "{text}" (known: {known})')
@@ -143,10 +146,17 @@ def _columns(kind: str, doc: dict[str, Any]) -> list[str]:
         ]
     if kind == "WorkloadEntry":
         return [spec.get("address", "")]
+    if kind == "Service":
+        ports = ",".join(
+            f"{p.get('port', '')}/{p.get('protocol', 'TCP')}" for p in spec.get("ports") or []
+        )
+        selector = ",".join(f"{k}={v}" for k, v in (spec.get("selector") or {}).items())
+        return [ports, selector or "<none>"]
     return []
 
 
 KIND_HEADERS = {
+    "Service": ["PORT(S)", "SELECTOR"],
     "VirtualService": ["GATEWAYS", "HOSTS"],
     "DestinationRule": ["HOST"],
     "Gateway": [],
@@ -292,7 +302,7 @@ def cmd_apply(client: AdminClient, args: argparse.Namespace) -> int:
     if not response.changes:  # every document applied is a change, "unchanged" included
         raise UsageError("no objects passed to apply")
     for c in response.changes:
-        print(f"{c.ref.kind.lower()}.{GROUP}/{c.ref.name} {c.action}{DRY_RUN_SUFFIX[args.dry_run]}")
+        print(f"{qualified_kind(c.ref.kind)}/{c.ref.name} {c.action}{DRY_RUN_SUFFIX[args.dry_run]}")
     return 0
 
 
@@ -333,7 +343,7 @@ def cmd_delete(client: AdminClient, args: argparse.Namespace) -> int:
     if not response.changes and not args.ignore_not_found:  # -f of files with no documents
         print("No resources found")  # what kubectl delete prints for no objects, exit 0
     for c in response.changes:
-        print(f"{c.ref.kind.lower()}.{GROUP}/{c.ref.name} deleted{DRY_RUN_SUFFIX[args.dry_run]}")
+        print(f"{qualified_kind(c.ref.kind)}/{c.ref.name} deleted{DRY_RUN_SUFFIX[args.dry_run]}")
     return 0
 
 

@@ -176,12 +176,23 @@ class ServiceEntry(Resource):
 
 
 @dataclass
+class KubernetesService(ServiceEntry):
+    """A Kubernetes ``v1`` Service, read as the registry's service the way Istio reads one:
+    the host ``<name>.<namespace>.svc.cluster.local``, its ports, and as endpoints the
+    WorkloadEntries its selector picks (Istio lets a Service select WorkloadEntries).
+    It serves as a STATIC ServiceEntry would, so everything after parsing treats it so."""
+
+    kind: ClassVar[str] = "Service"
+
+
+@dataclass
 class WorkloadEntry(Resource):
     kind: ClassVar[str] = "WorkloadEntry"
     endpoint: WorkloadEndpoint = field(default_factory=lambda: WorkloadEndpoint(address=""))
 
 
 PLURALS = {
+    "Service": "services",
     "VirtualService": "virtualservices",
     "DestinationRule": "destinationrules",
     "Gateway": "gateways",
@@ -190,11 +201,35 @@ PLURALS = {
 }
 
 
+CORE_API_VERSIONS = ("v1",)  # Kubernetes' core group: no group in the name
+CORE_KINDS = ("Service",)
+
+
+def api_versions(kind: str) -> tuple[str, ...]:
+    return CORE_API_VERSIONS if kind in CORE_KINDS else API_VERSIONS
+
+
 def resource_type(kind: str) -> str:
-    """kubectl's name for a kind's resource type, e.g. ``virtualservices.networking.istio.io``."""
-    return f"{PLURALS.get(kind, kind.lower() + 's')}.{GROUP}"
+    """kubectl's name for a kind's resource type, e.g. ``virtualservices.networking.istio.io``
+    (``services`` for the core group's)."""
+    plural = PLURALS.get(kind, kind.lower() + "s")
+    return plural if kind in CORE_KINDS else f"{plural}.{GROUP}"
+
+
+def qualified_kind(kind: str) -> str:
+    """How kubectl names one object's kind in its answers: ``virtualservice.networking.istio.io``
+    or ``service``."""
+    return kind.lower() if kind in CORE_KINDS else f"{kind.lower()}.{GROUP}"
 
 
 KINDS: dict[str, type[Resource]] = {
-    cls.kind: cls for cls in (Gateway, VirtualService, DestinationRule, ServiceEntry, WorkloadEntry)
+    cls.kind: cls
+    for cls in (
+        Gateway,
+        VirtualService,
+        DestinationRule,
+        ServiceEntry,
+        WorkloadEntry,
+        KubernetesService,
+    )
 }

@@ -19,6 +19,7 @@ from .model import (
     DestinationRule,
     Gateway,
     GatewayServer,
+    KubernetesService,
     L4Match,
     Meta,
     Port,
@@ -31,6 +32,7 @@ from .model import (
     VirtualService,
     WorkloadEndpoint,
     WorkloadEntry,
+    api_versions,
 )
 from .schema import (
     CONNECTION_POOL,
@@ -40,6 +42,10 @@ from .schema import (
     DNS1123_SUBDOMAIN_RULE,
     DOCUMENT,
     GATEWAY,
+    K8S_PROTOCOLS,
+    K8S_SERVICE,
+    K8S_SERVICE_PORT,
+    K8S_WORKLOADS,
     L4_MATCH,
     LOCATIONS,
     METADATA,
@@ -205,7 +211,44 @@ def _workload_entry(rd: Reader, spec: Any) -> Fields:
     return {"endpoint": _workload(rd, spec, "spec")}
 
 
+def _target_port(rd: Reader, p: dict[str, Any], path: str) -> int | None:
+    """A number, or a port name (left to the WorkloadEntries' ``ports``, which map service
+    port names)."""
+    target = p.get("targetPort")
+    if isinstance(target, int) and not isinstance(target, bool):
+        return target
+    if target is not None and not isinstance(target, str):
+        rd.rep.add(
+            join(path, "targetPort"), f"must be a number or a port name, got {describe(target)}"
+        )
+    return None
+
+
+def _kubernetes_service(rd: Reader, spec: Any) -> Fields:
+    """The service a Kubernetes Service describes (its host, its name, is set by
+    parse_resource): its ports, and as endpoints the WorkloadEntries its selector picks."""
+    m = rd.mapping(spec, "spec", K8S_SERVICE)
+    ports = []
+    for path, value in rd.items(m, "spec", "ports"):
+        p = rd.mapping(value, path, K8S_SERVICE_PORT)
+        ports.append(
+            Port(
+                number=rd.integer(p, path, "port", required=True) or 0,
+                name=rd.string(p, path, "name") or "",
+                protocol=rd.choice(p, path, "protocol", K8S_PROTOCOLS) or "TCP",
+                target_port=_target_port(rd, p, path),
+            )
+        )
+    selector = rd.string_map(m, "spec", "selector")
+    return {
+        "ports": ports,
+        "resolution": "STATIC",
+        "workload_selector": selector or None,  # none: no endpoints (not every workload)
+    }
+
+
 PARSERS: dict[type[Resource], Callable[[Reader, Any], Fields]] = {
+    KubernetesService: _kubernetes_service,
     Gateway: _gateway,
     VirtualService: _virtual_service,
     DestinationRule: _destination_rule,
@@ -220,6 +263,9 @@ PARSERS: dict[type[Resource], Callable[[Reader, Any], Fields]] = {
 def _kind(rd: Reader, doc: dict[str, Any]) -> type[Resource] | None:
     kind = rd.string(doc, "", "kind", required=True)
     if kind is None:
+        return None
+    if kind in K8S_WORKLOADS:  # reported by parse_resource, once the name is known
+        rd.rep.kind = kind
         return None
     if kind not in KINDS:
         hint = f"supported kinds: {', '.join(sorted(KINDS))}"
@@ -252,10 +298,11 @@ def _meta(rd: Reader, value: Any, given: str | None) -> Meta:
     return Meta(name=name, namespace=namespace, labels=labels, annotations=annotations)
 
 
-def _api_version(rd: Reader, doc: dict[str, Any]) -> str:
+def _api_version(rd: Reader, doc: dict[str, Any], cls: type[Resource] | None) -> str:
     api_version = rd.string(doc, "", "apiVersion", required=True)
-    if api_version is not None and api_version not in API_VERSIONS:
-        hint = f"use one of {', '.join(API_VERSIONS)}"
+    versions = api_versions(cls.kind) if cls is not None else API_VERSIONS
+    if cls is not None and api_version is not None and api_version not in versions:
+        hint = f"use {versions[0]}" if len(versions) == 1 else f"use one of {', '.join(versions)}"
         rd.rep.add("apiVersion", f'unsupported apiVersion "{api_version}"', hint)
     return api_version or ""
 
@@ -270,11 +317,18 @@ def parse_resource(doc: Any, rep: Reporter, namespace: str | None = None) -> Res
     rd = Reader(rep)
     cls = _kind(rd, doc)
     meta = _meta(rd, doc.get("metadata"), namespace)
-    api_version = _api_version(rd, doc)
+    if rd.rep.kind in K8S_WORKLOADS:
+        message = f"a {rd.rep.kind} is not run here: run the workload yourself and describe "
+        message += "each instance with a WorkloadEntry (its address, labels and ports)"
+        rd.rep.add("kind", message, "a Service selecting those labels finds the WorkloadEntries")
+        return None
+    api_version = _api_version(rd, doc, cls)
     rd.mapping(doc, "", DOCUMENT)
     if cls is None:
         return None
     fields = PARSERS[cls](rd, doc.get("spec"))
+    if cls is KubernetesService:  # its host is its name, in its namespace
+        fields["hosts"] = [meta.name] if meta.name else []
     if "status" in doc:  # owned by the server, as in Kubernetes: dropped on apply
         doc = {k: v for k, v in doc.items() if k != "status"}
     return cls(

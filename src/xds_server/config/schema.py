@@ -224,6 +224,20 @@ SERVICE_ENTRY = _shape(
 WORKLOAD = _shape("address ports labels weight network", ignored="locality serviceAccount")
 WORKLOAD_SELECTOR = _shape("labels")
 
+K8S_SERVICE = _shape(
+    "ports selector",
+    ignored="type clusterIP clusterIPs ipFamilies ipFamilyPolicy sessionAffinity "
+    "sessionAffinityConfig internalTrafficPolicy externalTrafficPolicy publishNotReadyAddresses "
+    "allocateLoadBalancerNodePorts loadBalancerClass trafficDistribution",
+    unsupported={
+        "externalName": "not supported: an ExternalName service is a DNS alias; describe the "
+        "host with a ServiceEntry (resolution: DNS)",
+    },
+)
+K8S_SERVICE_PORT = _shape("port name protocol targetPort appProtocol", ignored="nodePort")
+K8S_WORKLOADS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Pod", "Job")
+K8S_PROTOCOLS = ("TCP", "UDP", "SCTP")
+
 RESOLUTIONS = ("STATIC", "DNS", "NONE")
 LOCATIONS = ("MESH_INTERNAL", "MESH_EXTERNAL")
 

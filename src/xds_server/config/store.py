@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from .errors import ConfigError, Problem, errors_of
 from .index import ConfigIndex
-from .model import Key, Resource, resource_type
+from .model import Key, Resource, qualified_kind, resource_type
 from .results import Results, Run
 from .validate import PortClaims, duplicates, validate
 
@@ -40,7 +40,7 @@ class Change(NamedTuple):  # a named tuple: an apply of 30k resources makes 30k 
     resource_version: int = 0
 
     def __str__(self) -> str:
-        return f"{self.kind.lower()}.networking.istio.io/{self.name} {self.action}"
+        return f"{qualified_kind(self.kind)}/{self.name} {self.action}"
 
 
 class Applied(list[Change]):

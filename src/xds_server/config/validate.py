@@ -28,6 +28,7 @@ from .model import (
     DestinationRule,
     Gateway,
     Key,
+    KubernetesService,
     L4Match,
     Port,
     Resource,
@@ -42,9 +43,11 @@ from .model import (
 from .results import Results, Run
 from .routing import MESH, attaches, route_bindings
 from .schema import (
+    DNS1123_LABEL_RULE,
     ISTIO_LABEL_RULE,
     domain_problem,
     export_to_problems,
+    is_dns1123_label,
     is_dns1123_subdomain,
     is_istio_label,
     is_protocol,
@@ -674,7 +677,10 @@ def _check_workload_entry(we: WorkloadEntry, rep: Reporter, index: ConfigIndex) 
     selecting = index.selecting(we)
     port_names = _port_names(selecting) if selecting else None
     static = next((se for se in selecting if se.resolution == "STATIC"), None)
-    static_by = f"selected by {_ref(static)} with resolution STATIC" if static else None
+    static_by = None
+    if static is not None:
+        static_by = f"selected by {_ref(static)}"
+        static_by += "" if isinstance(static, KubernetesService) else " with resolution STATIC"
     by = ", ".join(_ref(se) for se in selecting)
     _check_workload(rep, "spec", we.endpoint, port_names, static_by, by)
 
@@ -714,7 +720,31 @@ def _check_shared_hosts(index: ConfigIndex, problems: list[Problem]) -> None:
             Reporter.for_resource(r, problems).add(path, message)
 
 
+def _check_kubernetes_service(svc: KubernetesService, rep: Reporter, index: ConfigIndex) -> None:
+    """Kubernetes' own rules for a Service's ports (what kube-apiserver refuses)."""
+    if not svc.ports:
+        rep.add("spec.ports", "Required value")
+    names: dict[str, int] = {}
+    numbers: dict[int, int] = {}
+    for i, port in enumerate(svc.ports):
+        path = item("spec.ports", i)
+        _port_number(rep, join(path, "port"), port.number)
+        _port_number(rep, join(path, "targetPort"), port.target_port)
+        if not port.name and len(svc.ports) > 1:
+            rep.add(join(path, "name"), "Required value: when there is more than one port")
+        elif port.name and not is_dns1123_label(port.name):
+            rep.add(join(path, "name"), f"{DNS1123_LABEL_RULE}, got {describe(port.name)}")
+        elif port.name in names:
+            rep.add(join(path, "name"), f'Duplicate value: "{port.name}"')
+        if port.number in numbers:
+            rep.add(join(path, "port"), f"Duplicate value: {port.number}")
+        names.setdefault(port.name, i)
+        numbers.setdefault(port.number, i)
+    _labels(rep, "spec.selector", svc.workload_selector or {})
+
+
 CHECKS: dict[type, Callable[..., None]] = {
+    KubernetesService: _check_kubernetes_service,
     Gateway: _check_gateway,
     VirtualService: _check_virtual_service,
     DestinationRule: _check_destination_rule,
