@@ -524,3 +524,38 @@ def test_a_kubernetes_service_is_applied_and_listed(ctl, tmp_path):
     assert ctl("get", "services.v1.networking.istio.io")[0] == 1
     code, out, _ = ctl("delete", "svc", "tcp-echo")
     assert out == "service/tcp-echo deleted\n"
+
+
+def test_analyze_is_offline_and_speaks_istioctl(tmp_path, capsys):
+    """istioctl analyze's messages, codes and exit code 79, with no server running."""
+
+    def analyze(*args: str) -> tuple[int, str, str]:
+        code = xdsctl.main(["--server", "127.0.0.1:1", "analyze", *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    assert analyze("-f", SERVICES, "-f", ALL_V1) == (
+        0,
+        "\N{HEAVY CHECK MARK} No validation issues found when analyzing the files.\n",
+        "",
+    )
+    legacy = tmp_path / "legacy.yaml"
+    all_v1 = Path(ALL_V1).read_text()
+    legacy.write_text(all_v1.replace("- tcp-echo-gateway", "- tcp-echo-gateway.default"))
+    code, out, err = analyze("-f", SERVICES, "-f", str(legacy))
+    [line] = out.splitlines()
+    assert code == 0 and err == ""
+    assert line.startswith(f"Warning [IST0106] (VirtualService default/tcp-echo {legacy}:")
+    assert 'using legacy gatewayName format "tcp-echo-gateway.default"' in line
+    assert analyze("-f", SERVICES, "-f", str(legacy), "--failure-threshold", "Warning")[0] == 79
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(all_v1.replace("subset: v1", "subset: v3"))
+    code, out, err = analyze("-f", SERVICES, "-f", str(bad), "-o", "json")
+    [message] = json.loads(out)
+    assert code == 79 and err == "Error: Analyzers found issues when analyzing the files.\n"
+    assert message["level"] == "Error" and message["code"] == "IST0106"
+    assert message["origin"] == "VirtualService default/tcp-echo"
+    assert message["field"] == "spec.tcp[0].route[0].destination.subset"
+    code, out, _ = analyze("-f", str(bad))
+    assert code == 79 and "[IST0101]" in out and "unknown host" in out
