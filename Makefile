@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The Node gRPC xDS client that tests/test_proxyless_grpc.py runs (@grpc/grpc-js-xds).
+NODE_STAMP := tests/node/node_modules/.installed
 
 .PHONY: demo test bench lint format proto images clean
 
@@ -16,10 +18,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,lab]'
 	touch $(STAMP)
 
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { echo "make test needs Node.js and npm for the grpc-js-xds client test (apt install nodejs npm)" >&2; exit 1; }
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/xds-server demo $(ARGS)
 
-test: $(STAMP) lint
+test: $(STAMP) $(NODE_STAMP) lint
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(STAMP)

@@ -116,6 +116,42 @@ spec:
 # A destination that only the wildcard host answers for.
 ON_WILDCARD = route_named("z-wild", 31401).replace("host: tcp-echo", "host: a.wild.example.com")
 ON_WILDCARD = ON_WILDCARD.replace("subset: v1", "").replace("subset: v2", "")
+V1_AGAIN = "      version: v1\n"
+
+
+def mesh_route(v1: int, v2: int) -> str:
+    """A VirtualService for the mesh's clients (no gateways): what gRPC clients get."""
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: mesh-route}}
+spec:
+  hosts: [tcp-echo]
+  tcp:
+  - route:
+    - {{destination: {{host: tcp-echo, subset: v1, port: {{number: 9000}}}}, weight: {v1}}}
+    - {{destination: {{host: tcp-echo, subset: v2, port: {{number: 9000}}}}, weight: {v2}}}
+"""
+
+
+def other_service(port: int) -> str:
+    return f"""\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: other}}
+spec:
+  hosts: [other]
+  ports: [{{number: {port}, name: tcp, protocol: TCP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.3}}]
+"""
+
+
+# The mesh's connections to tcp-echo go to other: tcp-echo's gRPC listener names other's
+# cluster, which changes with other's port (the route's port is left to other's only one).
+MESH_TO_OTHER = (
+    mesh_route(1, 1).split("  tcp:")[0] + "  tcp:\n  - route: [{destination: {host: other}}]\n"
+)
 SECOND_ENTRY = """\
 ---
 apiVersion: networking.istio.io/v1
@@ -181,6 +217,13 @@ STEPS = [
     ("the task at last", config()),
     ("a wildcard service, routed", docs(TWO, WILDCARD, ON_WILDCARD)),
     ("its endpoint moves", docs(TWO, WILDCARD.replace("127.0.0.1", "127.0.0.2"), ON_WILDCARD)),
+    ("the wildcard service goes", TWO),
+    ("a mesh route for the service", docs(TWO, mesh_route(80, 20))),
+    ("its weights change", docs(TWO, mesh_route(50, 50))),
+    ("a subset it routes to moves", docs(TWO.replace(V2, V1_AGAIN), mesh_route(50, 50))),
+    ("the mesh route goes", TWO.replace(V2, V1_AGAIN)),
+    ("a mesh route to another service", docs(TWO, other_service(9100), MESH_TO_OTHER)),
+    ("that service's port changes", docs(TWO, other_service(9101), MESH_TO_OTHER)),
 ]  # fmt: skip
 
 
@@ -193,13 +236,14 @@ def serialized(resources) -> dict:
 
 def test_the_steps_change_what_they_say():
     """The sequence is worth comparing: each valid step that follows a valid one differs
-    from it, in Istio's shape, where every service port has clusters (a warned step may
-    not: it can add what is left unused)."""
+    from it, in Istio's shape, where every service port has clusters, for a proxy that is
+    also a gRPC client (mesh routes reach those only; a warned step may not differ: it
+    can add what is left unused)."""
     options = TranslateOptions(split=ISTIO)
     outputs = [
         None
         if "(invalid)" in label or "(warned)" in label
-        else serialized(translate(load_text(text), options))
+        else serialized(translate(load_text(text), options, NODES[2]))
         for label, text in STEPS
     ]
     pairs = [(a, b) for a, b in zip(outputs, outputs[1:], strict=False) if a and b]

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
@@ -163,5 +164,154 @@ def test_grpc_xds_client_gets_lds_cds_eds_and_its_rpcs_work(servers):
             assert eds.acks + eds.stale_nonces == eds.pushes
             assert sum(st.nacks for st in p.types.values()) == 0
             assert client.call() in ("OK one world", "OK two world")  # and RPCs still work
+        finally:
+            client.close()
+
+
+# --- A mesh VirtualService's weights, for the mesh's gRPC clients -------------------------
+
+NODE_CLIENT = Path(__file__).parent / "node"  # @grpc/grpc-js-xds (make and CI install it)
+
+SPLIT = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: greeter}}
+spec:
+  hosts: [greeter]
+  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]
+  resolution: STATIC
+  workloadSelector: {{labels: {{app: greeter}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: greeter-v1}}
+spec: {{address: 127.0.0.1, labels: {{app: greeter, version: v1}}, ports: {{grpc: {one}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: greeter-v2}}
+spec: {{address: 127.0.0.1, labels: {{app: greeter, version: v2}}, ports: {{grpc: {two}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: greeter}}
+spec:
+  host: greeter
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+"""
+
+ROUTE = """\
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: greeter}}
+spec:
+  hosts: [greeter]
+  tcp:
+  - route:
+    - {{destination: {{host: greeter, subset: v1}}, weight: {v1}}}
+    - {{destination: {{host: greeter, subset: v2}}, weight: {v2}}}
+"""
+
+PY_MANY = """
+import json, sys, grpc
+say = grpc.insecure_channel("xds:///" + sys.argv[1]).unary_unary("/test.Echo/Say")
+for line in sys.stdin:
+    counts = {}
+    for _ in range(int(line)):
+        try:
+            answer = say(b"world", timeout=10).decode()
+        except grpc.RpcError as e:
+            answer = "ERROR " + e.code().name
+        counts[answer] = counts.get(answer, 0) + 1
+    print(json.dumps(counts), flush=True)
+"""
+
+
+class Caller:
+    """A gRPC xDS client in its own process (grpcio's, or Node's @grpc/grpc-js-xds):
+    ``calls(n)`` makes n calls one after another and counts the answers."""
+
+    def __init__(self, argv: list[str], xds_port: int, node_id: str, cwd: Path | None = None):
+        bootstrap = {
+            "xds_servers": [
+                {
+                    "server_uri": f"127.0.0.1:{xds_port}",
+                    "channel_creds": [{"type": "insecure"}],
+                    "server_features": ["xds_v3"],
+                }
+            ],
+            # grpc-js-xds refuses a bootstrap whose node has no locality
+            "node": {"id": node_id, "cluster": "proxyless", "locality": {}},
+        }
+        env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=json.dumps(bootstrap))
+        self.proc = subprocess.Popen(
+            [*argv, "greeter:50051"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            text=True,
+        )
+
+    def calls(self, n: int) -> dict[str, int]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _within(counts: dict[str, int], n: int, share_two: float) -> bool:
+    """gRPC picks a weighted cluster at random per call: the count of "two" is binomial,
+    held to 4 standard deviations."""
+    if set(counts) - {"one world", "two world"} or sum(counts.values()) != n:
+        return False
+    sd = (n * share_two * (1 - share_two)) ** 0.5
+    return abs(counts.get("two world", 0) - n * share_two) <= 4 * sd
+
+
+def _node_client(port: int, node: str) -> Caller:
+    if not (NODE_CLIENT / "node_modules" / "@grpc" / "grpc-js-xds").is_dir():
+        pytest.fail("the Node client is not installed: run make test, or npm ci in tests/node")
+    return Caller(["node", str(NODE_CLIENT / "client.js")], port, node, cwd=NODE_CLIENT)
+
+
+CLIENTS = {
+    "grpcio": lambda port, node: Caller([sys.executable, "-c", PY_MANY], port, node),
+    "grpc-js-xds": _node_client,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLIENTS))
+def test_a_mesh_route_splits_the_calls_of_grpc_clients(servers, name):
+    """A VirtualService bound to the mesh (no gateways) sends each client the route's
+    weights as weighted clusters (gRFC A28): 80/20, then a live change to 50/50. Before,
+    such a client got the service's endpoints in one cluster: 500/500 for 80/20."""
+    one_port, two_port = servers
+    with ControlPlane.start_in_thread() as cp:
+        cp.apply_yaml(
+            SPLIT.format(one=one_port, two=two_port) + "---\n" + ROUTE.format(v1=80, v2=20)
+        )
+        client = CLIENTS[name](cp.port, f"{name}-1")
+        try:
+            counts = client.calls(1000)
+            assert _within(counts, 1000, 0.2), counts
+            cp.apply_yaml(ROUTE.format(v1=50, v2=50))
+            cp.wait_synced(node_id=f"{name}-1")
+            client.calls(20)  # the client may finish a call on the old route
+            counts = client.calls(1000)
+            assert _within(counts, 1000, 0.5), counts
+            cp.apply_yaml(ROUTE.format(v1=100, v2=0))
+            cp.wait_synced(node_id=f"{name}-1")
+            client.calls(20)
+            assert client.calls(200) == {"one world": 200}
         finally:
             client.close()

@@ -65,6 +65,19 @@ def exported(r: ServiceEntry | DestinationRule, namespace: str) -> bool:
 WILDCARDS: Dep = ("host", "*")  # what every wildcard host of a ServiceEntry provides
 
 
+MESH = "mesh"  # Istio's reserved gateway name: the mesh's clients (here gRPC ones)
+
+
+def is_mesh(vs: VirtualService) -> bool:
+    """Bound to the mesh: no gateways written, or ``mesh`` among them."""
+    return not vs.gateways or MESH in vs.gateways
+
+
+def route_dep(host: str, namespace: str) -> str:
+    """The dep a mesh route for ``host`` provides: its FQDN, ``*`` for a wildcard."""
+    return "*" if "*" in host else canonical_host(host, namespace)
+
+
 def split_ref(ref: str, namespace: str) -> tuple[str, str]:
     """A gateway reference as Istio reads it -> (ns, name): ``ns/name``, ``name`` (in the
     referrer's namespace), or the legacy ``name.ns[.svc.cluster.local]``."""
@@ -102,7 +115,9 @@ def provides(r: Resource) -> list[Dep]:
         return [("rule", canonical_host(r.host, ns))]
     if isinstance(r, WorkloadEntry):
         return [("workloads", ns)]
-    return []  # nothing looks a VirtualService up
+    if isinstance(r, VirtualService) and is_mesh(r):  # its hosts' routes, for gRPC clients
+        return [("route", route_dep(h, ns)) for h in r.hosts]
+    return []  # nothing looks a gateway's VirtualService up
 
 
 def requires(r: Resource) -> list[Dep]:
@@ -123,6 +138,7 @@ def requires(r: Resource) -> list[Dep]:
         return [*deps, WILDCARDS]  # a wildcard host may answer for any of them
     if isinstance(r, ServiceEntry):
         deps = [("rule", canonical_host(h, ns)) for h in r.hosts]
+        deps += [("route", canonical_host(h, ns)) for h in r.hosts] + [("route", "*")]
         return deps + [("workloads", ns)] if r.workload_selector is not None else deps
     if isinstance(r, WorkloadEntry):
         return [("selectors", ns)]
@@ -184,6 +200,7 @@ class ConfigIndex:
         view = ConfigIndex.__new__(ConfigIndex)
         view.__dict__.update(self.__dict__)
         view.__dict__.pop("_requirers", None)
+        view.__dict__.pop("_mesh_routes", None)
         view.by_key, view.resources = by_key, list(by_key.values())
         return view
 
@@ -232,7 +249,8 @@ class ConfigIndex:
         """The keys whose results may differ from those worked out over ``before``, when
         this index differs from it at ``changed``: those keys, the resources requiring a
         dep one of them provides (before or now), and, through a ServiceEntry made stale
-        so (its endpoints or subsets moved), those requiring its hosts."""
+        so (its endpoints or subsets moved), those requiring its hosts, and through a mesh
+        VirtualService made stale so (its backends moved), those requiring its routes."""
         stale = set(changed)
         deps: set[Dep] = set()
         for key in stale:
@@ -243,12 +261,13 @@ class ConfigIndex:
             requirers = self._requirers
             found = {k for dep in deps for k in requirers.get(dep, ())} - stale
             stale |= found
-            deps = {  # what a ServiceEntry's hosts answer includes its endpoints and subsets
+            # What a ServiceEntry's hosts answer includes its endpoints and subsets, and what
+            # a mesh route answers includes its backends.
+            deps = {
                 dep
                 for k in found
-                if k[0] == ServiceEntry.kind
                 for dep in provides(self.by_key[k])
-                if dep[0] == "host"
+                if dep[0] == "route" or (dep[0] == "host" and k[0] != VirtualService.kind)
             }
         return stale
 
@@ -260,6 +279,20 @@ class ConfigIndex:
             for dep in requires(r):
                 out.setdefault(dep, []).append(r.key)
         return out
+
+    @functools.cached_property
+    def _mesh_routes(self) -> list[VirtualService]:
+        return [vs for vs in self.virtual_services if is_mesh(vs)]
+
+    def mesh_route(self, host: str, namespace: str) -> VirtualService | None:
+        """The VirtualService that routes the mesh's connections to ``host`` (its FQDN
+        matches one of its hosts): the first in namespace/name order, as Istio takes one."""
+        wanted = canonical_host(host, namespace)
+        for vs in self._mesh_routes:
+            ns = vs.meta.namespace
+            if any(hosts_match(h if "*" in h else canonical_host(h, ns), wanted) for h in vs.hosts):
+                return vs
+        return None
 
     def gateway(self, ref: str, namespace: str) -> Gateway | None:
         return self._gateways.get(split_ref(ref, namespace))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .index import ConfigIndex, canonical_host, hosts_match
+from .index import MESH, ConfigIndex, canonical_host, hosts_match
 from .model import (
     Gateway,
     GatewayServer,
@@ -20,7 +20,6 @@ from .model import (
     VirtualService,
 )
 
-MESH = "mesh"  # Istio's reserved gateway name for sidecars: not served by a gateway proxy
 LONE_WEIGHT = 100
 
 
@@ -167,11 +166,23 @@ def vs_routes(index: ConfigIndex, vs: VirtualService) -> list[BoundRoute]:
     return list(out.values())
 
 
+def mesh_backends(index: ConfigIndex, vs: VirtualService, port: int) -> list[Backend]:
+    """The backends of the first tcp route of a mesh VirtualService that matches a
+    connection to ``port`` from the mesh (a match without gateways, or naming ``mesh``)."""
+    for route in vs.tcp:
+        for m in route.match or (None,):
+            if m is None or (m.port in (None, port) and (not m.gateways or MESH in m.gateways)):
+                return resolve_backends(index, vs, route)
+    return []
+
+
 __all__ = [
+    "MESH",
     "Backend",
     "BoundRoute",
     "vs_routes",
     "effective_weights",
+    "mesh_backends",
     "resolve_backends",
     "route_bindings",
 ]

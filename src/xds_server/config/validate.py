@@ -23,7 +23,7 @@ from .errors import (
     sort_problems,
     warnings_of,
 )
-from .index import ConfigIndex, canonical_host, hosts_match
+from .index import ConfigIndex, canonical_host, hosts_match, is_mesh
 from .model import (
     DestinationRule,
     Gateway,
@@ -394,7 +394,7 @@ def _check_vs_hosts(rep: Reporter, vs: VirtualService) -> None:
     for the mesh (no gateways, or ``mesh`` among them); no host matching another."""
     if not vs.hosts:
         rep.add("spec.hosts", "at least one host is required", 'use ["*"] for any host')
-    mesh = not vs.gateways or MESH in vs.gateways
+    mesh = is_mesh(vs)
     valid = True
     for i, host in enumerate(vs.hosts):
         if (problem := domain_problem(host)) is not None and not _is_ip(host):

@@ -43,15 +43,22 @@ def build_tcp_listener(
     return listener
 
 
-def build_api_listener(name: str, cluster: str) -> listener_pb2.Listener:
+def build_api_listener(name: str, clusters: list[tuple[str, int]]) -> listener_pb2.Listener:
     """The listener a gRPC library client asks for by its target name: an API listener
-    whose HTTP connection manager routes every request to ``cluster`` (route config inline,
-    so no RDS round trip; the router filter last, as gRPC requires)."""
+    whose HTTP connection manager routes every request to the one cluster, or picks one of
+    several by weight (route config inline, so no RDS round trip; the router filter last,
+    as gRPC requires)."""
     router = any_pb2.Any()
     router.Pack(router_pb2.Router())
+    action = route_components_pb2.RouteAction()
+    if len(clusters) == 1:
+        action.cluster = clusters[0][0]
+    else:
+        for cluster, weight in clusters:
+            entry = action.weighted_clusters.clusters.add(name=cluster)
+            entry.weight.value = weight
     route = route_components_pb2.Route(
-        match=route_components_pb2.RouteMatch(prefix=""),
-        route=route_components_pb2.RouteAction(cluster=cluster),
+        match=route_components_pb2.RouteMatch(prefix=""), route=action
     )
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=name,

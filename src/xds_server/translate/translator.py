@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 
 from ..config.index import ConfigIndex, canonical_host
 from ..config.model import Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
-from ..config.routing import Backend, vs_routes
+from ..config.routing import Backend, mesh_backends, vs_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
 from .listeners import build_api_listener, build_tcp_listener
@@ -110,20 +110,38 @@ def _weighted_listeners(
 
 def _grpc_targets(index: ConfigIndex, se: ServiceEntry, options: TranslateOptions) -> Outputs:
     """What a gRPC library client asks for: an API listener ``host:port`` per service port
-    (the name in its ``xds:///host:port`` target), routing everything to Istio's
-    ``outbound|port||host`` cluster. gRPC ignores localities without a weight, so each
-    gets weight 1. DNS services are left out: gRPC has no STRICT_DNS clusters."""
+    (the name in its ``xds:///host:port`` target), and Istio's clusters for the port and
+    each subset. The listener routes to ``outbound|port||host``, or, when a mesh
+    VirtualService routes the host, to its route's destinations with their weights
+    (weighted clusters, gRFC A28: gRPC picks one per call). gRPC ignores localities without
+    a weight, so each gets weight 1. DNS services are left out: gRPC has no STRICT_DNS
+    clusters."""
     out: Outputs = []
     for host in se.hosts:
-        dr = index.destination_rule(host, se.meta.namespace)
+        ns = se.meta.namespace
+        dr = index.destination_rule(host, ns)
+        subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
+        vs = index.mesh_route(host, ns)
         for port in se.ports:
-            b = Backend(host, se, port, None, 1)
-            name = subset_cluster_name(port.number, "", host, se.meta.namespace)
-            groups, policy = [_group(index, b, 1)], effective_policy(dr, None)
-            cluster, cla = _cluster(name, groups, policy, options, False, True)
+            group: list[Output] = []
+            for subset in subsets:
+                b = Backend(host, se, port, subset, 1)
+                name = subset_cluster_name(port.number, b.subset_name, host, ns)
+                groups, policy = [_group(index, b, 1)], effective_policy(dr, subset)
+                group += _cluster_outputs(*_cluster(name, groups, policy, options, False, True))
+            routes = [(subset_cluster_name(port.number, "", host, ns), 1)]
+            if vs is not None and (backends := mesh_backends(index, vs, port.number)):
+                routes = [
+                    (
+                        subset_cluster_name(
+                            b.port.number, b.subset_name, b.host, b.service.meta.namespace
+                        ),
+                        b.weight,
+                    )
+                    for b in backends
+                ]
             target = f"{host}:{port.number}"
-            listener = build_api_listener(target, name)
-            out.append((*_cluster_outputs(cluster, cla), (LISTENER, target, listener)))
+            out.append((*group, (LISTENER, target, build_api_listener(target, routes))))
     return out
 
 
