@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.extensions.filters.network.tcp_proxy.v3.tcp_proxy_pb2 import TcpProxy
 from google.protobuf import json_format
 
 from xds_server.config.load import load_paths, load_text
@@ -142,3 +144,24 @@ def test_per_type_eds_source_reconnects_as_fast_as_the_bootstrap():
     back_off = service.envoy_grpc.retry_policy.retry_back_off
     assert back_off.base_interval.ToMilliseconds() == 100
     assert back_off.max_interval.ToMilliseconds() == 500
+
+
+def test_istio_mode_has_istios_names_and_defaults():
+    """What istioctl proxy-config shows for the task's gateway: clusters after the FQDN with
+    Istio's default load balancer (LEAST_REQUEST), a tcp_proxy whose stat_prefix is the
+    cluster's name, or the VirtualService's name.namespace when it weighs several."""
+    options = TranslateOptions(split=ISTIO)
+    one = translate(applied(SERVICES, ALL_V1), options)
+    split = translate(applied(SERVICES, ALL_V1, V2_20), options)
+    fqdn = "tcp-echo.default.svc.cluster.local"
+    assert {c.lb_policy for c in one.clusters.values()} == {Cluster.LEAST_REQUEST}
+    assert all(name.endswith(f"|{fqdn}") for name in one.clusters)
+    assert _tcp_proxy(one).stat_prefix == f"outbound|9000|v1|{fqdn}"
+    assert _tcp_proxy(split).stat_prefix == "tcp-echo.default"
+
+
+def _tcp_proxy(resources) -> TcpProxy:
+    [listener] = resources.listeners.values()
+    proxy = TcpProxy()
+    listener.filter_chains[0].filters[0].typed_config.Unpack(proxy)
+    return proxy

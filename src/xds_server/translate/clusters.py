@@ -75,9 +75,13 @@ def build_cluster(
     *,
     weighted_localities: bool,
     dns: bool = False,
+    least_request: bool = False,
 ) -> cluster_pb2.Cluster:
-    """An EDS cluster (or STRICT_DNS when endpoints are names: EDS needs IP addresses)."""
-    c = cluster_pb2.Cluster(name=name, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+    """An EDS cluster (or STRICT_DNS when endpoints are names: EDS needs IP addresses).
+    ``least_request``: Istio's default load balancer (else round robin, which gRPC
+    clients and the locality split use)."""
+    lb = cluster_pb2.Cluster.LEAST_REQUEST if least_request else cluster_pb2.Cluster.ROUND_ROBIN
+    c = cluster_pb2.Cluster(name=name, lb_policy=lb)
     # In microseconds, the finest unit a duration is written in here: near the top of the
     # range, nanoseconds overflow int64.
     micros = round((policy.connect_timeout or options.connect_timeout) * 1e6)
@@ -87,11 +91,11 @@ def build_cluster(
     else:
         c.type = cluster_pb2.Cluster.EDS
         c.eds_cluster_config.eds_config.CopyFrom(eds_source(options))
-    lb = c.common_lb_config
+    common = c.common_lb_config
     if weighted_localities:
-        lb.locality_weighted_lb_config.SetInParent()
+        common.locality_weighted_lb_config.SetInParent()
     # Envoy merges endpoint weight changes for 1 s by default; a shift must show at once.
-    lb.update_merge_window.SetInParent()  # 0 s
+    common.update_merge_window.SetInParent()  # 0 s
     if policy.max_connections:
         c.circuit_breakers.thresholds.add().max_connections.value = policy.max_connections
     return c

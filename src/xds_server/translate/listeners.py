@@ -26,9 +26,11 @@ def build_tcp_listener(
     address: str,
     bind_port: int,
     clusters: Sequence[tuple[str, int]],
+    stat_prefix: str | None = None,
 ) -> listener_pb2.Listener:
-    """``clusters``: (name, weight); one entry routes everything there without weights."""
-    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=f"tcp_{gateway_port}")
+    """``clusters``: (name, weight); one entry routes everything there without weights.
+    ``stat_prefix``: the tcp_proxy's (default ``tcp_<port>``)."""
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=stat_prefix or f"tcp_{gateway_port}")
     if len(clusters) == 1:
         proxy.cluster = clusters[0][0]
     else:

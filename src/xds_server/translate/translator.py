@@ -85,7 +85,7 @@ def _subset_clusters(index: ConfigIndex, se: ServiceEntry, options: TranslateOpt
                 b = Backend(host, se, port, subset, 1)
                 name = subset_cluster_name(port.number, b.subset_name, host, se.meta.namespace)
                 groups, policy = [_group(index, b, None)], effective_policy(dr, subset)
-                cluster, cla = _cluster(name, groups, policy, options, _is_dns(se), False)
+                cluster, cla = _cluster(name, groups, policy, options, _is_dns(se), False, True)
                 out.append(_cluster_outputs(cluster, cla))
     return out
 
@@ -103,7 +103,9 @@ def _weighted_listeners(
             )
             for b in br.backends
         ]
-        listener = _tcp_listener(br.port, options, clusters)
+        # Istio's stat_prefix: the cluster's name, or the VirtualService's for several
+        stat = clusters[0][0] if len(clusters) == 1 else f"{vs.meta.name}.{vs.meta.namespace}"
+        listener = _tcp_listener(br.port, options, clusters, stat)
         out.append(((LISTENER, listener.name, listener),))
     return out
 
@@ -185,10 +187,13 @@ def _cluster(
     options: TranslateOptions,
     dns: bool,
     weighted: bool,
+    istio: bool = False,
 ) -> tuple[Cluster, ClusterLoadAssignment | None]:
     """A cluster and its ClusterLoadAssignment (None for DNS: no EDS for names, the
-    assignment travels inside the cluster)."""
-    cluster = build_cluster(name, policy, options, weighted_localities=weighted, dns=dns)
+    assignment travels inside the cluster). ``istio``: with Istio's defaults."""
+    cluster = build_cluster(
+        name, policy, options, weighted_localities=weighted, dns=dns, least_request=istio
+    )
     cla: ClusterLoadAssignment | None = build_load_assignment(name, groups)
     if dns:
         cluster.load_assignment.CopyFrom(cla)
@@ -203,10 +208,10 @@ def _cluster_outputs(cluster: Cluster, cla: ClusterLoadAssignment | None) -> tup
 
 
 def _tcp_listener(
-    port: int, options: TranslateOptions, clusters: list[tuple[str, int]]
+    port: int, options: TranslateOptions, clusters: list[tuple[str, int]], stat: str | None = None
 ) -> Listener:
     address, bind = options.listener_address, options.bind_port(port)
-    listener: Listener = build_tcp_listener(port, address, bind, clusters)
+    listener: Listener = build_tcp_listener(port, address, bind, clusters, stat)
     return listener
 
 
