@@ -493,13 +493,28 @@ def test_destination_rule_host_required() -> None:
     assert briefs(rule("subsets: []")) == [f"{DR}: spec.host: required"]
 
 
-def test_two_destination_rules_for_one_host() -> None:
-    # The first in namespace/name order keeps the host, as in ConfigIndex.
-    assert briefs(rule("host: tcp-echo.default.svc.cluster.local", name="zz")) == [
-        "mesh.yaml: document 6 (DestinationRule default/zz): spec.host: host"
-        " tcp-echo.default.svc.cluster.local is already declared by"
-        " DestinationRule default/tcp-echo-destination"
+def test_two_destination_rules_for_one_host_are_merged() -> None:
+    """As istiod merges them: the subsets of both (a route may name either), the first
+    top-level policy; what the merge leaves out is a warning."""
+    spec = """\
+        host: tcp-echo.default.svc.cluster.local
+        trafficPolicy: {connectionPool: {tcp: {maxConnections: 5}}}
+        subsets: [{name: v1, labels: {version: v2}}, {name: v3, labels: {version: v2}}]
+        """
+    tcp = ROUTE_V1.replace("v1", "v3")
+    assert briefs(rule(spec, name="zz"), virtual_service(tcp)) == [
+        "Warning: mesh.yaml: document 6 (DestinationRule default/zz): spec.subsets[0].name:"
+        ' subset "v1" is already defined by DestinationRule default/tcp-echo-destination: this'
+        " one is unused (DestinationRules for one host are merged)",
     ]
+    resources = load_text("---\n".join((*BASE, rule(spec, name="zz"))))
+    merged = ConfigIndex(resources).destination_rule("tcp-echo", "default")
+    assert [(s.name, s.labels) for s in merged.subsets] == [
+        ("v1", {"version": "v1"}),
+        ("v2", {"version": "v2"}),
+        ("v3", {"version": "v2"}),
+    ]
+    assert merged.traffic_policy.max_connections == 5  # the first written
 
 
 def test_subset_names_unique_and_dns_labels() -> None:

@@ -152,6 +152,17 @@ spec:
 MESH_TO_OTHER = (
     mesh_route(1, 1).split("  tcp:")[0] + "  tcp:\n  - route: [{destination: {host: other}}]\n"
 )
+# Merged with the task's rule: its subset v3 and its policy (the task's rule has none).
+SECOND_RULE = """\
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: zz-rule}
+spec:
+  host: tcp-echo
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 7}}}
+  subsets: [{name: v3, labels: {version: v2}}]
+"""
+SECOND_RULE_CHANGED = SECOND_RULE.replace("7", "9").replace("v2}", "v1}")
 SECOND_ENTRY = """\
 ---
 apiVersion: networking.istio.io/v1
@@ -224,6 +235,9 @@ STEPS = [
     ("the mesh route goes", TWO.replace(V2, V1_AGAIN)),
     ("a mesh route to another service", docs(TWO, other_service(9100), MESH_TO_OTHER)),
     ("that service's port changes", docs(TWO, other_service(9101), MESH_TO_OTHER)),
+    ("the other service goes", TWO),
+    ("a second rule for the host", docs(TWO, SECOND_RULE)),
+    ("its policy and subset change", docs(TWO, SECOND_RULE_CHANGED)),
 ]  # fmt: skip
 
 

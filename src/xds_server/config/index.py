@@ -65,6 +65,22 @@ def exported(r: ServiceEntry | DestinationRule, namespace: str) -> bool:
 WILDCARDS: Dep = ("host", "*")  # what every wildcard host of a ServiceEntry provides
 
 
+def merge_rules(rules: list[DestinationRule]) -> DestinationRule:
+    """Several DestinationRules for one host as one: the first, with the first top-level
+    traffic policy written and every subset whose name no earlier rule has."""
+    first = rules[0]
+    subsets = list(first.subsets)
+    names = {s.name for s in subsets}
+    for dr in rules[1:]:
+        subsets += [s for s in dr.subsets if s.name not in names]
+        names.update(s.name for s in dr.subsets)
+    policy = next((dr.traffic_policy for dr in rules if dr.traffic_policy is not None), None)
+    merged = object.__new__(DestinationRule)
+    merged.__dict__.update(first.__dict__)  # the first's key and source name it
+    merged.subsets, merged.traffic_policy = subsets, policy
+    return merged
+
+
 MESH = "mesh"  # Istio's reserved gateway name: the mesh's clients (here gRPC ones)
 
 
@@ -154,13 +170,14 @@ class ConfigIndex:
         self.by_key = {r.key: r for r in self.resources}
         self._gateways: dict[tuple[str, str], Gateway] = {}
         self.virtual_services: list[VirtualService] = []
-        self.destination_rules: dict[str, DestinationRule] = {}
+        self.destination_rules: dict[str, list[DestinationRule]] = {}
+        self._merged: dict[tuple[Key, ...], DestinationRule] = {}
         self._services: dict[str, ServiceEntry] = {}
         self._wildcards = False  # a host of a ServiceEntry is one (*.example.com)
         self.workload_entries: list[WorkloadEntry] = []
         self._ports: dict[Key, dict[int, GatewayServer]] = {}
         # (resource, field path, host, the resource that declared it first): a second
-        # DestinationRule or ServiceEntry for one host, which the tables leave out.
+        # ServiceEntry for one host, which the tables leave out.
         self.clashes: list[tuple[Resource, str, str, Resource]] = []
         for r in sorted(self.resources, key=_key):
             ns = r.meta.namespace
@@ -168,10 +185,8 @@ class ConfigIndex:
                 self._gateways.setdefault((ns, r.meta.name), r)
             elif isinstance(r, VirtualService):
                 self.virtual_services.append(r)
-            elif isinstance(r, DestinationRule):
-                rule = self.destination_rules.setdefault(canonical_host(r.host, ns), r)
-                if rule is not r and r.host:
-                    self.clashes.append((r, "spec.host", r.host, rule))
+            elif isinstance(r, DestinationRule):  # several for a host are merged
+                self.destination_rules.setdefault(canonical_host(r.host, ns), []).append(r)
             elif isinstance(r, ServiceEntry):
                 self._wildcards = self._wildcards or any(h.startswith("*") for h in r.hosts)
                 for i, h in enumerate(r.hosts):
@@ -346,9 +361,20 @@ class ConfigIndex:
         return found
 
     def destination_rule(self, host: str, namespace: str) -> DestinationRule | None:
-        """The DestinationRule of ``host``, if it is exported to ``namespace``."""
-        dr = self.destination_rules.get(canonical_host(host, namespace))
-        return dr if dr is not None and exported(dr, namespace) else None
+        """The DestinationRule of ``host`` as seen from ``namespace``: those exported to it,
+        merged as istiod merges them (in namespace/name order: the first's top-level
+        policy, if it has one, else the next's; every subset, the first of a name)."""
+        rules = self.destination_rules.get(canonical_host(host, namespace))
+        if not rules:
+            return None
+        visible = [dr for dr in rules if exported(dr, namespace)]
+        if len(visible) <= 1:
+            return visible[0] if visible else None
+        keys = tuple(dr.key for dr in visible)
+        merged = self._merged.get(keys)
+        if merged is None:
+            merged = self._merged[keys] = merge_rules(visible)
+        return merged
 
     def subset(self, host: str, namespace: str, name: str) -> Subset | None:
         dr = self.destination_rule(host, namespace)

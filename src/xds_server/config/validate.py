@@ -712,12 +712,30 @@ def _check_duplicates(resources: Sequence[Resource], problems: list[Problem]) ->
 
 
 def _check_shared_hosts(index: ConfigIndex, problems: list[Problem]) -> None:
-    """One DestinationRule and one ServiceEntry per host; the index keeps only the first
-    (in namespace/name order), so later ones would be silently ignored."""
+    """One ServiceEntry per host: the index keeps only the first (in namespace/name
+    order), so later ones would be silently ignored. DestinationRules for one host are
+    merged, as istiod merges them: what the merge leaves out is a warning."""
     for r, path, host, owner in index.clashes:
         if owner.key != r.key:  # the same key twice: reported as a duplicate
             message = f"host {host} is already declared by {_ref(owner)}"
             Reporter.for_resource(r, problems).add(path, message)
+    for rules in index.destination_rules.values():
+        if len(rules) < 2:
+            continue
+        names: dict[str, DestinationRule] = {}
+        policy: DestinationRule | None = None
+        for dr in rules:
+            rep = Reporter.for_resource(dr, problems)
+            if dr.traffic_policy is not None and policy is not None:
+                message = f"{_ref(policy)} sets the host's traffic policy first: this one is unused"
+                rep.warn("spec.trafficPolicy", message)
+            policy = policy or (dr if dr.traffic_policy is not None else None)
+            for i, subset in enumerate(dr.subsets):
+                if (first := names.get(subset.name)) is not None and first is not dr:
+                    message = f'subset "{subset.name}" is already defined by {_ref(first)}: this '
+                    message += "one is unused (DestinationRules for one host are merged)"
+                    rep.warn(join(item("spec.subsets", i), "name"), message)
+                names.setdefault(subset.name, dr)
 
 
 def _check_kubernetes_service(svc: KubernetesService, rep: Reporter, index: ConfigIndex) -> None:
