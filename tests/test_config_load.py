@@ -18,9 +18,9 @@ from xds_server.config.model import (
     Destination,
     DestinationRule,
     Gateway,
+    KubernetesService,
     L4Match,
     RouteDestination,
-    ServiceEntry,
     TrafficPolicy,
     VirtualService,
     WorkloadEndpoint,
@@ -68,7 +68,7 @@ def test_samples_load_in_file_and_document_order() -> None:
         ("Gateway", "default/tcp-echo-gateway", 1),
         ("DestinationRule", "default/tcp-echo-destination", 2),
         ("VirtualService", "default/tcp-echo", 3),
-        ("ServiceEntry", "default/tcp-echo", 1),
+        ("Service", "default/tcp-echo", 1),
         ("WorkloadEntry", "default/tcp-echo-v1", 2),
         ("WorkloadEntry", "default/tcp-echo-v2", 3),
     ]
@@ -88,7 +88,8 @@ def test_samples_load_in_file_and_document_order() -> None:
     assert vs.gateways == ["tcp-echo-gateway"]
     assert vs.tcp[0].match == (L4Match(port=31400),)
     assert vs.tcp[0].route == (RouteDestination(Destination("tcp-echo", "v1", 9000)),)
-    assert isinstance(se, ServiceEntry)
+    assert isinstance(se, KubernetesService)  # read as the service it describes
+    assert se.hosts == ["tcp-echo"] and se.api_version == "v1"
     assert [(p.number, p.name) for p in se.ports] == [(9000, "tcp"), (9001, "tcp-other")]
     assert (se.resolution, se.location, se.workload_selector) == (
         "STATIC",

@@ -40,7 +40,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: tcp-echo}
 spec:
-  hosts: [tcp-echo]
+  hosts: [tcp-echo.default.svc.cluster.local]  # literal: what a route's tcp-echo means
   ports:
   - {number: 9000, name: tcp, protocol: TCP}
   - {number: 9001, name: tcp-other, protocol: TCP}
@@ -635,12 +635,29 @@ def test_endpoint_ports_and_weight() -> None:
 
 
 def test_two_service_entries_for_one_host() -> None:
-    spec = "hosts: [tcp-echo]\nports: [{number: 9000, name: tcp}]"
+    spec = "hosts: [tcp-echo.default.svc.cluster.local]\nports: [{number: 9000, name: tcp}]"
     # The first in namespace/name order keeps the host, as in ConfigIndex: db < tcp-echo.
     assert briefs(service(spec)) == [
-        "mesh.yaml: document 3 (ServiceEntry default/tcp-echo): spec.hosts[0]: host tcp-echo"
-        " is already declared by ServiceEntry default/db"
+        "mesh.yaml: document 3 (ServiceEntry default/tcp-echo): spec.hosts[0]: host"
+        " tcp-echo.default.svc.cluster.local is already declared by ServiceEntry default/db"
     ]
+
+
+def test_a_short_service_entry_host_is_literal() -> None:
+    """As in Istio: a route's tcp-echo means tcp-echo.default.svc.cluster.local, which a
+    ServiceEntry host tcp-echo is not (a Kubernetes Service named tcp-echo is)."""
+    short = SERVICE.replace("[tcp-echo.default.svc.cluster.local]", "[tcp-echo]")
+    assert briefs(virtual_service(), base=(GATEWAY, RULE, short, WORKLOADS))[0] == (
+        "mesh.yaml: document 6 (VirtualService default/tcp-echo): spec.tcp[0].route[0]"
+        '.destination.host: unknown host "tcp-echo" [IST0101] (hint: ServiceEntry'
+        ' default/tcp-echo declares "tcp-echo", which Istio reads literally, while a route\'s'
+        " tcp-echo means tcp-echo.default.svc.cluster.local: describe the service with a"
+        " Kubernetes Service (kind: Service), or write the full host)"
+    )
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: tcp-echo}\n"
+    service += "spec: {ports: [{name: tcp, port: 9000}, {name: tcp-other, port: 9001}],"
+    service += " selector: {app: tcp-echo}}\n"
+    assert run(virtual_service(), base=(GATEWAY, RULE, service, WORKLOADS)) == []
 
 
 # --- WorkloadEntry -------------------------------------------------------------------------

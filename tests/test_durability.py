@@ -32,7 +32,7 @@ from xds_server.waiting import wait_until
 
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
 V2_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
-SERVICE_ENTRY = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
+SERVICE = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
 
 
 def weights_yaml(v1: int, v2: int) -> str:
@@ -49,7 +49,7 @@ def test_kill_9_restart_keeps_config_and_split(tmp_path, echoes):
     client = AdminClient(admin)
     envoy = EnvoyProcess(xds)
     try:
-        services = "---\n".join([SERVICE_ENTRY, *(e.workload_entry() for e in echoes)])
+        services = "---\n".join([SERVICE, *(e.workload_entry() for e in echoes)])
         client.apply([("services.yaml", services), ("all-v1.yaml", ALL_V1)])
         client.apply([("20-v2.yaml", V2_20)])
         before = {r.ref.name: json.loads(r.json) for r in client.get().resources}
@@ -83,7 +83,7 @@ def _storm(state: Path, kill_after: int) -> tuple[tuple[int, int], tuple[int, in
     server = ServerProcess(*args)
     client = AdminClient(f"127.0.0.1:{server.wait_port('admin API')}")
     if not (state / "state.db").exists() or kill_after == 0:
-        client.apply([("s.yaml", SERVICE_ENTRY), ("v1.yaml", ALL_V1)])
+        client.apply([("s.yaml", SERVICE), ("v1.yaml", ALL_V1)])
     acked = [tuple(d.weight for d in _vs(client).tcp[0].route)]
     stop = threading.Event()
     sent = [acked[0]]
@@ -158,7 +158,7 @@ def _rows(cp: ControlPlane) -> dict[tuple[str, str, str], dict]:
 
 def test_failed_write_changes_nothing(tmp_path, monkeypatch):
     with ControlPlane.start_in_thread(state_dir=tmp_path) as cp:
-        cp.apply_yaml(SERVICE_ENTRY)
+        cp.apply_yaml(SERVICE)
         cp.apply_yaml(ALL_V1)
         saved = cp.call(_rows, cp.cp)
         versions = cp.call(cp.cp.cache.versions)
@@ -181,7 +181,7 @@ def test_database_rows_are_the_store_and_an_apply_writes_what_it_changed(tmp_pat
     a one-weight apply writes one row (and the revision), a restart writes nothing."""
     cp = ControlPlane(state_dir=tmp_path)
     cp.load_state()
-    cp.apply_yaml(SERVICE_ENTRY)
+    cp.apply_yaml(SERVICE)
     cp.apply_yaml(ALL_V1)
     cp.apply_yaml(V2_20)
     cp.delete("VirtualService", "tcp-echo")
@@ -216,7 +216,7 @@ def test_old_state_file_is_imported_once_and_kept(tmp_path):
     first start, metadata kept, the file left as it was; later starts read the database
     only. A cut-short old file is refused, as before."""
     cp = ControlPlane()
-    cp.apply_yaml(SERVICE_ENTRY)
+    cp.apply_yaml(SERVICE)
     cp.apply_yaml(ALL_V1)
     cp.apply_yaml(V2_20)
     docs = [cp.store.document(r.key) for r in cp.store.resources()]
@@ -330,17 +330,17 @@ TRICKY = {
 def test_documents_come_back_from_the_database_as_they_were_applied(tmp_path):
     """What a row holds is the document, to the value: odd strings, numbers as written."""
     labels = {"version": "v1", "app": "tcp-echo", "x.io/y": "true"}
-    se = yaml.safe_load(SERVICE_ENTRY)
+    se = yaml.safe_load(SERVICE)
     se["metadata"]["annotations"] = TRICKY
     se["metadata"]["labels"] = labels
     cp = ControlPlane(state_dir=tmp_path)
     cp.load_state()
     cp.apply_yaml(yaml.safe_dump(se))
-    want = cp.store.document(("ServiceEntry", "default", "tcp-echo"))
+    want = cp.store.document(("Service", "default", "tcp-echo"))
     cp.state.close()
     again = ControlPlane(state_dir=tmp_path)
     again.load_state()
-    got = again.store.document(("ServiceEntry", "default", "tcp-echo"))
+    got = again.store.document(("Service", "default", "tcp-echo"))
     assert got == want and got["metadata"]["annotations"] == TRICKY
     again.state.close()
 
@@ -349,7 +349,7 @@ def test_an_import_that_cannot_be_written_is_served_at_its_own_revision(tmp_path
     """An old state file on a disk that refuses the import: served as it was, its newest
     resourceVersion the current revision (the next change goes past it, never back)."""
     cp = ControlPlane()
-    cp.apply_yaml(SERVICE_ENTRY)
+    cp.apply_yaml(SERVICE)
     cp.apply_yaml(ALL_V1)
     cp.apply_yaml(V2_20)
     docs = [cp.store.document(r.key) for r in cp.store.resources()]

@@ -31,7 +31,30 @@ from xds_server.translate import (
 from xds_server.translate.types import CLUSTER, ENDPOINT, LISTENER
 from xds_server.xds.cache import TypeSnapshot, content_version
 
-SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
+# The samples' WorkloadEntries, selected by a ServiceEntry (whose host is read literally,
+# so written in full) rather than the samples' Kubernetes Service: the steps edit it.
+SERVICE_ENTRY = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: tcp-echo
+spec:
+  hosts:
+  - tcp-echo.default.svc.cluster.local
+  ports:
+  - number: 9000
+    name: tcp
+    protocol: TCP
+  - number: 9001
+    name: tcp-other
+    protocol: TCP
+  resolution: STATIC
+  workloadSelector:
+    labels:
+      app: tcp-echo
+"""
+SAMPLE_SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
+SERVICES = SERVICE_ENTRY + "---\n" + SAMPLE_SERVICES.split("---\n", 1)[1]
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
 V2_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
 POLICY = """\
@@ -63,7 +86,7 @@ HOST = "  host: tcp-echo\n"
 SUBSET_V2 = "  - name: v2\n    labels:\n" + V2
 MORE_PORTS = "  - {number: 9009, name: tcp-more, protocol: TCP}\n  resolution: STATIC"
 PORT, V1 = "number: 31400", "version: v1"
-HOSTS, RENAMED = "  hosts:\n  - tcp-echo\n", "  hosts:\n  - tcp-echo-renamed\n"
+HOSTS, RENAMED = "  - tcp-echo.default.svc.cluster.local\n", "  - tcp-echo-renamed.example\n"
 OTHER, SECOND = "name: tcp-other", "name: tcp-second"
 SELECTOR = "  workloadSelector:\n    labels:\n      app: tcp-echo\n"
 PICKS_NOTHING = SELECTOR.replace("tcp-echo", "nothing")
@@ -140,7 +163,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: other}}
 spec:
-  hosts: [other]
+  hosts: [other.default.svc.cluster.local]
   ports: [{{number: {port}, name: tcp, protocol: TCP}}]
   resolution: STATIC
   endpoints: [{{address: 127.0.0.3}}]
@@ -169,7 +192,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: tcp-echo-again}
 spec:
-  hosts: [tcp-echo]
+  hosts: [tcp-echo.default.svc.cluster.local]
   ports: [{number: 9000, name: tcp, protocol: TCP}]
   endpoints: [{address: 127.0.0.1}]
 """

@@ -15,17 +15,20 @@ from xds_server.lab.lab import SAMPLES, Lab
 ALL_V1 = SAMPLES / "tcp-echo-all-v1.yaml"
 ISTIO_SAMPLES = Path(__file__).parent / "istio_samples"  # Istio's files, unchanged
 
-# The short host tcp-echo in another namespace, with a v1 subset whose endpoint is the
+# The service tcp-echo in another namespace, with a v1 subset whose endpoint is the
 # server that answers "two": default's gateway must never reach it.
 OTHER_NAMESPACE = """\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
+apiVersion: v1
+kind: Service
 metadata: {{name: tcp-echo, namespace: app}}
 spec:
-  hosts: [tcp-echo]
-  ports: [{{number: 9000, name: tcp, protocol: TCP}}]
-  resolution: STATIC
-  endpoints: [{{address: {address}, ports: {{tcp: {port}}}, labels: {{version: v1}}}}]
+  ports: [{{name: tcp, port: 9000}}]
+  selector: {{app: tcp-echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: tcp-echo, namespace: app}}
+spec: {{address: {address}, ports: {{tcp: {port}}}, labels: {{app: tcp-echo, version: v1}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -39,7 +42,7 @@ spec:
 def test_one_short_host_in_two_namespaces_is_two_clusters():
     """Istio mode names a cluster after the fully qualified host, so app's tcp-echo
     (tcp-echo.app.svc.cluster.local) and default's are two clusters with their own
-    endpoints; a cluster named after the short host was shared, with app's endpoints."""
+    endpoints; a cluster named after the short name was shared, with app's endpoints."""
     with Lab(ingress_port=0, xds_port=0, admin_port=0, split="istio") as lab:
         v2 = next(e for e in lab.echoes if e.version == "v2")
         host, port = v2.addresses[0]
@@ -85,7 +88,7 @@ def test_istios_own_sample_files_apply_unchanged():
     assert "describe each instance with a WorkloadEntry" in e.value.problems[0].message
     [service] = [d for d in text.split("---\n") if "\nkind: Service\n" in d]
     with Lab(ingress_port=0, xds_port=0, admin_port=0) as lab:
-        lab.cp.delete("ServiceEntry", "tcp-echo")  # the lab's stand-in for the Service
+        lab.cp.delete("Service", "tcp-echo")  # the lab's copy of it
         [created] = lab.apply_yaml(service)
         assert str(created) == "service/tcp-echo created"
         lab.apply([ISTIO_SAMPLES / "tcp-echo-all-v1.yaml"])

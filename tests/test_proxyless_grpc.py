@@ -140,8 +140,8 @@ def test_grpc_xds_client_gets_lds_cds_eds_and_its_rpcs_work(servers):
             # It asked by name (no wildcard) and ACKed every answer, NACKed none.
             expected = {
                 LISTENER: {"greeter:50051"},
-                CLUSTER: {"outbound|50051||greeter.default.svc.cluster.local"},
-                ENDPOINT: {"outbound|50051||greeter.default.svc.cluster.local"},
+                CLUSTER: {"outbound|50051||greeter"},  # a ServiceEntry's host: literal
+                ENDPOINT: {"outbound|50051||greeter"},
             }
             for type_url, wanted in expected.items():
                 st = p.types[type_url]
@@ -173,14 +173,12 @@ def test_grpc_xds_client_gets_lds_cds_eds_and_its_rpcs_work(servers):
 NODE_CLIENT = Path(__file__).parent / "node"  # @grpc/grpc-js-xds (make and CI install it)
 
 SPLIT = """\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
+apiVersion: v1
+kind: Service
 metadata: {{name: greeter}}
 spec:
-  hosts: [greeter]
-  ports: [{{number: 50051, name: grpc, protocol: GRPC}}]
-  resolution: STATIC
-  workloadSelector: {{labels: {{app: greeter}}}}
+  ports: [{{name: grpc, port: 50051}}]
+  selector: {{app: greeter}}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry

@@ -54,7 +54,7 @@ def test_apply_get_delete_round_trip(ctl):
     code, out, err = ctl("apply", "-f", SERVICES, "-f", ALL_V1)
     assert code == 0, err
     assert out.splitlines() == [
-        "serviceentry.networking.istio.io/tcp-echo created",
+        "service/tcp-echo created",
         "workloadentry.networking.istio.io/tcp-echo-v1 created",
         "workloadentry.networking.istio.io/tcp-echo-v2 created",
         "gateway.networking.istio.io/tcp-echo-gateway created",
@@ -79,8 +79,9 @@ def test_apply_get_delete_round_trip(ctl):
 
     code, out, _ = ctl("get", "dr", "-o", "json")
     assert json.loads(out)["spec"]["host"] == "tcp-echo"
-    code, out, _ = ctl("get", "se,we", "-o", "wide")
+    code, out, _ = ctl("get", "svc,we", "-o", "wide")
     assert "RESOURCE-VERSION" in out and "workloadentries.networking.istio.io/tcp-echo-v2" in out
+    assert "services/tcp-echo" in out
     assert ctl("get", "gw")[1].startswith("NAME")
 
     code, out, _ = ctl("delete", "-f", V2_20)
@@ -136,12 +137,13 @@ BAD = {
     "control-character": (  # the message went on over two lines
         SERVICES_TEXT.replace("name: tcp-echo-v1", "name: tcp-echo-\x00v1"),
         [
-            "bad.yaml:28: document 2: YAML syntax error: control characters are not allowed, got "
-            "#x0000 (column 18)\n"
+            f"bad.yaml:{SERVICES_TEXT.split('name: tcp-echo-v1')[0].count(chr(10)) + 1}:"
+            " document 2: YAML syntax error: control characters are not allowed, got #x0000"
+            " (column 18)\n"
         ],
     ),
     "control-character-key": (  # a raw carriage return split the problem's line
-        SERVICES_TEXT.replace("  hosts:", '  "a\\rb\\nc": 1\n  hosts:', 1),
+        SERVICES_TEXT.replace("  ports:", '  "a\\rb\\nc": 1\n  ports:', 1),
         ['spec.a\\rb\\nc: unknown field "a\\rb\\nc" (hint: known fields: '],
     ),
     "deep": (  # used to be a RecursionError traceback
@@ -221,7 +223,7 @@ def test_cli_process_reads_stdin_and_env(server):
         env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert "serviceentry.networking.istio.io/tcp-echo created" in result.stdout
+    assert "service/tcp-echo created" in result.stdout
 
 
 def test_stdin_that_is_not_utf8_is_one_line(server):
@@ -242,7 +244,7 @@ def test_read_only_when_config_comes_from_files(tmp_path, capsys):
     proc = ServerProcess("--config", str(tmp_path), "--xds-port", "0", "--admin-port", "0")
     try:
         admin = f"127.0.0.1:{proc.wait_port('admin API')}"
-        assert xdsctl.main(["--server", admin, "get", "se"]) == 0
+        assert xdsctl.main(["--server", admin, "get", "svc"]) == 0
         assert "tcp-echo" in capsys.readouterr().out
         assert xdsctl.main(["--server", admin, "apply", "-f", ALL_V1]) == 1
         err = capsys.readouterr().err
@@ -270,8 +272,8 @@ def test_proxy_status_and_proxy_config_with_a_real_envoy(capsys):
         row = listeners.splitlines()[1].split()
         assert row == ["0.0.0.0_31400", "127.0.0.1", "0", "route|default/tcp-echo|tcp[0]"]
         endpoints = ctl("proxy-config", "endpoints", "ingressgateway")
-        assert "tcp-echo/v1/9000 weight=80" in endpoints
-        assert "tcp-echo/v2/9000 weight=20" in endpoints
+        assert "tcp-echo.default.svc.cluster.local/v1/9000 weight=80" in endpoints
+        assert "tcp-echo.default.svc.cluster.local/v2/9000 weight=20" in endpoints
         clusters = json.loads(ctl("proxy-config", "clusters", "ingressgateway", "-o", "json"))
         assert [c["name"] for c in clusters] == ["route|default/tcp-echo|tcp[0]"]
 
@@ -367,10 +369,25 @@ FORMS = {  # kind: (short, singular, plural); each also group-qualified and in a
 }
 
 
-def test_every_kubectl_form_of_every_type(ctl):
+EXTERNAL = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.example.com]
+  ports: [{number: 5432, name: tcp, protocol: TCP}]
+  resolution: DNS
+"""
+
+
+def test_every_kubectl_form_of_every_type(ctl, tmp_path):
     """`apply` prints virtualservice.networking.istio.io/tcp-echo; `get` takes that name
     back, and kubectl's other forms, for every kind, in get and delete alike."""
-    assert ctl("apply", "-f", SERVICES, "-f", ALL_V1)[0] == 0
+    (tmp_path / "db.yaml").write_text(EXTERNAL)
+    assert ctl("apply", "-f", SERVICES, "-f", ALL_V1, "-f", str(tmp_path / "db.yaml"))[0] == 0
+    for form in ("svc", "service", "services", "Service", "svc/tcp-echo", "service/tcp-echo"):
+        code, out, err = ctl("get", *form.split("/", 1)[:1], *form.split("/")[1:], "-o", "json")
+        assert code == 0 and json.loads(out)["kind"] == "Service", (form, err)
     names = {
         kind: yaml.safe_load(ctl("get", short, "-o", "yaml")[1])
         for kind, (short, _, _) in FORMS.items()
@@ -422,7 +439,7 @@ def test_delete_dry_run_validates_and_changes_nothing(ctl):
         "virtualservice.networking.istio.io/tcp-echo deleted (server dry run)"
     )
     # A dry run is validated like the real thing: the rule still names the host.
-    code, _, err = ctl("delete", "--dry-run=client", "se", "tcp-echo")
+    code, _, err = ctl("delete", "--dry-run=client", "svc", "tcp-echo")
     assert code == 1 and "tcp-echo" in err
     code, _, err = ctl("delete", "--dry-run", "vs", "nope")
     assert code == 1 and "NotFound" in err
@@ -479,9 +496,9 @@ def test_apply_n_sets_the_namespace_and_refuses_another(ctl, tmp_path):
     )
     code, out, err = ctl("apply", "-n", "app", "-f", str(named))
     assert code == 0, err
-    assert ctl("get", "se", "-n", "app")[1].splitlines()[1].split()[0] == "tcp-echo"
+    assert ctl("get", "svc", "-n", "app")[1].splitlines()[1].split()[0] == "tcp-echo"
     assert len(ctl("get", "we", "-n", "app")[1].splitlines()) == 3
-    assert ctl("get", "se")[0:2] == (0, "")  # nothing went to default
+    assert ctl("get", "svc")[0:2] == (0, "")  # nothing went to default
 
     code, out, err = ctl("apply", "-n", "other", "-f", str(named))
     assert code == 1 and out == ""
@@ -490,7 +507,7 @@ def test_apply_n_sets_the_namespace_and_refuses_another(ctl, tmp_path):
         'the namespace from the provided object "app" does not match the namespace "other"' in err
     )
     assert "hint: pass --namespace=app, or leave it out" in err
-    assert ctl("get", "se", "-n", "other")[0:2] == (0, "")
+    assert ctl("get", "svc", "-n", "other")[0:2] == (0, "")
 
     code, out, err = ctl("delete", "-n", "app", "-f", SERVICES)
     assert code == 0, err

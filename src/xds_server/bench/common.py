@@ -34,14 +34,15 @@ def gateway_yaml(services: int) -> str:
 
 
 def service_yaml(i: int) -> str:
-    """A ServiceEntry with two endpoints (v1, v2) and a DestinationRule with two subsets."""
+    """A ServiceEntry with two endpoints (v1, v2) and a DestinationRule with two subsets
+    (the host written in full: Istio reads a ServiceEntry's hosts literally)."""
     name = service_name(i)
     return f"""\
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: {name}}}
 spec:
-  hosts: [{name}]
+  hosts: [{name}.default.svc.cluster.local]
   ports: [{{number: 9000, name: tcp, protocol: TCP}}]
   resolution: STATIC
   endpoints:

@@ -31,7 +31,7 @@ from ..waiting import wait_until
 from .push import eds_updates, route
 from .stats import Figures, ms
 
-SERVICE_ENTRY = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
+SERVICE = (SAMPLES / "tcp-echo-services.yaml").read_text().split("---\n")[0]
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
 
 
@@ -51,7 +51,7 @@ def _replicas(etcd: EtcdCluster, ingress: int) -> Iterator[tuple[Replica, Replic
 def run(changes: int, failovers: int, say: Callable[[str], None] = print) -> Figures:
     echoes = [EchoProcess.start("v1", "one"), EchoProcess.start("v2", "two")]
     try:
-        services = "---\n".join([SERVICE_ENTRY, *(e.workload_entry() for e in echoes)])
+        services = "---\n".join([SERVICE, *(e.workload_entry() for e in echoes)])
         with EtcdCluster(1) as etcd:
             ingress = free_port()
             with _replicas(etcd, ingress) as (a, b):

@@ -72,7 +72,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {{name: {PROBE}}}
 spec:
-  hosts: [{PROBE}]
+  hosts: [{PROBE}.default.svc.cluster.local]
   ports: [{{number: 9000, name: tcp, protocol: TCP}}]
   resolution: STATIC
   endpoints:

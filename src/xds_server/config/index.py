@@ -18,6 +18,7 @@ from .model import (
     Gateway,
     GatewayServer,
     Key,
+    KubernetesService,
     Port,
     Resource,
     ServiceEntry,
@@ -38,8 +39,16 @@ ANY_PORT = "*"  # the dep of a route that takes every port of its gateways
 
 
 def canonical_host(host: str, namespace: str) -> str:
-    """Kubernetes short names (``tcp-echo``) mean ``tcp-echo.<ns>.svc.cluster.local``."""
+    """A host a VirtualService or DestinationRule names: Kubernetes short names
+    (``tcp-echo``) mean ``tcp-echo.<ns>.svc.cluster.local``."""
     return host if "." in host else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
+
+
+def service_host(se: ServiceEntry, host: str) -> str:
+    """A host of the registry, as Istio reads it: a ServiceEntry's literally (its short
+    name ``tcp-echo`` is not ``tcp-echo.<ns>.svc.cluster.local``), a Kubernetes
+    Service's as its fully qualified name."""
+    return canonical_host(host, se.meta.namespace) if isinstance(se, KubernetesService) else host
 
 
 def hosts_match(a: str, b: str) -> bool:
@@ -123,7 +132,7 @@ def provides(r: Resource) -> list[Dep]:
         ports: list[Dep] = [("port", n) for n in dict.fromkeys(s.port.number for s in r.servers)]
         return [("gateway", (ns, r.meta.name)), ("port", ANY_PORT), *ports]
     if isinstance(r, ServiceEntry):
-        deps: list[Dep] = [("host", canonical_host(h, ns)) for h in r.hosts]
+        deps: list[Dep] = [("host", service_host(r, h)) for h in r.hosts]
         if any(h.startswith("*") for h in r.hosts):  # it may answer for any host
             deps.append(WILDCARDS)
         return deps + [("selectors", ns)] if r.workload_selector is not None else deps
@@ -153,8 +162,8 @@ def requires(r: Resource) -> list[Dep]:
                 deps += [("host", host), ("rule", host)]
         return [*deps, WILDCARDS]  # a wildcard host may answer for any of them
     if isinstance(r, ServiceEntry):
-        deps = [("rule", canonical_host(h, ns)) for h in r.hosts]
-        deps += [("route", canonical_host(h, ns)) for h in r.hosts] + [("route", "*")]
+        deps = [("rule", service_host(r, h)) for h in r.hosts]
+        deps += [("route", service_host(r, h)) for h in r.hosts] + [("route", "*")]
         return deps + [("workloads", ns)] if r.workload_selector is not None else deps
     if isinstance(r, WorkloadEntry):
         return [("selectors", ns)]
@@ -190,7 +199,7 @@ class ConfigIndex:
             elif isinstance(r, ServiceEntry):
                 self._wildcards = self._wildcards or any(h.startswith("*") for h in r.hosts)
                 for i, h in enumerate(r.hosts):
-                    owner = self._services.setdefault(canonical_host(h, ns), r)
+                    owner = self._services.setdefault(service_host(r, h), r)
                     if owner is not r:
                         self.clashes.append((r, f"spec.hosts[{i}]", h, owner))
             elif isinstance(r, WorkloadEntry):
@@ -299,10 +308,10 @@ class ConfigIndex:
     def _mesh_routes(self) -> list[VirtualService]:
         return [vs for vs in self.virtual_services if is_mesh(vs)]
 
-    def mesh_route(self, host: str, namespace: str) -> VirtualService | None:
-        """The VirtualService that routes the mesh's connections to ``host`` (its FQDN
-        matches one of its hosts): the first in namespace/name order, as Istio takes one."""
-        wanted = canonical_host(host, namespace)
+    def mesh_route(self, wanted: str) -> VirtualService | None:
+        """The VirtualService that routes the mesh's connections to the service host
+        ``wanted`` (one of its hosts matches it): the first in namespace/name order, as
+        Istio takes one."""
         for vs in self._mesh_routes:
             ns = vs.meta.namespace
             if any(hosts_match(h if "*" in h else canonical_host(h, ns), wanted) for h in vs.hosts):
@@ -361,10 +370,15 @@ class ConfigIndex:
         return found
 
     def destination_rule(self, host: str, namespace: str) -> DestinationRule | None:
-        """The DestinationRule of ``host`` as seen from ``namespace``: those exported to it,
-        merged as istiod merges them (in namespace/name order: the first's top-level
-        policy, if it has one, else the next's; every subset, the first of a name)."""
-        rules = self.destination_rules.get(canonical_host(host, namespace))
+        """The DestinationRule for a host a VirtualService in ``namespace`` names."""
+        return self.rule(canonical_host(host, namespace), namespace)
+
+    def rule(self, host: str, namespace: str) -> DestinationRule | None:
+        """The DestinationRule of the service host ``host`` as seen from ``namespace``:
+        those exported to it, merged as istiod merges them (in namespace/name order: the
+        first's top-level policy, if it has one, else the next's; every subset, the first
+        of a name)."""
+        rules = self.destination_rules.get(host)
         if not rules:
             return None
         visible = [dr for dr in rules if exported(dr, namespace)]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .index import MESH, ConfigIndex, canonical_host, hosts_match
+from .index import MESH, ConfigIndex, canonical_host, hosts_match, service_host
 from .model import (
     Gateway,
     GatewayServer,
@@ -40,7 +40,7 @@ def effective_weights(route: TCPRoute) -> list[tuple[RouteDestination, int]]:
 class Backend(NamedTuple):
     """A weighted destination resolved to its service, port and subset."""
 
-    host: str  # as the ServiceEntry declares it
+    host: str  # the service host (config/index.py service_host)
     service: ServiceEntry
     port: Port
     subset: Subset | None
@@ -61,18 +61,14 @@ class BoundRoute(NamedTuple):
 
 
 def declared_host(se: ServiceEntry, host: str, namespace: str) -> str:
-    """How ``se`` (found by ``host``) spells that host."""
+    """The service host of ``se`` that ``host`` (named in ``namespace``) found."""
     if len(se.hosts) == 1:
-        return se.hosts[0]
+        return service_host(se, se.hosts[0])
     wanted = canonical_host(host, namespace)
-    declared = [h for h in se.hosts if canonical_host(h, se.meta.namespace) == wanted]
-    return (
-        declared[0]
-        if declared
-        else max(  # found through a wildcard: the longest
-            (h for h in se.hosts if h.startswith("*") and hosts_match(h, wanted)), key=len
-        )
-    )
+    hosts = [service_host(se, h) for h in se.hosts]
+    if wanted in hosts:
+        return wanted
+    return max((h for h in hosts if h.startswith("*") and hosts_match(h, wanted)), key=len)
 
 
 def resolve_backends(index: ConfigIndex, vs: VirtualService, route: TCPRoute) -> list[Backend]:

@@ -23,7 +23,7 @@ from .errors import (
     sort_problems,
     warnings_of,
 )
-from .index import ConfigIndex, canonical_host, hosts_match, is_mesh
+from .index import CLUSTER_DOMAIN, ConfigIndex, canonical_host, hosts_match, is_mesh
 from .model import (
     DestinationRule,
     Gateway,
@@ -330,9 +330,14 @@ def _check_destination(
         message = f'host "{d.host}" is not exported to namespace {ns} by {_ref(hidden)}'
         rep.add(join(dpath, "host"), message, "see its spec.exportTo", "IST0101")
         return
-    if se is None:
-        hosts = [h for s in index.services.values() for h in s.hosts]
+    if se is None:  # the hosts as a route in this namespace can name them
+        suffix = f".{ns}.{CLUSTER_DOMAIN}"
+        hosts = [h.removesuffix(suffix) for h in index.services]
         hint = known_hint(d.host, hosts, "hosts")
+        if (literal := index.services.get(d.host)) is not None:  # a short host, read literally
+            hint = f'{_ref(literal)} declares "{d.host}", which Istio reads literally, while a '
+            hint += f"route's {d.host} means {canonical_host(d.host, ns)}: describe the "
+            hint += "service with a Kubernetes Service (kind: Service), or write the full host"
         rep.add(join(dpath, "host"), f'unknown host "{d.host}"', hint, "IST0101")
         return
     if se.resolution == "NONE":  # stricter than Istio, which passes it on to the gateway

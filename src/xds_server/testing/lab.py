@@ -164,13 +164,13 @@ def _check_runtime(runtime: str) -> None:
 
 
 def base_config(echoes: Sequence[Echo], gateway_ports: Sequence[int] = (GATEWAY_PORT,)) -> str:
-    """Everything but the routing: the tcp-echo ServiceEntry (port 9000) and a WorkloadEntry
-    per version, the ingress Gateway ``tcp-echo-gateway`` on the gateway ports, and the
-    DestinationRule with subsets v1 and v2. A test then applies its VirtualService."""
+    """Everything but the routing: the tcp-echo Service (port 9000) and a WorkloadEntry
+    per version, which it selects, the ingress Gateway ``tcp-echo-gateway`` on the gateway
+    ports, and the DestinationRule with subsets v1 and v2. A test then applies its
+    VirtualService."""
     docs = [
-        "kind: ServiceEntry\nmetadata: {name: tcp-echo}\nspec:\n  hosts: [tcp-echo]\n"
-        f"  ports: [{{number: {ECHO_PORT}, name: tcp, protocol: TCP}}]\n"
-        "  resolution: STATIC\n  workloadSelector: {labels: {app: tcp-echo}}\n"
+        "apiVersion: v1\nkind: Service\nmetadata: {name: tcp-echo}\n"
+        f"spec:\n  ports: [{{name: tcp, port: {ECHO_PORT}}}]\n  selector: {{app: tcp-echo}}\n"
     ]
     for echo in echoes:
         docs.append(
@@ -193,7 +193,8 @@ def base_config(echoes: Sequence[Echo], gateway_ports: Sequence[int] = (GATEWAY_
         "kind: DestinationRule\nmetadata: {name: tcp-echo}\nspec:\n"
         f"  host: tcp-echo\n  subsets:\n{subsets}"
     )
-    return "---\n".join("apiVersion: networking.istio.io/v1\n" + doc for doc in docs)
+    istio = "apiVersion: networking.istio.io/v1\n"
+    return "---\n".join(doc if doc.startswith("apiVersion") else istio + doc for doc in docs)
 
 
 # --- the lab --------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
 from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.message import Message
 
-from ..config.index import ConfigIndex, canonical_host
+from ..config.index import ConfigIndex, service_host
 from ..config.model import Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
 from ..config.routing import Backend, mesh_backends, vs_routes
 from .clusters import build_cluster, effective_policy, merge_policies
@@ -29,10 +29,14 @@ def route_cluster_name(vs: VirtualService, index: int) -> str:
     return f"route|{vs.meta.namespace}/{vs.meta.name}|tcp[{index}]"
 
 
-def subset_cluster_name(port: int, subset: str, host: str, namespace: str) -> str:
-    """Istio's outbound cluster name, after the fully qualified host (a short host is
-    read in the ServiceEntry's namespace), so that two hosts never share a cluster."""
-    return f"outbound|{port}|{subset}|{canonical_host(host, namespace)}"
+def subset_cluster_name(port: int, subset: str, host: str) -> str:
+    """Istio's outbound cluster name, after the service host (a Kubernetes Service's
+    fully qualified: config/index.py service_host), so two hosts never share a cluster."""
+    return f"outbound|{port}|{subset}|{host}"
+
+
+def _cluster_of(b: Backend) -> str:
+    return subset_cluster_name(b.port.number, b.subset_name, b.host)
 
 
 # --- Outputs ------------------------------------------------------------------------------
@@ -59,7 +63,7 @@ def _route_clusters(index: ConfigIndex, vs: VirtualService, options: TranslateOp
     out: Outputs = []
     for br in vs_routes(index, vs):
         if br.position not in clusters:
-            rules = [index.destination_rule(b.host, b.service.meta.namespace) for b in br.backends]
+            rules = [index.rule(b.host, b.service.meta.namespace) for b in br.backends]
             policy = merge_policies(
                 effective_policy(dr, b.subset) for b, dr in zip(br.backends, rules, strict=True)
             )
@@ -77,13 +81,14 @@ def _subset_clusters(index: ConfigIndex, se: ServiceEntry, options: TranslateOpt
     """Istio mode: like Istio, a cluster for every service port and subset, referenced or
     not, so that a route change never waits for a new cluster."""
     out: Outputs = []
-    for host in se.hosts:
-        dr = index.destination_rule(host, se.meta.namespace)
+    for declared in se.hosts:
+        host = service_host(se, declared)
+        dr = index.rule(host, se.meta.namespace)
         dr_subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
         for port in se.ports:
             for subset in dr_subsets:
                 b = Backend(host, se, port, subset, 1)
-                name = subset_cluster_name(port.number, b.subset_name, host, se.meta.namespace)
+                name = _cluster_of(b)
                 groups, policy = [_group(index, b, None)], effective_policy(dr, subset)
                 cluster, cla = _cluster(name, groups, policy, options, _is_dns(se), False, True)
                 out.append(_cluster_outputs(cluster, cla))
@@ -96,13 +101,7 @@ def _weighted_listeners(
     """Istio mode: a listener per gateway port, weighting the destinations' clusters."""
     out: Outputs = []
     for br in vs_routes(index, vs):
-        clusters = [
-            (
-                subset_cluster_name(b.port.number, b.subset_name, b.host, b.service.meta.namespace),
-                b.weight,
-            )
-            for b in br.backends
-        ]
+        clusters = [(_cluster_of(b), b.weight) for b in br.backends]
         # Istio's stat_prefix: the cluster's name, or the VirtualService's for several
         stat = clusters[0][0] if len(clusters) == 1 else f"{vs.meta.name}.{vs.meta.namespace}"
         listener = _tcp_listener(br.port, options, clusters, stat)
@@ -119,30 +118,22 @@ def _grpc_targets(index: ConfigIndex, se: ServiceEntry, options: TranslateOption
     a weight, so each gets weight 1. DNS services are left out: gRPC has no STRICT_DNS
     clusters."""
     out: Outputs = []
-    for host in se.hosts:
-        ns = se.meta.namespace
-        dr = index.destination_rule(host, ns)
+    for declared in se.hosts:
+        ns, host = se.meta.namespace, service_host(se, declared)
+        dr = index.rule(host, ns)
         subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
-        vs = index.mesh_route(host, ns)
+        vs = index.mesh_route(host)
         for port in se.ports:
             group: list[Output] = []
             for subset in subsets:
                 b = Backend(host, se, port, subset, 1)
-                name = subset_cluster_name(port.number, b.subset_name, host, ns)
                 groups, policy = [_group(index, b, 1)], effective_policy(dr, subset)
-                group += _cluster_outputs(*_cluster(name, groups, policy, options, False, True))
-            routes = [(subset_cluster_name(port.number, "", host, ns), 1)]
+                cluster = _cluster(_cluster_of(b), groups, policy, options, False, True)
+                group += _cluster_outputs(*cluster)
+            routes = [(subset_cluster_name(port.number, "", host), 1)]
             if vs is not None and (backends := mesh_backends(index, vs, port.number)):
-                routes = [
-                    (
-                        subset_cluster_name(
-                            b.port.number, b.subset_name, b.host, b.service.meta.namespace
-                        ),
-                        b.weight,
-                    )
-                    for b in backends
-                ]
-            target = f"{host}:{port.number}"
+                routes = [(_cluster_of(b), b.weight) for b in backends]
+            target = f"{declared}:{port.number}"
             out.append((*group, (LISTENER, target, build_api_listener(target, routes))))
     return out
 
