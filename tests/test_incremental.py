@@ -186,6 +186,13 @@ spec:
   subsets: [{name: v3, labels: {version: v2}}]
 """
 SECOND_RULE_CHANGED = SECOND_RULE.replace("7", "9").replace("v2}", "v1}")
+# A ServiceEntry host that Istio reads literally, routed as earlier versions read it.
+SHORT_ENTRY = (
+    WILDCARD.replace("name: wild", "name: short")
+    .replace('"*.wild.example.com"', "short")
+    .replace("127.0.0.1", "127.0.0.4")
+)
+ON_SHORT = ON_WILDCARD.replace("z-wild", "z-short").replace("a.wild.example.com", "short")
 SECOND_ENTRY = """\
 ---
 apiVersion: networking.istio.io/v1
@@ -261,6 +268,9 @@ STEPS = [
     ("the other service goes", TWO),
     ("a second rule for the host", docs(TWO, SECOND_RULE)),
     ("its policy and subset change", docs(TWO, SECOND_RULE_CHANGED)),
+    ("the second rule goes", TWO),
+    ("a short host, read as before (warned)", docs(TWO, SHORT_ENTRY, ON_SHORT)),
+    ("its endpoint moves (warned)", docs(TWO, SHORT_ENTRY.replace(".4", ".5"), ON_SHORT)),
 ]  # fmt: skip
 
 
@@ -328,7 +338,7 @@ def test_check_memory_finds_what_a_fresh_validation_finds():
     assert len(invalid) == 4
     warned = [label for (label, _), found in zip(STEPS, outcome, strict=True) if found]
     assert warned == [label for label, _ in STEPS if "(invalid)" in label or "(warned)" in label]
-    assert len(warned) == 14
+    assert len(warned) == 16
     # Not fresh runs in disguise: a weight change checks its VirtualService only.
     assert checked["a weight change"] == 1
 

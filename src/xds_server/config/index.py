@@ -160,6 +160,8 @@ def requires(r: Resource) -> list[Dep]:
             for dest in route.route:
                 host = canonical_host(dest.destination.host, ns)
                 deps += [("host", host), ("rule", host)]
+                if host != dest.destination.host:  # a ServiceEntry's literal short host
+                    deps.append(("host", dest.destination.host))
         return [*deps, WILDCARDS]  # a wildcard host may answer for any of them
     if isinstance(r, ServiceEntry):
         deps = [("rule", service_host(r, h)) for h in r.hosts]
@@ -358,7 +360,10 @@ class ConfigIndex:
         return se if se is not None and exported(se, namespace) else None
 
     def declared_service(self, host: str, namespace: str) -> ServiceEntry | None:
-        """The ServiceEntry of ``host``, exported to ``namespace`` or not."""
+        """The ServiceEntry of ``host``, exported to ``namespace`` or not. A short host
+        that only a ServiceEntry of that namespace declares, literally, is found too:
+        Istio would not (validation warns), but configs written for this project's
+        earlier versions, which read it so, keep routing."""
         wanted = canonical_host(host, namespace)
         found = self._services.get(wanted)
         if found is None and self._wildcards:
@@ -367,6 +372,8 @@ class ConfigIndex:
                 found = self._services.get("*." + ".".join(labels[i:]))
                 if found is not None:
                     break
+        if found is None and wanted != host and (legacy := self._services.get(host)) is not None:
+            found = legacy if legacy.meta.namespace == namespace else None
         return found
 
     def destination_rule(self, host: str, namespace: str) -> DestinationRule | None:

@@ -66,8 +66,8 @@ def declared_host(se: ServiceEntry, host: str, namespace: str) -> str:
         return service_host(se, se.hosts[0])
     wanted = canonical_host(host, namespace)
     hosts = [service_host(se, h) for h in se.hosts]
-    if wanted in hosts:
-        return wanted
+    if wanted in hosts or host in hosts:  # (a literal short host: index.declared_service)
+        return wanted if wanted in hosts else host
     return max((h for h in hosts if h.startswith("*") and hosts_match(h, wanted)), key=len)
 
 

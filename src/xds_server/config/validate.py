@@ -340,6 +340,13 @@ def _check_destination(
             hint += "service with a Kubernetes Service (kind: Service), or write the full host"
         rep.add(join(dpath, "host"), f'unknown host "{d.host}"', hint, "IST0101")
         return
+    if d.host in se.hosts and "." not in d.host and not isinstance(se, KubernetesService):
+        message = f'{_ref(se)} declares "{d.host}", which Istio reads literally: Istio finds '
+        message += f"no service {canonical_host(d.host, ns)} for this route (IST0101); "
+        message += "routed here, as by earlier versions"
+        hint = "describe the service with a Kubernetes Service (kind: Service), or write the "
+        hint += "full host in both"
+        rep.warn(join(dpath, "host"), message, hint)
     if se.resolution == "NONE":  # stricter than Istio, which passes it on to the gateway
         message = f"{_ref(se)} has resolution NONE (the default): a gateway has no address to "
         message += "pass the connection on to"
