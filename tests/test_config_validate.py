@@ -635,12 +635,27 @@ def test_endpoint_ports_and_weight() -> None:
 
 
 def test_two_service_entries_for_one_host() -> None:
+    """As in Istio: one service per host and namespace, the first's ports (db < tcp-echo),
+    every entry's endpoints; in another namespace, refused (stricter: see README)."""
     spec = "hosts: [tcp-echo.default.svc.cluster.local]\nports: [{number: 9000, name: tcp}]"
-    # The first in namespace/name order keeps the host, as in ConfigIndex: db < tcp-echo.
+    spec += "\nendpoints: [{address: 10.0.0.7}]"
     assert briefs(service(spec)) == [
-        "mesh.yaml: document 3 (ServiceEntry default/tcp-echo): spec.hosts[0]: host"
-        " tcp-echo.default.svc.cluster.local is already declared by ServiceEntry default/db"
+        "Warning: mesh.yaml: document 3 (ServiceEntry default/tcp-echo): spec.hosts[0]: host"
+        " tcp-echo.default.svc.cluster.local is also declared by ServiceEntry default/db,"
+        " which comes first: its ports and resolution are the service's, and these endpoints"
+        " join it"
     ]
+    resources = load_text("---\n".join((*BASE, service(spec))))
+    index = ConfigIndex(resources)
+    first = index.service("tcp-echo", "default")
+    assert first.meta.name == "db"
+    assert [e.address for e in index.endpoints(first)] == ["10.0.0.7", "127.0.0.1", "127.0.0.1"]
+    other = resource("ServiceEntry", "db", "").replace("{name: db}", "{name: db, namespace: app}")
+    other += "  " + spec.replace("\n", "\n  ") + "\n  resolution: STATIC\n"
+    assert briefs(other)[0].startswith(
+        "mesh.yaml: document 3 (ServiceEntry default/tcp-echo): spec.hosts[0]: host"
+        " tcp-echo.default.svc.cluster.local is already declared by ServiceEntry app/db"
+    )
 
 
 def test_a_short_service_entry_host_is_literal() -> None:

@@ -165,6 +165,7 @@ def requires(r: Resource) -> list[Dep]:
         return [*deps, WILDCARDS]  # a wildcard host may answer for any of them
     if isinstance(r, ServiceEntry):
         deps = [("rule", service_host(r, h)) for h in r.hosts]
+        deps += [("host", service_host(r, h)) for h in r.hosts]  # another entry's endpoints
         deps += [("route", service_host(r, h)) for h in r.hosts] + [("route", "*")]
         return deps + [("workloads", ns)] if r.workload_selector is not None else deps
     if isinstance(r, WorkloadEntry):
@@ -184,11 +185,14 @@ class ConfigIndex:
         self.destination_rules: dict[str, list[DestinationRule]] = {}
         self._merged: dict[tuple[Key, ...], DestinationRule] = {}
         self._services: dict[str, ServiceEntry] = {}
+        self._extras: dict[str, list[ServiceEntry]] = {}
+        self.merged: list[tuple[Resource, str, str, Resource]] = []
         self._wildcards = False  # a host of a ServiceEntry is one (*.example.com)
         self.workload_entries: list[WorkloadEntry] = []
         self._ports: dict[Key, dict[int, GatewayServer]] = {}
         # (resource, field path, host, the resource that declared it first): a second
-        # ServiceEntry for one host, which the tables leave out.
+        # ServiceEntry for one host in another namespace, which the tables leave out, and
+        # one in the same namespace, whose endpoints join the first's (``_extras``).
         self.clashes: list[tuple[Resource, str, str, Resource]] = []
         for r in sorted(self.resources, key=_key):
             ns = r.meta.namespace
@@ -201,8 +205,14 @@ class ConfigIndex:
             elif isinstance(r, ServiceEntry):
                 self._wildcards = self._wildcards or any(h.startswith("*") for h in r.hosts)
                 for i, h in enumerate(r.hosts):
-                    owner = self._services.setdefault(service_host(r, h), r)
-                    if owner is not r:
+                    host = service_host(r, h)
+                    owner = self._services.setdefault(host, r)
+                    if owner is r:
+                        continue
+                    if owner.meta.namespace == ns and owner.key != r.key:  # merged, as Istio
+                        self._extras.setdefault(host, []).append(r)
+                        self.merged.append((r, f"spec.hosts[{i}]", h, owner))
+                    else:
                         self.clashes.append((r, f"spec.hosts[{i}]", h, owner))
             elif isinstance(r, WorkloadEntry):
                 self.workload_entries.append(r)
@@ -411,7 +421,17 @@ class ConfigIndex:
         return next((p for p in se.ports if p.number == number), None)
 
     def endpoints(self, se: ServiceEntry) -> list[WorkloadEndpoint]:
-        """Inline endpoints, or the WorkloadEntries its ``workloadSelector`` picks."""
+        """Inline endpoints, or the WorkloadEntries its ``workloadSelector`` picks, and
+        those of the later ServiceEntries of its hosts in its namespace (Istio keeps one
+        service per host and namespace, the first, and gathers every entry's endpoints)."""
+        found = self._own_endpoints(se)
+        if self._extras:
+            for h in se.hosts:
+                for extra in self._extras.get(service_host(se, h), ()):
+                    found += self._own_endpoints(extra)
+        return found
+
+    def _own_endpoints(self, se: ServiceEntry) -> list[WorkloadEndpoint]:
         if se.workload_selector is None:
             return list(se.endpoints)
         return [we.endpoint for we in self.selected(se)]

@@ -724,13 +724,22 @@ def _check_duplicates(resources: Sequence[Resource], problems: list[Problem]) ->
 
 
 def _check_shared_hosts(index: ConfigIndex, problems: list[Problem]) -> None:
-    """One ServiceEntry per host: the index keeps only the first (in namespace/name
-    order), so later ones would be silently ignored. DestinationRules for one host are
-    merged, as istiod merges them: what the merge leaves out is a warning."""
+    """One service per host and namespace, as in Istio: a later ServiceEntry adds its
+    endpoints (a warning); one in another namespace would be silently ignored here.
+    DestinationRules for one host are merged, as istiod merges them: what the merge leaves
+    out is a warning."""
     for r, path, host, owner in index.clashes:
         if owner.key != r.key:  # the same key twice: reported as a duplicate
             message = f"host {host} is already declared by {_ref(owner)}"
-            Reporter.for_resource(r, problems).add(path, message)
+            hint = None
+            if owner.meta.namespace != r.meta.namespace:  # stricter than Istio: see README
+                hint = "Istio resolves a host in each client's namespace; one gateway here "
+                hint += "serves routes of every namespace, and one cluster cannot hold both"
+            Reporter.for_resource(r, problems).add(path, message, hint)
+    for r, path, host, owner in index.merged:
+        message = f"host {host} is also declared by {_ref(owner)}, which comes first: its "
+        message += "ports and resolution are the service's, and these endpoints join it"
+        Reporter.for_resource(r, problems).warn(path, message)
     for rules in index.destination_rules.values():
         if len(rules) < 2:
             continue

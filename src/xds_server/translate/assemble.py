@@ -96,7 +96,7 @@ class Assembler:
         """The translation of ``config``, which differs from the committed one where
         ``run.stale`` says."""
         index = profile_index(config, self.node)
-        if run.stale is not None and self.exclusive and not index.clashes:
+        if run.stale is not None and self.exclusive and not (index.clashes or index.merged):
             update = self._patch(index, run)
             if update is not None:
                 return update
