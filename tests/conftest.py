@@ -11,7 +11,30 @@ from xds_server.controlplane import ControlPlane
 from xds_server.lab.lab import SAMPLES, EchoProcess
 from xds_server.lab.server import ServerProcess
 
-__all__ = ["ServerProcess", "locality_split_ok", "serve_once"]
+__all__ = ["TCP_ECHO_ENTRY", "ServerProcess", "locality_split_ok", "serve_once"]
+
+# The tcp-echo service as a ServiceEntry selecting the samples' WorkloadEntries (its host
+# written in full: Istio reads a ServiceEntry's hosts literally).
+TCP_ECHO_ENTRY = """\
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: tcp-echo
+spec:
+  hosts:
+  - tcp-echo.default.svc.cluster.local
+  ports:
+  - number: 9000
+    name: tcp
+    protocol: TCP
+  - number: 9001
+    name: tcp-other
+    protocol: TCP
+  resolution: STATIC
+  workloadSelector:
+    labels:
+      app: tcp-echo
+"""
 
 
 def serve_once(state_dir: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:

@@ -7,6 +7,7 @@ compared with a from-scratch run, and the reuse itself is counted."""
 from __future__ import annotations
 
 import pytest
+from conftest import TCP_ECHO_ENTRY
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 
 from xds_server import ControlPlane
@@ -31,30 +32,10 @@ from xds_server.translate import (
 from xds_server.translate.types import CLUSTER, ENDPOINT, LISTENER
 from xds_server.xds.cache import TypeSnapshot, content_version
 
-# The samples' WorkloadEntries, selected by a ServiceEntry (whose host is read literally,
-# so written in full) rather than the samples' Kubernetes Service: the steps edit it.
-SERVICE_ENTRY = """\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: tcp-echo
-spec:
-  hosts:
-  - tcp-echo.default.svc.cluster.local
-  ports:
-  - number: 9000
-    name: tcp
-    protocol: TCP
-  - number: 9001
-    name: tcp-other
-    protocol: TCP
-  resolution: STATIC
-  workloadSelector:
-    labels:
-      app: tcp-echo
-"""
+# The samples' WorkloadEntries, selected by a ServiceEntry rather than the samples'
+# Kubernetes Service: the steps edit it.
 SAMPLE_SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
-SERVICES = SERVICE_ENTRY + "---\n" + SAMPLE_SERVICES.split("---\n", 1)[1]
+SERVICES = TCP_ECHO_ENTRY + "---\n" + SAMPLE_SERVICES.split("---\n", 1)[1]
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
 V2_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
 POLICY = """\

@@ -64,8 +64,11 @@ def echo_server(prefix: str) -> tuple[grpc.Server, int]:
     return server, port
 
 
-class GrpcClient:
-    def __init__(self, xds_port: int, node_id: str) -> None:
+class ClientProcess:
+    """A gRPC xDS client in its own process, bootstrapped at our server by
+    GRPC_XDS_BOOTSTRAP_CONFIG (grpc-js-xds refuses a node without a locality)."""
+
+    def __init__(self, argv: list[str], xds_port: int, node_id: str, cwd: Path | None = None):
         bootstrap = {
             "xds_servers": [
                 {
@@ -74,17 +77,32 @@ class GrpcClient:
                     "server_features": ["xds_v3"],
                 }
             ],
-            "node": {"id": node_id, "cluster": "proxyless"},
+            "node": {"id": node_id, "cluster": "proxyless", "locality": {}},
         }
         env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=json.dumps(bootstrap))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CLIENT],
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=env,
+            cwd=cwd,
             text=True,
         )
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+class GrpcClient(ClientProcess):
+    def __init__(self, xds_port: int, node_id: str) -> None:
+        super().__init__([sys.executable, "-c", CLIENT], xds_port, node_id)
         self.lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -96,15 +114,6 @@ class GrpcClient:
         self.proc.stdin.write("call\n")
         self.proc.stdin.flush()
         return self.lines.get(timeout=timeout)
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
 
 
 def reaches_two(client: GrpcClient) -> None:
@@ -225,46 +234,17 @@ for line in sys.stdin:
 """
 
 
-class Caller:
-    """A gRPC xDS client in its own process (grpcio's, or Node's @grpc/grpc-js-xds):
-    ``calls(n)`` makes n calls one after another and counts the answers."""
+class Caller(ClientProcess):
+    """grpcio's client, or Node's @grpc/grpc-js-xds: ``calls(n)`` makes n calls one after
+    another and counts the answers."""
 
     def __init__(self, argv: list[str], xds_port: int, node_id: str, cwd: Path | None = None):
-        bootstrap = {
-            "xds_servers": [
-                {
-                    "server_uri": f"127.0.0.1:{xds_port}",
-                    "channel_creds": [{"type": "insecure"}],
-                    "server_features": ["xds_v3"],
-                }
-            ],
-            # grpc-js-xds refuses a bootstrap whose node has no locality
-            "node": {"id": node_id, "cluster": "proxyless", "locality": {}},
-        }
-        env = dict(os.environ, GRPC_XDS_BOOTSTRAP_CONFIG=json.dumps(bootstrap))
-        self.proc = subprocess.Popen(
-            [*argv, "greeter:50051"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            cwd=cwd,
-            text=True,
-        )
+        super().__init__([*argv, "greeter:50051"], xds_port, node_id, cwd)
 
     def calls(self, n: int) -> dict[str, int]:
         self.proc.stdin.write(f"{n}\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
 
 
 def _within(counts: dict[str, int], n: int, share_two: float) -> bool:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import TCP_ECHO_ENTRY
 
 from xds_server import ControlPlane
 from xds_server.config.etcdstore import EtcdStore
@@ -22,20 +23,6 @@ from xds_server.testing.etcd import EtcdCluster
 from xds_server.waiting import wait_until
 
 SERVICES = (SAMPLES / "tcp-echo-services.yaml").read_text()
-# A ServiceEntry to copy under many names (its host written in full: Istio reads it literally).
-ENTRY = """\
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata:
-  name: tcp-echo
-spec:
-  hosts:
-  - tcp-echo.default.svc.cluster.local
-  ports:
-  - {number: 9000, name: tcp, protocol: TCP}
-  resolution: STATIC
-  workloadSelector: {labels: {app: tcp-echo}}
-"""
 ALL_V1 = (SAMPLES / "tcp-echo-all-v1.yaml").read_text()
 V2_20 = (SAMPLES / "tcp-echo-20-v2.yaml").read_text()
 VS = ("VirtualService", "default", "tcp-echo")
@@ -267,7 +254,7 @@ def test_a_batch_too_big_for_one_etcd_transaction_is_refused_whole(etcd):
     """etcd's --max-txn-ops (128 by default here): 200 resources in one apply are refused in
     one line, and none of them is written."""
     many = "---\n".join(
-        ENTRY.replace("name: tcp-echo\n", f"name: se-{i}\n", 1).replace(
+        TCP_ECHO_ENTRY.replace("name: tcp-echo\n", f"name: se-{i}\n", 1).replace(
             "  - tcp-echo.default", f"  - se-{i}.default"
         )
         for i in range(200)
@@ -327,7 +314,7 @@ def test_a_bad_document_from_elsewhere_is_logged_and_following_goes_on(replicas,
 def _pair(i: int) -> str:
     """One batch of two ServiceEntries: a half-applied batch would show one of them."""
     return "---\n".join(
-        ENTRY.replace("name: tcp-echo\n", f"name: se-{i}-{half}\n", 1).replace(
+        TCP_ECHO_ENTRY.replace("name: tcp-echo\n", f"name: se-{i}-{half}\n", 1).replace(
             "  - tcp-echo.default", f"  - se-{i}-{half}.default"
         )
         for half in ("a", "b")

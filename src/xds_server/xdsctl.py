@@ -454,6 +454,16 @@ def build_parser() -> argparse.ArgumentParser:
             "-n", "--namespace", help=f"namespace (default: default){more}", metavar="NAMESPACE"
         )
 
+    def files(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "-f",
+            "--filename",
+            action="append",
+            required=True,
+            metavar="FILE|DIR|-",
+            help="YAML file, directory of them, or - for stdin (repeatable)",
+        )
+
     def dry_run(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--dry-run",
@@ -480,14 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         "message codes (IST0106 for what Istio's webhook refuses). Exit code 79 if any is "
         "at or above --failure-threshold, as istioctl analyze.",
     )
-    p.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        required=True,
-        metavar="FILE|DIR|-",
-        help="YAML file, directory of them, or - for stdin (repeatable)",
-    )
+    files(p)
     p.add_argument(
         "-o", "--output", choices=("log", "yaml", "json"), default="log", help="message format"
     )
@@ -505,14 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_analyze)
 
     p = sub.add_parser("apply", help="create or update resources from files (all or none)")
-    p.add_argument(
-        "-f",
-        "--filename",
-        action="append",
-        required=True,
-        metavar="FILE|DIR|-",
-        help="YAML file, directory of them, or - for stdin (repeatable)",
-    )
+    files(p)
     dry_run(p)
     ns(p, files=True)
     p.set_defaults(run=cmd_apply)

@@ -167,23 +167,23 @@ class Reporter:
         return cls(resource.source, problems, resource.lines, resource.kind, resource.ref)
 
     def add(
-        self, path: str, message: str, hint: str | None = None, code: str | None = None
+        self,
+        path: str,
+        message: str,
+        hint: str | None = None,
+        code: str | None = None,
+        warning: bool = False,
     ) -> None:
-        line = line_of(self.lines, path, self.source.line)
-        where = self.source.at(line)
+        where = self.source.at(line_of(self.lines, path, self.source.line))
         self.problems.append(
-            Problem(where, message, self.kind, self.name, path or None, hint, False, code)
+            Problem(where, message, self.kind, self.name, path or None, hint, warning, code)
         )
 
     def warn(
         self, path: str, message: str, hint: str | None = None, code: str | None = None
     ) -> None:
         """Something Istio accepts and then ignores or works around: said, not refused."""
-        line = line_of(self.lines, path, self.source.line)
-        where = self.source.at(line)
-        self.problems.append(
-            Problem(where, message, self.kind, self.name, path or None, hint, True, code)
-        )
+        self.add(path, message, hint, code, warning=True)
 
 
 def errors_of(problems: Iterable[Problem]) -> list[Problem]:
