@@ -798,3 +798,19 @@ def test_one_port_with_two_binds_is_refused() -> None:
         " served by spec.servers[0], with another bind: one listener serves a port here, so"
         " this bind would get its route (hint: use another port)"
     ]
+
+
+def test_a_virtual_service_not_exported_to_its_gateway_routes_nothing_there() -> None:
+    """Istio applies a VirtualService to the proxies of the namespaces it is exported to;
+    a gateway proxy here sees what its Gateway's namespace sees."""
+    hidden = virtual_service(spec="hosts: ['*']\ngateways: [tcp-echo-gateway]\nexportTo: [app]")
+    assert briefs(hidden) == [
+        f"Warning: {VS}: spec.gateways[0]: VirtualService default/tcp-echo is not exported to"
+        " namespace default of Gateway default/tcp-echo-gateway: nothing is routed through it"
+        " (hint: see spec.exportTo)"
+    ]
+    for text, claims in ((hidden, []), (hidden.replace("[app]", "[.]"), [31400])):
+        resources = load_text("---\n".join((*BASE, text)))
+        [vs] = [r for r in resources if r.kind == "VirtualService"]
+        ports = [p for _g, p in route_bindings(ConfigIndex(resources), vs, vs.tcp[0])]
+        assert ports == claims

@@ -64,8 +64,10 @@ def hosts_match(a: str, b: str) -> bool:
     return a == b
 
 
-def exported(r: ServiceEntry | DestinationRule, namespace: str) -> bool:
-    """Whether ``r`` is visible in ``namespace`` (exportTo: none written is ``*``)."""
+def exported(r: ServiceEntry | DestinationRule | VirtualService, namespace: str) -> bool:
+    """Whether ``r`` is visible in ``namespace`` (exportTo: none written is ``*``). A
+    gateway proxy here has no namespace of its own: it sees what its Gateway's namespace
+    sees, which is where Istio's gateway deployments usually run."""
     entries = r.export_to or ("*",)
     own = r.meta.namespace
     return "*" in entries or any((own if e == "." else e) == namespace for e in entries)

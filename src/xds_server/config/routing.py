@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .index import MESH, ConfigIndex, canonical_host, hosts_match, service_host
+from .index import MESH, ConfigIndex, canonical_host, exported, hosts_match, service_host
 from .model import (
     Gateway,
     GatewayServer,
@@ -131,7 +131,8 @@ def route_bindings(
 ) -> list[tuple[Gateway, int]]:
     """The (gateway, server port) pairs a route claims: matches are OR'd, and inside one
     match `port` and `gateways` are AND'd; a port another Gateway serves, or whose server
-    does not take the VirtualService's hosts, is not claimed."""
+    does not take the VirtualService's hosts, is not claimed, nor a Gateway of a namespace
+    the VirtualService is not exported to."""
     ns = vs.meta.namespace
     out: dict[tuple[Key, int], tuple[Gateway, int]] = {}
     for match in route.match or (None,):
@@ -139,7 +140,7 @@ def route_bindings(
         wanted = match.port if match else None
         for ref in refs:
             gw = None if ref == MESH else index.gateway(ref, ns)
-            if gw is None:
+            if gw is None or (vs.export_to and not exported(vs, gw.meta.namespace)):
                 continue
             ports = index.served_ports(gw)
             for port in ports if wanted is None else (wanted,) if wanted in ports else ():

@@ -23,7 +23,7 @@ from .errors import (
     sort_problems,
     warnings_of,
 )
-from .index import CLUSTER_DOMAIN, ConfigIndex, canonical_host, hosts_match, is_mesh
+from .index import CLUSTER_DOMAIN, ConfigIndex, canonical_host, exported, hosts_match, is_mesh
 from .model import (
     DestinationRule,
     Gateway,
@@ -431,7 +431,11 @@ def _check_virtual_service(vs: VirtualService, rep: Reporter, index: ConfigIndex
     _gateway_refs(rep, "spec.gateways", vs.gateways, vs, index)
     for i, ref in enumerate(vs.gateways):
         gw = index.gateway(ref, vs.meta.namespace) if ref != MESH else None
-        if gw is not None and not attaches(vs, gw):  # istioctl analyze's IST0132, a warning
+        if gw is not None and vs.export_to and not exported(vs, gw.meta.namespace):
+            message = f"VirtualService {vs.ref} is not exported to namespace "
+            message += f"{gw.meta.namespace} of Gateway {gw.ref}: nothing is routed through it"
+            rep.warn(item("spec.gateways", i), message, "see spec.exportTo")
+        elif gw is not None and not attaches(vs, gw):  # istioctl analyze's IST0132, a warning
             hosts = ", ".join(vs.hosts)
             message = f"one or more host [{hosts}] defined in VirtualService {vs.ref} not found "
             message += f"in Gateway {gw.ref}: nothing is routed through it"
