@@ -8,6 +8,7 @@ Rules that need other fields or other resources are Istio's, in validate.py.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,11 +49,13 @@ _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 ISTIO_LABEL_RULE = "must be a DNS label (at most 63 letters, digits and '-')"
 
 
+@functools.lru_cache(maxsize=8192)  # names repeat across a config (ports, subsets)
 def is_istio_label(value: str) -> bool:
     """Istio's DNS-1123 label, which takes either case (subset and port names)."""
     return len(value) <= 63 and _ISTIO_LABEL.fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=65536)
 def domain_problem(domain: str, *, wildcard: bool = True) -> str | None:
     """Why ``domain`` is not a host name Istio takes (None: it is one). ``wildcard``: the
     first label may be ``*`` or start with it (Istio's ValidateWildcardDomain), else an
@@ -89,15 +92,19 @@ def label_problems(labels: Mapping[str, str]) -> list[tuple[str, str]]:
     """(key, message) for each label Istio refuses (labels.Instance.Validate): a key is an
     optional DNS prefix and ``/`` and a name of at most 63 characters; a value may be
     empty, and has no length limit in Istio."""
+    return [(key, message) for key, value in labels.items() for message in _label(key, value)]
+
+
+@functools.lru_cache(maxsize=8192)  # labels repeat across a config (app, version)
+def _label(key: str, value: str) -> tuple[str, ...]:
     out = []
-    for key, value in labels.items():
-        prefix, slash, name = key.rpartition("/")
-        bad_prefix = slash and (not prefix or not is_dns1123_subdomain(prefix))
-        if bad_prefix or len(name) > 63 or _LABEL_NAME.fullmatch(name) is None:
-            out.append((key, f"invalid tag key: {describe(key)}"))
-        if _LABEL_VALUE.fullmatch(value) is None:
-            out.append((key, f"invalid tag value: {describe(value)}"))
-    return out
+    prefix, slash, name = key.rpartition("/")
+    bad_prefix = slash and (not prefix or not is_dns1123_subdomain(prefix))
+    if bad_prefix or len(name) > 63 or _LABEL_NAME.fullmatch(name) is None:
+        out.append(f"invalid tag key: {describe(key)}")
+    if _LABEL_VALUE.fullmatch(value) is None:
+        out.append(f"invalid tag value: {describe(value)}")
+    return tuple(out)
 
 
 # Istio's protocol.Parse, which ignores case

@@ -74,20 +74,24 @@ def _number(value: int) -> str:
     return text if len(text) <= 24 else f"a number of {len(text)} digits"
 
 
-def _in_range(rep: Reporter, path: str, value: int | None, low: int, high: int) -> None:
+def _in_range(
+    rep: Reporter, parent: str, field: str, value: int | None, low: int, high: int
+) -> None:
+    """(``parent`` and ``field`` make the path only for a problem: checks run 30k times.)"""
     if value is not None and not low <= value <= high:
         bound = f"{low} or more" if value < low else f"at most {high}"
-        rep.add(path, f"must be {bound}, got {_number(value)}")
+        rep.add(join(parent, field), f"must be {bound}, got {_number(value)}")
 
 
-def _port_number(rep: Reporter, path: str, number: int | None) -> None:
+def _port_number(rep: Reporter, parent: str, field: str, number: int | None) -> None:
     if number is not None and not 1 <= number <= MAX_PORT:
-        rep.add(path, f"must be a port number 1..{MAX_PORT}, got {_number(number)}")
+        message = f"must be a port number 1..{MAX_PORT}, got {_number(number)}"
+        rep.add(join(parent, field), message)
 
 
 def _port(rep: Reporter, path: str, port: Port) -> None:
-    _port_number(rep, join(path, "number"), port.number)
-    _port_number(rep, join(path, "targetPort"), port.target_port)
+    _port_number(rep, path, "number", port.number)
+    _port_number(rep, path, "targetPort", port.target_port)
 
 
 def _subset_name(rep: Reporter, path: str, name: str) -> bool:
@@ -100,9 +104,9 @@ def _subset_name(rep: Reporter, path: str, name: str) -> bool:
     return False
 
 
-def _labels(rep: Reporter, path: str, labels: dict[str, str]) -> None:
-    for key, message in label_problems(labels):
-        rep.add(join(path, key), message)
+def _labels(rep: Reporter, parent: str, field: str, labels: dict[str, str]) -> None:
+    for key, message in label_problems(labels):  # (the path only for a problem: at 10k)
+        rep.add(join(join(parent, field), key), message)
 
 
 def _export_to(rep: Reporter, r: Resource, entries: list[str]) -> None:
@@ -176,7 +180,7 @@ def _check_gateway(gw: Gateway, rep: Reporter, index: ConfigIndex) -> None:
     for i, server in enumerate(gw.servers):
         path = item("spec.servers", i)
         port = server.port
-        _port_number(rep, join(path, "port.number"), port.number)
+        _port_number(rep, path, "port.number", port.number)
         if not is_protocol(port.protocol):
             supported = "HTTP, HTTP2, GRPC, GRPC-WEB, MONGO, REDIS, MYSQL, TCP"
             message = f"invalid protocol {describe(port.protocol)}, supported protocols are "
@@ -301,7 +305,7 @@ def _check_match(
         gateways = _gateway_refs(rep, join(mpath, "gateways"), match.gateways, vs, index)
     if match.port is None:
         return
-    _port_number(rep, join(mpath, "port"), match.port)
+    _port_number(rep, mpath, "port", match.port)
     if not match.gateways:
         found = (index.gateway(g, ns) for g in vs.gateways if g != MESH)
         gateways = [g for g in found if g is not None]
@@ -320,8 +324,8 @@ def _check_destination(
     ns = vs.meta.namespace
     if d.subset is not None:
         _subset_name(rep, join(dpath, "subset"), d.subset)
-    _port_number(rep, join(dpath, "port.number"), d.port)
-    _in_range(rep, join(path, "weight"), dest.weight, 0, INT32_MAX)
+    _port_number(rep, dpath, "port.number", d.port)
+    _in_range(rep, path, "weight", dest.weight, 0, INT32_MAX)
     if not d.host:
         rep.add(join(dpath, "host"), "required")
         return
@@ -523,7 +527,7 @@ def _check_traffic_policy(rep: Reporter, path: str, policy: TrafficPolicy | None
         rep.add(join(tcp, "connectTimeout"), "only durations to ms precision are supported")
     elif timeout is not None and timeout > MAX_DURATION_S:
         rep.add(join(tcp, "connectTimeout"), f"must be at most {MAX_DURATION}")
-    _in_range(rep, join(tcp, "maxConnections"), policy.max_connections, 0, INT32_MAX)
+    _in_range(rep, tcp, "maxConnections", policy.max_connections, 0, INT32_MAX)
 
 
 def _check_destination_rule(dr: DestinationRule, rep: Reporter, index: ConfigIndex) -> None:
@@ -540,7 +544,7 @@ def _check_destination_rule(dr: DestinationRule, rep: Reporter, index: ConfigInd
             first = item("spec.subsets", seen[subset.name])
             rep.add(join(path, "name"), f'duplicate subset name "{subset.name}" (also {first})')
         seen.setdefault(subset.name, i)
-        _labels(rep, join(path, "labels"), subset.labels)
+        _labels(rep, path, "labels", subset.labels)
         _check_traffic_policy(rep, join(path, "trafficPolicy"), subset.traffic_policy)
 
 
@@ -572,7 +576,7 @@ def _check_workload(
         rep.add(apath, f"must be an IP address or a DNS name, got {describe(ep.address)}")
     for name, number in ep.ports.items():
         ppath = join(join(path, "ports"), name)
-        _port_number(rep, ppath, number)
+        _port_number(rep, join(path, "ports"), name, number)
         if not is_istio_label(name):
             rep.add(ppath, f"invalid port name: {describe(name)}")
         elif port_names is not None and name not in port_names:
@@ -582,8 +586,8 @@ def _check_workload(
                 rep.warn(ppath, f"{message} of {port_names_by}: not used", hint)
             else:
                 rep.add(ppath, f"endpoint port {number} is not defined by the service entry", hint)
-    _labels(rep, join(path, "labels"), ep.labels)
-    _in_range(rep, join(path, "weight"), ep.weight, 0, UINT32_MAX)
+    _labels(rep, path, "labels", ep.labels)
+    _in_range(rep, path, "weight", ep.weight, 0, UINT32_MAX)
 
 
 def _check_service_ports(rep: Reporter, se: ServiceEntry) -> None:
@@ -771,8 +775,8 @@ def _check_kubernetes_service(svc: KubernetesService, rep: Reporter, index: Conf
     numbers: dict[int, int] = {}
     for i, port in enumerate(svc.ports):
         path = item("spec.ports", i)
-        _port_number(rep, join(path, "port"), port.number)
-        _port_number(rep, join(path, "targetPort"), port.target_port)
+        _port_number(rep, path, "port", port.number)
+        _port_number(rep, path, "targetPort", port.target_port)
         if not port.name and len(svc.ports) > 1:
             rep.add(join(path, "name"), "Required value: when there is more than one port")
         elif port.name and not is_dns1123_label(port.name):
@@ -783,7 +787,7 @@ def _check_kubernetes_service(svc: KubernetesService, rep: Reporter, index: Conf
             rep.add(join(path, "port"), f"Duplicate value: {port.number}")
         names.setdefault(port.name, i)
         numbers.setdefault(port.number, i)
-    _labels(rep, "spec.selector", svc.workload_selector or {})
+    _labels(rep, "spec", "selector", svc.workload_selector or {})
 
 
 CHECKS: dict[type, Callable[..., None]] = {
