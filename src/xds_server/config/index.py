@@ -44,6 +44,12 @@ def canonical_host(host: str, namespace: str) -> str:
     return host if "." in host else f"{host}.{namespace}.{CLUSTER_DOMAIN}"
 
 
+def vs_host(host: str, namespace: str) -> str:
+    """A VirtualService host as Istio matches it: a short name in the VirtualService's
+    namespace; ``*`` and IPv6 addresses as written (an IPv4 one has dots)."""
+    return host if host == "*" or ":" in host else canonical_host(host, namespace)
+
+
 def service_host(se: ServiceEntry, host: str) -> str:
     """A host of the registry, as Istio reads it: a ServiceEntry's literally (its short
     name ``tcp-echo`` is not ``tcp-echo.<ns>.svc.cluster.local``), a Kubernetes
@@ -305,7 +311,7 @@ class ConfigIndex:
                 dep
                 for k in found
                 for dep in provides(self.by_key[k])
-                if dep[0] == "route" or (dep[0] == "host" and k[0] != VirtualService.kind)
+                if dep[0] in ("host", "route")
             }
         return stale
 
@@ -319,18 +325,31 @@ class ConfigIndex:
         return out
 
     @functools.cached_property
-    def _mesh_routes(self) -> list[VirtualService]:
-        return [vs for vs in self.virtual_services if is_mesh(vs)]
+    def _mesh_routes(
+        self,
+    ) -> tuple[dict[str, tuple[int, VirtualService]], list[tuple[int, str, VirtualService]]]:
+        """The mesh VirtualServices by host (the first of each), and those of wildcard
+        hosts, each with its place in namespace/name order."""
+        exact: dict[str, tuple[int, VirtualService]] = {}
+        wildcards: list[tuple[int, str, VirtualService]] = []
+        for at, vs in enumerate(self.virtual_services):
+            if is_mesh(vs):
+                for h in vs.hosts:
+                    host = vs_host(h, vs.meta.namespace)
+                    if "*" in host:
+                        wildcards.append((at, host, vs))
+                    else:
+                        exact.setdefault(host, (at, vs))
+        return exact, wildcards
 
     def mesh_route(self, wanted: str) -> VirtualService | None:
         """The VirtualService that routes the mesh's connections to the service host
         ``wanted`` (one of its hosts matches it): the first in namespace/name order, as
         Istio takes one."""
-        for vs in self._mesh_routes:
-            ns = vs.meta.namespace
-            if any(hosts_match(h if "*" in h else canonical_host(h, ns), wanted) for h in vs.hosts):
-                return vs
-        return None
+        exact, wildcards = self._mesh_routes
+        found = [exact[wanted]] if wanted in exact else []
+        found += [(at, vs) for at, host, vs in wildcards if hosts_match(host, wanted)][:1]
+        return min(found, key=lambda f: f[0])[1] if found else None
 
     def gateway(self, ref: str, namespace: str) -> Gateway | None:
         return self._gateways.get(split_ref(ref, namespace))

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .index import MESH, ConfigIndex, canonical_host, exported, hosts_match, service_host
+from .index import (
+    MESH,
+    ConfigIndex,
+    canonical_host,
+    exported,
+    hosts_match,
+    service_host,
+    vs_host,
+)
 from .model import (
     Gateway,
     GatewayServer,
@@ -95,14 +103,6 @@ def resolve_backends(index: ConfigIndex, vs: VirtualService, route: TCPRoute) ->
     return list(out.values())
 
 
-def _vs_host(host: str, namespace: str) -> str:
-    """A VirtualService host as Istio matches it: a short name in the VirtualService's
-    namespace, ``*`` and IP addresses as written."""
-    if host == "*" or "." in host or ":" in host:
-        return host
-    return canonical_host(host, namespace)
-
-
 def accepts(server: GatewayServer, gw: Gateway, vs: VirtualService) -> bool:
     """Whether a Gateway server takes the VirtualService: one of its ``[ns/]host`` entries
     names the VirtualService's namespace (``*`` any, ``.`` the Gateway's) and matches one
@@ -111,7 +111,7 @@ def accepts(server: GatewayServer, gw: Gateway, vs: VirtualService) -> bool:
     if hosts == ("*",) or hosts == ("*/*",):  # the usual case, at 10k servers
         return True
     ns = vs.meta.namespace
-    wanted = [_vs_host(h, ns) for h in vs.hosts]
+    wanted = [vs_host(h, ns) for h in vs.hosts]
     for entry in hosts:
         where, _, name = entry.rpartition("/")
         if where not in ("", "*") and (gw.meta.namespace if where == "." else where) != ns:

@@ -153,6 +153,13 @@ def _numbers(ports: Sequence[Port]) -> str:
 # --- Gateway -------------------------------------------------------------------------------
 
 
+def _partial_wildcard(host: str) -> str | None:
+    """Istio's ValidatePartialWildCard: a wildcard only as ``*`` or a ``*.`` prefix."""
+    if "*" in host and host != "*" and not host.startswith("*."):
+        return f"partial wildcard {describe(host)} not allowed"
+    return None
+
+
 def _gateway_host(rep: Reporter, path: str, host: str) -> None:
     """Istio's ValidateNamespaceSlashWildcardHostname for a Gateway: ``[ns/]dnsName``, the
     namespace ``*``, ``.`` or a DNS label, the name an FQDN, an IP or ``*``, a wildcard
@@ -167,8 +174,8 @@ def _gateway_host(rep: Reporter, path: str, host: str) -> None:
         rep.add(path, "short names (non FQDN) are not allowed")
     elif (problem := domain_problem(name)) is not None and not _is_ip(name):
         rep.add(path, problem)
-    if "*" in name and name != "*" and not name.startswith("*."):
-        rep.add(path, f"partial wildcard {describe(name)} not allowed")
+    if (problem := _partial_wildcard(name)) is not None:
+        rep.add(path, problem)
 
 
 def _check_gateway(gw: Gateway, rep: Reporter, index: ConfigIndex) -> None:
@@ -250,7 +257,7 @@ def _check_gateway_ports(index: ConfigIndex, problems: list[Problem]) -> None:
                 continue
             message = f"port {number} is already served by {where}: this server is dropped"
             hint = None
-            if owner[0] is not gw:
+            if first is not gw:
                 hint = "on a proxy both select, the first Gateway in namespace/name order "
                 hint += "serves a port"
             rep.warn(join(path, "port.number"), message, hint)
@@ -629,8 +636,8 @@ def _check_service_hosts(rep: Reporter, se: ServiceEntry) -> None:
             rep.add(path, "invalid host *")
         elif (problem := domain_problem(host)) is not None:
             rep.add(path, problem)
-        elif "*" in host and not host.startswith("*."):
-            rep.warn(path, f"partial wildcard {describe(host)} not allowed")
+        elif (problem := _partial_wildcard(host)) is not None:
+            rep.warn(path, problem)
         elif se.resolution == "DNS" and not se.endpoints and domain_problem(host, wildcard=False):
             message = "hosts must be FQDN or contain only prefix wildcards if no endpoints are "
             rep.add(path, message + "provided for resolution mode DNS")

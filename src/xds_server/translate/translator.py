@@ -5,7 +5,7 @@ outputs together and works out what a change changed."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
@@ -14,7 +14,15 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.message import Message
 
 from ..config.index import ConfigIndex, service_host
-from ..config.model import Resource, ServiceEntry, Subset, TrafficPolicy, VirtualService
+from ..config.model import (
+    DestinationRule,
+    Port,
+    Resource,
+    ServiceEntry,
+    Subset,
+    TrafficPolicy,
+    VirtualService,
+)
 from ..config.routing import Backend, mesh_backends, vs_routes
 from .clusters import build_cluster, effective_policy, merge_policies
 from .endpoints import LocalityGroup, build_load_assignment
@@ -77,21 +85,30 @@ def _route_clusters(index: ConfigIndex, vs: VirtualService, options: TranslateOp
     return out
 
 
+def _port_subsets(
+    index: ConfigIndex, se: ServiceEntry
+) -> Iterator[tuple[str, Port, DestinationRule | None, list[Backend]]]:
+    """Istio's clusters of a service: for each of its hosts (as declared) and ports, a
+    backend for the port and one for each subset of the host's DestinationRule."""
+    for declared in se.hosts:
+        host = service_host(se, declared)
+        dr = index.rule(host, se.meta.namespace)
+        subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
+        for port in se.ports:
+            yield declared, port, dr, [Backend(host, se, port, s, 1) for s in subsets]
+
+
 def _subset_clusters(index: ConfigIndex, se: ServiceEntry, options: TranslateOptions) -> Outputs:
     """Istio mode: like Istio, a cluster for every service port and subset, referenced or
     not, so that a route change never waits for a new cluster."""
     out: Outputs = []
-    for declared in se.hosts:
-        host = service_host(se, declared)
-        dr = index.rule(host, se.meta.namespace)
-        dr_subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
-        for port in se.ports:
-            for subset in dr_subsets:
-                b = Backend(host, se, port, subset, 1)
-                name = _cluster_of(b)
-                groups, policy = [_group(index, b, None)], effective_policy(dr, subset)
-                cluster, cla = _cluster(name, groups, policy, options, _is_dns(se), False, True)
-                out.append(_cluster_outputs(cluster, cla))
+    for _declared, _port, dr, backends in _port_subsets(index, se):
+        for b in backends:
+            groups, policy = [_group(index, b, None)], effective_policy(dr, b.subset)
+            cluster, cla = _cluster(
+                _cluster_of(b), groups, policy, options, _is_dns(se), False, True
+            )
+            out.append(_cluster_outputs(cluster, cla))
     return out
 
 
@@ -118,23 +135,19 @@ def _grpc_targets(index: ConfigIndex, se: ServiceEntry, options: TranslateOption
     a weight, so each gets weight 1. DNS services are left out: gRPC has no STRICT_DNS
     clusters."""
     out: Outputs = []
-    for declared in se.hosts:
-        ns, host = se.meta.namespace, service_host(se, declared)
-        dr = index.rule(host, ns)
-        subsets: list[Subset | None] = [None, *(dr.subsets if dr else [])]
-        vs = index.mesh_route(host)
-        for port in se.ports:
-            group: list[Output] = []
-            for subset in subsets:
-                b = Backend(host, se, port, subset, 1)
-                groups, policy = [_group(index, b, 1)], effective_policy(dr, subset)
-                cluster = _cluster(_cluster_of(b), groups, policy, options, False, True)
-                group += _cluster_outputs(*cluster)
-            routes = [(subset_cluster_name(port.number, "", host), 1)]
-            if vs is not None and (backends := mesh_backends(index, vs, port.number)):
-                routes = [(_cluster_of(b), b.weight) for b in backends]
-            target = f"{declared}:{port.number}"
-            out.append((*group, (LISTENER, target, build_api_listener(target, routes))))
+    for declared, port, dr, backends in _port_subsets(index, se):
+        group: list[Output] = []
+        for b in backends:
+            groups, policy = [_group(index, b, 1)], effective_policy(dr, b.subset)
+            group += _cluster_outputs(
+                *_cluster(_cluster_of(b), groups, policy, options, False, True)
+            )
+        routes = [(_cluster_of(backends[0]), 1)]
+        vs = index.mesh_route(backends[0].host)
+        if vs is not None and (weighted := mesh_backends(index, vs, port.number)):
+            routes = [(_cluster_of(b), b.weight) for b in weighted]
+        target = f"{declared}:{port.number}"
+        out.append((*group, (LISTENER, target, build_api_listener(target, routes))))
     return out
 
 
